@@ -1,0 +1,67 @@
+"""sparselabels: store, read and train from Random-Sampling KD teacher labels.
+
+The public API is small; see the README. Heavy parts (torch samplers, losses, the labeling pipeline) are
+imported on first use so that reading and writing label files needs only numpy, numba and msgpack.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from sparselabels._version import __version__
+from sparselabels.errors import (
+    AlignmentError,
+    ChecksumError,
+    CompatibilityError,
+    FormatError,
+    IncompleteFileError,
+    InputError,
+    SparseLabelsError,
+)
+from sparselabels.format.fingerprint import input_fingerprint
+from sparselabels.io.reader import LabelFile, Labels
+from sparselabels.io.sequence import Sequence
+from sparselabels.io.writer import LabelWriter
+
+_LAZY = {
+    "open_labels": "sparselabels.io.shards",
+    "LabelShards": "sparselabels.io.shards",
+    "write_manifest": "sparselabels.io.shards",
+    "merge": "sparselabels.io.merge",
+    "validate": "sparselabels.io.validate",
+    "ValidationReport": "sparselabels.io.validate",
+    "sample_counts": "sparselabels.sampling",
+    "topk_labels": "sparselabels.sampling",
+    "SampledLabels": "sparselabels.sampling",
+}
+_SUBMODULES = ("data", "loss", "sampling", "synthetic", "codecs", "format", "pipeline")
+
+__all__ = [
+    "AlignmentError",
+    "ChecksumError",
+    "CompatibilityError",
+    "FormatError",
+    "IncompleteFileError",
+    "InputError",
+    "LabelFile",
+    "LabelWriter",
+    "Labels",
+    "Sequence",
+    "SparseLabelsError",
+    "__version__",
+    "input_fingerprint",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"sparselabels.{name}")
+    raise AttributeError(f"module 'sparselabels' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, *_SUBMODULES])

@@ -1,0 +1,47 @@
+"""Entry point of the ``sparselabels`` command. Each command lives in its own module with
+``add_parser(subparsers)`` and ``run(args) -> int``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from sparselabels._version import __version__
+from sparselabels.errors import SparseLabelsError
+
+COMMANDS = ("info", "validate", "stats", "merge")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sparselabels",
+        description="Random-Sampling KD label files: create, inspect, validate and merge them.",
+    )
+    parser.add_argument("--version", action="version", version=f"sparselabels {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"sparselabels.cli.{name}")
+        command = module.add_parser(sub)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except SparseLabelsError as exc:
+        print(f"sparselabels {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        print(f"sparselabels {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sparselabels {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""``sparselabels validate FILE``: exit 0 when valid, otherwise 1 and the problems found, first first."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from sparselabels.io.validate import validate
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("validate", help="verify every checksum, structure and label rule")
+    p.add_argument("path", help="label file, manifest (.json) or shard directory")
+    p.add_argument("--max-problems", type=int, default=20, help="stop after this many problems (default 20)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    report = validate(args.path, max_problems=args.max_problems)
+    if args.json:
+        print(json.dumps({"path": report.path, "ok": report.ok, "problems": report.problems,
+                          "files": report.files, "sequences": report.num_sequences,
+                          "positions": report.num_positions, "labels": report.num_labels}, indent=2))
+    elif report.ok:
+        print(f"{report.path}: valid ({report.files} file(s), {report.num_sequences:,} sequences, "
+              f"{report.num_positions:,} positions, {report.num_labels:,} labels)")
+    else:
+        print(f"{report.path}: INVALID", file=sys.stderr)
+        for problem in report.problems:
+            print(f"  {problem}", file=sys.stderr)
+    return 0 if report.ok else 1

@@ -1,0 +1,96 @@
+"""The interface every codec implements.
+
+A codec turns the labels of a *chunk* (a run of whole sequences that the writer encodes together) into
+bytes, and one sequence's bytes back into CSR arrays. The container (header, chunks, index, footer; see
+spec/FORMAT.md) is the same for every codec: it stores, for each chunk, an optional codec *table* (bytes
+shared by the chunk's sequences, e.g. a dictionary) and, for each sequence, one *record* starting at an
+8-byte-aligned offset. The container records each sequence's position count, label count and record size,
+so a codec never stores them again.
+
+Decoding is the security boundary: ``decode`` receives bytes from an untrusted file. It must check every
+length and every value it reads before it uses it to index anything, and raise
+:class:`~sparselabels.errors.FormatError` (never crash, hang or allocate more than ``O(num_positions +
+num_labels)``) on anything inconsistent. The caller adds the file, chunk and sequence to the message.
+Semantic checks that do not depend on the codec (ids ascending and below the vocabulary, counts summing to
+``rounds``) are done by the caller on the decoded arrays.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from sparselabels.format.values import VALUE_DTYPES, VALUE_KINDS
+
+__all__ = ["VALUE_DTYPES", "VALUE_KINDS", "ChunkInput", "Codec", "EncodedChunk", "padded"]
+
+
+@dataclass(frozen=True)
+class ChunkInput:
+    """The validated labels of ``n`` consecutive sequences, concatenated.
+
+    ``ids``: uint32[M]; ``values``: uint8[M] (count) or float16[M] (prob); ``labels_per_position``:
+    uint32[P], the number of labels of each position; ``seq_positions`` and ``seq_labels``: int64[n], the
+    number of positions and labels of each sequence (sum to P and M).
+    """
+
+    ids: np.ndarray
+    values: np.ndarray
+    labels_per_position: np.ndarray
+    seq_positions: np.ndarray
+    seq_labels: np.ndarray
+    value_kind: str
+    vocab_size: int
+
+
+@dataclass(frozen=True)
+class EncodedChunk:
+    """A codec's output for one chunk.
+
+    ``table``: uint8[*] (may be empty), the bytes shared by the chunk's records. ``records``: uint8[*], the
+    records one after another, each padded with zero bytes to a multiple of 8. ``record_sizes``: int64[n],
+    the padded size of each record (so they sum to ``len(records)``).
+    """
+
+    table: np.ndarray
+    records: np.ndarray
+    record_sizes: np.ndarray
+
+
+class Codec(abc.ABC):
+    """One way of laying out a sequence's labels as bytes. Stateless; one instance serves all files."""
+
+    name: ClassVar[str]
+    #: Upper bounds on positions and labels per byte of record that any valid record respects. The reader
+    #: rejects an index that claims more before decoding, so a hostile index cannot make ``decode``
+    #: allocate more than a small multiple of the record's size.
+    max_positions_per_byte: ClassVar[int] = 8
+    max_labels_per_byte: ClassVar[int] = 8
+
+    @abc.abstractmethod
+    def encode_chunk(self, chunk: ChunkInput) -> EncodedChunk:
+        """Encode the sequences of one chunk. Inputs are already validated; output is deterministic."""
+
+    @abc.abstractmethod
+    def decode(
+        self,
+        record: np.ndarray,
+        table: np.ndarray,
+        num_positions: int,
+        num_labels: int,
+        value_kind: str,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Decode one record (uint8 view, exactly its padded size) into ``(ids, values, indptr)``.
+
+        ``ids`` uint32[num_labels], ``values`` of the value kind's dtype, ``indptr`` int64[num_positions+1]
+        with ``indptr[0] == 0`` and ``indptr[-1] == num_labels``. Views into ``record`` are allowed (and
+        preferred); the caller never writes to them. Raises FormatError on any inconsistency.
+        """
+
+
+def padded(nbytes: int, alignment: int = 8) -> int:
+    """``nbytes`` rounded up to a multiple of ``alignment``."""
+    return (nbytes + alignment - 1) // alignment * alignment

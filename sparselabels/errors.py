@@ -1,0 +1,47 @@
+"""The library's exceptions.
+
+Every error sparselabels raises on purpose derives from :class:`SparseLabelsError`, so callers can catch
+one type. Errors about files say which file and, where known, which section, chunk, sequence, position
+and field; errors about inputs say which sequence, position and field.
+"""
+
+from __future__ import annotations
+
+
+class SparseLabelsError(Exception):
+    """Base class of every error raised on purpose by sparselabels."""
+
+
+class FormatError(SparseLabelsError, ValueError):
+    """A file is not a valid sparse-label file: corrupt, truncated, hostile or of an unknown version."""
+
+
+class IncompleteFileError(FormatError):
+    """A file was never finalised (its writer was interrupted); ``LabelWriter(..., resume=True)`` continues it."""
+
+
+class ChecksumError(FormatError):
+    """Stored bytes do not match their recorded CRC-32."""
+
+
+class InputError(SparseLabelsError, ValueError):
+    """Data handed to the library (labels, logits, tokens, options) breaks a documented rule."""
+
+
+class CompatibilityError(SparseLabelsError):
+    """Files or settings that must agree do not (vocabulary, rounds, value kind, teacher, codec, ...)."""
+
+
+class AlignmentError(SparseLabelsError):
+    """Labels and token sequences do not line up (length or input fingerprint differs)."""
+
+
+def where(**parts: object) -> str:
+    """Format a location such as ``file 'a.slbl', sequence 3, position 17`` from the parts that are known."""
+    out = []
+    for key, value in parts.items():
+        if value is None:
+            continue
+        label = key.replace("_", " ")
+        out.append(f"{label} {value!r}" if isinstance(value, str) else f"{label} {value}")
+    return ", ".join(out)

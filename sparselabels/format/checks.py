@@ -1,0 +1,127 @@
+"""Semantic checks of one sequence's labels, shared by the writer (input) and the reader (file contents).
+
+One numba pass over the CSR arrays finds the first violation; the caller turns it into an exception that
+names the file or the writer's sequence, with the position, label and field reported here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+MAX_PROB_LABELS = 65535
+# A position's probabilities may sum to slightly more than 1 after float16 rounding; beyond this is an error.
+PROB_SUM_TOLERANCE = 1e-3
+
+OK = 0
+_MESSAGES = {
+    1: ("indptr", "indptr[0] is {a}, expected 0"),
+    2: ("indptr", "indptr decreases ({a} after {b})"),
+    3: ("indptr", "indptr[-1] is {a}, but there are {b} labels"),
+    4: ("ids", "id {a} is outside the vocabulary (vocab_size {b})"),
+    5: ("ids", "ids are not strictly ascending ({a} after {b})"),
+    6: ("counts", "count is 0; every stored label has count >= 1"),
+    7: ("counts", "counts sum to {a}, expected rounds = {b}"),
+    8: ("counts", "probability {a} is not in (0, 1]"),
+    9: ("counts", "probabilities sum to {a}, more than 1"),
+    10: ("indptr", "{a} labels in one position, more than the limit of {b}"),
+    11: ("counts", "count {a} is larger than rounds = {b}"),
+}
+
+
+@dataclass(frozen=True)
+class LabelProblem:
+    """The first rule a sequence's labels break: where (position, label index) and what (field, message)."""
+
+    code: int
+    position: int
+    label: int
+    field: str
+    message: str
+
+    def describe(self) -> str:
+        parts = [f"position {self.position}"] if self.position >= 0 else []
+        if self.label >= 0:
+            parts.append(f"label {self.label}")
+        parts.append(f"field '{self.field}'")
+        return ", ".join(parts) + f": {self.message}"
+
+
+@numba.njit(cache=True, nogil=True)
+def _check_csr(ids, counts, indptr, vocab_size, rounds, is_prob, max_labels):
+    """Return (code, position, label, a, b) for the first violation, code 0 when all is well."""
+    num_pos = indptr.shape[0] - 1
+    num_labels = ids.shape[0]
+    if indptr[0] != 0:
+        return 1, -1, -1, indptr[0], 0
+    for p in range(num_pos):
+        lo = indptr[p]
+        hi = indptr[p + 1]
+        if hi < lo:
+            return 2, p, -1, hi, lo
+        if hi > num_labels:
+            return 3, p, -1, hi, num_labels
+        if hi - lo > max_labels:
+            return 10, p, -1, hi - lo, max_labels
+        total = 0
+        ptotal = 0.0
+        prev = -1
+        for k in range(lo, hi):
+            v = np.int64(ids[k])
+            if v < 0 or v >= vocab_size:
+                return 4, p, k, v, vocab_size
+            if v <= prev:
+                return 5, p, k, v, prev
+            prev = v
+            if is_prob:
+                x = np.float64(counts[k])
+                if not (x > 0.0 and x <= 1.0):
+                    return 8, p, k, np.int64(0), 0
+                ptotal += x
+            else:
+                c = np.int64(counts[k])
+                if c <= 0:
+                    return 6, p, k, c, 0
+                if c > rounds:
+                    return 11, p, k, c, rounds
+                total += c
+        if is_prob:
+            if ptotal > 1.0 + 1e-3:
+                return 9, p, -1, np.int64(0), 0
+        elif hi > lo and total != rounds:
+            return 7, p, -1, total, rounds
+    if indptr[num_pos] != num_labels:
+        return 3, num_pos, -1, indptr[num_pos], num_labels
+    return 0, -1, -1, 0, 0
+
+
+def check_labels(
+    ids: np.ndarray,
+    values: np.ndarray,
+    indptr: np.ndarray,
+    *,
+    vocab_size: int,
+    value_kind: str,
+    rounds: int | None,
+) -> LabelProblem | None:
+    """The first violation of the label rules in one sequence (spec/FORMAT.md, "Label rules"), or None."""
+    is_prob = value_kind == "prob"
+    if is_prob:
+        vals = values.astype(np.float32)  # numba has no float16 arithmetic
+        max_labels = MAX_PROB_LABELS
+        rounds_arg = 0
+    else:
+        vals = values
+        max_labels = int(rounds)
+        rounds_arg = int(rounds)
+    code, pos, label, a, b = _check_csr(ids, vals, indptr, int(vocab_size), rounds_arg, is_prob, max_labels)
+    if code == OK:
+        return None
+    field, template = _MESSAGES[int(code)]
+    if code == 8:
+        a = float(values[label])
+    elif code == 9:
+        a = float(np.sum(values[indptr[pos] : indptr[pos + 1]].astype(np.float64)))
+    return LabelProblem(int(code), int(pos), int(label), field, template.format(a=a, b=b))

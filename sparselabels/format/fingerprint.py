@@ -1,0 +1,28 @@
+"""Input fingerprints: a 64-bit identity of a sequence's input token ids, to join labels to tokens.
+
+fingerprint = BLAKE2b with an 8-byte digest over the token ids written as little-endian uint32, read as a
+little-endian unsigned integer. Any language's BLAKE2b reproduces it (spec/FORMAT.md, "Fingerprints").
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from sparselabels.errors import InputError
+
+
+def input_fingerprint(token_ids) -> int:
+    """The 64-bit fingerprint of one sequence of input token ids (any integer array-like, values < 2**32)."""
+    arr = np.asarray(token_ids)
+    if hasattr(token_ids, "detach"):  # a torch tensor
+        arr = token_ids.detach().cpu().numpy()
+    if arr.ndim != 1:
+        raise InputError(f"input_fingerprint: token ids must be 1-D, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise InputError(f"input_fingerprint: token ids must be integers, got dtype {arr.dtype}")
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= 1 << 32):
+        raise InputError("input_fingerprint: token ids must be in 0..2**32-1")
+    data = np.ascontiguousarray(arr, dtype="<u4").tobytes()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")

@@ -1,0 +1,153 @@
+"""The metadata block: a msgpack map with required keys, decoded under strict limits.
+
+Metadata is untrusted input when a file is read: it is size-capped by the header, decoded with msgpack's
+length limits, without extension types, and its nesting depth and key types are checked before use.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import msgpack
+
+from sparselabels._version import __version__
+from sparselabels.errors import FormatError, InputError
+from sparselabels.format.layout import MAX_METADATA_BYTES, VERSION_MAJOR, VERSION_MINOR
+from sparselabels.format.values import VALUE_KINDS
+
+REQUIRED_KEYS = ("format_version", "vocab_size", "value_kind", "rounds", "codec", "library_version")
+MAX_DEPTH = 32
+MAX_VOCAB = 1 << 32
+
+# Optional keys the library knows; their types are checked when present. Any other str key is user metadata.
+OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
+    "teacher": (str,),
+    "teacher_fingerprint": (str,),
+    "tokenizer_fingerprint": (str,),
+    "temperature": (float, int),
+    "seed": (int,),
+    "source_fingerprint": (str,),
+    "topk": (int,),
+    "codec_options": (dict,),
+    "user": (dict,),
+}
+
+# Keys that must agree between shards that are read or merged together.
+COMPATIBILITY_KEYS = ("vocab_size", "value_kind", "rounds", "teacher", "teacher_fingerprint",
+                      "tokenizer_fingerprint", "temperature", "topk")
+
+
+def build(*, vocab_size: int, value_kind: str, rounds: int | None, codec: str, extra: dict | None) -> dict:
+    """The metadata dict a writer stores: the required keys plus the caller's ``extra`` keys."""
+    extra = dict(extra or {})
+    clash = sorted(set(extra) & set(REQUIRED_KEYS))
+    if clash:
+        raise InputError(f"metadata: keys {clash} are set by the library; pass them as LabelWriter arguments")
+    meta = {
+        "format_version": f"{VERSION_MAJOR}.{VERSION_MINOR}",
+        "vocab_size": vocab_size,
+        "value_kind": value_kind,
+        "rounds": rounds,
+        "codec": codec,
+        "library_version": __version__,
+        **extra,
+    }
+    try:
+        check(meta)
+    except FormatError as exc:
+        raise InputError(str(exc).replace("metadata:", "metadata argument:", 1)) from None
+    return meta
+
+
+def encode(meta: dict) -> bytes:
+    try:
+        data = msgpack.packb(meta, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InputError(f"metadata: cannot be stored as msgpack ({exc}); use str, int, float, bool, None, "
+                         "bytes, lists and str-keyed dicts") from None
+    if len(data) > MAX_METADATA_BYTES:
+        raise InputError(f"metadata: {len(data)} bytes encoded, more than the limit of {MAX_METADATA_BYTES}")
+    return data
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise FormatError(f"metadata: msgpack extension type {code} is not allowed")
+
+
+def decode(data: bytes) -> dict:
+    """Decode and check a metadata block read from a file."""
+    n = len(data)
+    try:
+        meta = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            ext_hook=_no_ext,
+            max_str_len=n,
+            max_bin_len=n,
+            max_array_len=n,
+            max_map_len=n,
+            max_ext_len=0,
+        )
+    except FormatError:
+        raise
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
+        raise FormatError(f"metadata: not valid msgpack ({type(exc).__name__}: {exc})") from None
+    check(meta)
+    return meta
+
+
+def check(meta: Any) -> None:
+    """Check structure, required keys and the types of known keys; raise FormatError naming the key."""
+    if not isinstance(meta, dict):
+        raise FormatError(f"metadata: top level is {type(meta).__name__}, expected a map")
+    _check_tree(meta, 0)
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise FormatError(f"metadata: required keys missing: {missing}")
+    version = meta["format_version"]
+    if not isinstance(version, str) or not version.startswith(f"{VERSION_MAJOR}."):
+        raise FormatError(f"metadata: format_version {version!r} does not match major version {VERSION_MAJOR}")
+    vocab = meta["vocab_size"]
+    if not _is_int(vocab) or not 1 <= vocab <= MAX_VOCAB:
+        raise FormatError(f"metadata: vocab_size {vocab!r} must be an integer in 1..2**32")
+    kind = meta["value_kind"]
+    if kind not in VALUE_KINDS:
+        raise FormatError(f"metadata: value_kind {kind!r} must be one of {list(VALUE_KINDS)}")
+    rounds = meta["rounds"]
+    if kind == "count":
+        if not _is_int(rounds) or not 1 <= rounds <= 255:
+            raise FormatError(f"metadata: rounds {rounds!r} must be an integer in 1..255 for value_kind 'count'")
+    elif rounds is not None:
+        raise FormatError(f"metadata: rounds must be nil for value_kind {kind!r}, got {rounds!r}")
+    if not isinstance(meta["codec"], str) or not meta["codec"]:
+        raise FormatError(f"metadata: codec {meta['codec']!r} must be a non-empty string")
+    if not isinstance(meta["library_version"], str):
+        raise FormatError("metadata: library_version must be a string")
+    for key, types in OPTIONAL_TYPES.items():
+        if key in meta and meta[key] is not None and (not isinstance(meta[key], types) or isinstance(meta[key], bool)):
+            raise FormatError(f"metadata: {key} must be {' or '.join(t.__name__ for t in types)}, got {meta[key]!r}")
+    temp = meta.get("temperature")
+    if temp is not None and not (math.isfinite(temp) and temp > 0):
+        raise FormatError(f"metadata: temperature {temp!r} must be finite and > 0")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_tree(value: Any, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise FormatError(f"metadata: nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise FormatError(f"metadata: map key {key!r} is not a string")
+            _check_tree(item, depth + 1)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_tree(item, depth + 1)
+    elif not isinstance(value, str | bytes | int | float | bool | type(None)):
+        raise FormatError(f"metadata: value of type {type(value).__name__} is not allowed")

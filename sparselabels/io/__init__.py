@@ -1,0 +1,1 @@
+"""Reading and writing sparse-label files and shard sets."""

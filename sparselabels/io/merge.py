@@ -1,0 +1,121 @@
+"""Merging shards written in parallel: a manifest over them, or one physical file.
+
+Both check that the shards can be read as one dataset (vocabulary, value kind, rounds, teacher, tokenizer,
+temperature). A physical merge copies chunks byte for byte when the codec stays the same (verifying each
+chunk's checksum on the way) and re-encodes sequence by sequence otherwise. It writes through
+:class:`LabelWriter`, so it is crash-safe in the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from sparselabels.errors import ChecksumError, CompatibilityError
+from sparselabels.format.layout import CHUNK_HEADER_SIZE, FLAG_FINGERPRINTS, ChunkHeader, crc32
+from sparselabels.format.metadata import REQUIRED_KEYS
+from sparselabels.io.reader import LabelFile
+from sparselabels.io.shards import (
+    LabelShards,
+    check_compatible,
+    common_metadata,
+    open_labels,
+    write_manifest,
+)
+from sparselabels.io.writer import LabelWriter
+
+
+def input_files(inputs: list[str | os.PathLike]) -> list[Path]:
+    """Expand files, manifests and shard directories into the list of shard files, in order."""
+    files: list[Path] = []
+    for item in inputs:
+        labels = open_labels(item, verify="structure")
+        try:
+            if isinstance(labels, LabelShards):
+                files.extend(labels.shard_paths())
+            else:
+                files.append(Path(item))
+        finally:
+            labels.close()
+    return files
+
+
+def merge(out: str | os.PathLike, inputs: list[str | os.PathLike], *, copy: bool = False,
+          codec: str | None = None, overwrite: bool = False) -> Path:
+    """Merge ``inputs`` (files, manifests or directories) into ``out``.
+
+    ``copy=False`` writes a manifest at ``out`` (the shards must live in its directory tree). ``copy=True``
+    writes one label file at ``out``; ``codec`` picks its codec (default: the inputs' common codec).
+    """
+    out = Path(out)
+    files = input_files(inputs)
+    if not files:
+        raise CompatibilityError("merge needs at least one input")
+    if not copy:
+        if out.exists() and not overwrite:
+            raise CompatibilityError(f"{out} exists; pass overwrite=True to replace it")
+        return write_manifest(out, files)
+    return _merge_copy(out, files, codec=codec, overwrite=overwrite)
+
+
+def _merge_copy(out: Path, files: list[Path], *, codec: str | None, overwrite: bool) -> Path:
+    opened = [LabelFile(p, verify="index") for p in files]
+    try:
+        first = opened[0]
+        for f in opened[1:]:
+            check_compatible(first.metadata, f.metadata, what=f"input {f.path!r}", reference_name=first.path)
+        fp_flags = {bool(f.footer.flags & FLAG_FINGERPRINTS) for f in opened if len(f)}
+        if len(fp_flags) > 1:
+            raise CompatibilityError("some inputs store input fingerprints and others do not; they cannot be merged")
+        codecs = {f.codec.name for f in opened}
+        target = codec or (codecs.pop() if len(codecs) == 1 else None)
+        if target is None:
+            raise CompatibilityError(f"inputs use different codecs {sorted(codecs)}; choose one with codec=...")
+        metas = [f.metadata for f in opened]
+        merged = {k: v for k, v in common_metadata(metas).items() if k not in REQUIRED_KEYS}
+        differing = sorted({k for m in metas for k in m} - set(merged) - set(REQUIRED_KEYS))
+        if differing:
+            merged["merged_from"] = [
+                {"file": Path(f.path).name, "num_sequences": len(f), **{k: f.metadata.get(k) for k in differing}}
+                for f in opened
+            ]
+        with LabelWriter(out, vocab_size=first.vocab_size, rounds=first.rounds, value_kind=first.value_kind,
+                         codec=target, metadata=merged, overwrite=overwrite) as writer:
+            for f in opened:
+                if f.codec.name == target:
+                    _copy_chunks(f, writer)
+                else:
+                    _reencode(f, writer)
+        return out
+    finally:
+        for f in opened:
+            f.close()
+
+
+def _copy_chunks(f: LabelFile, writer: LabelWriter) -> None:
+    """Append ``f``'s chunks to ``writer`` unchanged but for their headers, checking each payload's CRC."""
+    writer.flush()  # chunks stay whole: a pending partial chunk of an earlier input goes first
+    offsets = f.index_column("chunk_offset").astype(np.int64)
+    source = f._source
+    assert source is not None
+    for c in range(f.num_chunks):
+        start = int(offsets[c])
+        where = f"file {f.path!r}, chunk {c}"
+        header = ChunkHeader.unpack(source.view(start, CHUNK_HEADER_SIZE, "chunk header"), where)
+        at = start + CHUNK_HEADER_SIZE
+        entries = source.view(at, header.entries_size, "chunk entries")
+        table = source.view(at + header.entries_size, header.table_size, "chunk table")
+        records = source.view(at + header.entries_size + header.table_size, header.records_size, "chunk records")
+        crc = crc32(records, crc32(table, crc32(entries)))
+        if crc != header.payload_crc32:
+            raise ChecksumError(f"{where}: payload CRC-32 mismatch; not copying a corrupt chunk")
+        entries_2d = entries.view("<u8").reshape(header.num_sequences, -1)
+        writer._emit_chunk(entries_2d, table, records, header.flags, payload_crc=crc)
+
+
+def _reencode(f: LabelFile, writer: LabelWriter) -> None:
+    for i in range(len(f)):
+        s = f[i]
+        writer.write(s.ids, s.counts, s.indptr, fingerprint=s.fingerprint)

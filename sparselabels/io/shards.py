@@ -1,0 +1,305 @@
+"""Shard sets: several label files read as one, described by a JSON manifest or by a directory.
+
+A manifest lists shard files by path *relative to the manifest's directory* (absolute paths and ``..`` are
+refused), with each shard's size, counts and footer checksum, so a stale or swapped shard is caught when it
+is opened. Shards open lazily and at most ``max_open`` stay mapped at a time, so a set of thousands of
+shards does not exhaust the process's memory maps.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import operator
+import os
+from collections import OrderedDict
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from sparselabels.errors import CompatibilityError, FormatError
+from sparselabels.format.layout import FOOTER_SIZE
+from sparselabels.format.metadata import COMPATIBILITY_KEYS
+from sparselabels.io.reader import LabelFile, Labels
+from sparselabels.io.sequence import Sequence
+
+MANIFEST_FORMAT = "sparselabels-manifest"
+MANIFEST_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SHARD_SUFFIX = ".slbl"
+MAX_MANIFEST_BYTES = 256 << 20
+_SHARD_FIELDS = {"path": str, "bytes": int, "num_sequences": int, "num_positions": int, "num_labels": int,
+                 "footer_crc32": int}
+
+
+def footer_crc32(path: str | os.PathLike) -> int:
+    """The CRC-32 stored in a file's footer: a cheap identity of the whole file's index."""
+    with open(path, "rb") as f:
+        f.seek(-FOOTER_SIZE, os.SEEK_END)
+        return int.from_bytes(f.read(FOOTER_SIZE)[-4:], "little")
+
+
+def check_compatible(reference: dict, other: dict, *, what: str, reference_name: str) -> None:
+    """Raise CompatibilityError naming the first key that must agree between two files and does not."""
+    for key in COMPATIBILITY_KEYS:
+        if reference.get(key) != other.get(key):
+            raise CompatibilityError(
+                f"{what}: {key} is {other.get(key)!r}, but {reference_name} has {reference.get(key)!r}"
+            )
+
+
+def common_metadata(metas: list[dict]) -> dict:
+    """The keys whose values are identical in every metadata dict."""
+    first = metas[0]
+    return {k: v for k, v in first.items() if all(k in m and m[k] == v for m in metas[1:])}
+
+
+def _confined(name: Any, where: str) -> str:
+    if not isinstance(name, str) or not name or "\\" in name or "\x00" in name:
+        raise FormatError(f"{where}: shard path {name!r} is not a non-empty relative path")
+    parts = PurePosixPath(name).parts
+    if PurePosixPath(name).is_absolute() or ".." in parts or (parts and parts[0].endswith(":")):
+        raise FormatError(f"{where}: shard path {name!r} leaves the manifest's directory")
+    return name
+
+
+def write_manifest(path: str | os.PathLike, shards: list[str | os.PathLike]) -> Path:
+    """Write a manifest at ``path`` for shard files that live in its directory tree (checked compatible)."""
+    path = Path(path)
+    root = path.parent.resolve()
+    entries, metas, first_name = [], [], None
+    for shard in shards:
+        shard_path = Path(shard).resolve()
+        try:
+            rel = shard_path.relative_to(root)
+        except ValueError:
+            raise CompatibilityError(
+                f"shard {str(shard)!r} is outside the manifest's directory {str(root)!r}; a manifest may only "
+                "list files beside or below it (or merge with copy=True)"
+            ) from None
+        with LabelFile(shard_path) as f:
+            if metas:
+                check_compatible(metas[0], f.metadata, what=f"shard {str(shard)!r}", reference_name=first_name)
+            else:
+                first_name = str(shard)
+            metas.append(f.metadata)
+            entries.append({
+                "path": rel.as_posix(),
+                "bytes": f.file_size,
+                "num_sequences": len(f),
+                "num_positions": f.num_positions,
+                "num_labels": f.num_labels,
+                "footer_crc32": footer_crc32(shard_path),
+            })
+    if not entries:
+        raise CompatibilityError("a manifest needs at least one shard")
+    body = {
+        "format": MANIFEST_FORMAT,
+        "manifest_version": MANIFEST_VERSION,
+        "num_sequences": sum(e["num_sequences"] for e in entries),
+        "num_positions": sum(e["num_positions"] for e in entries),
+        "num_labels": sum(e["num_labels"] for e in entries),
+        "metadata": common_metadata(metas),
+        "shards": entries,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(body, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """Load and check a manifest (structure, types, confinement of shard paths)."""
+    path = Path(path)
+    where = f"manifest {str(path)!r}"
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise FormatError(f"{where}: {size} bytes, more than the limit of {MAX_MANIFEST_BYTES}")
+    try:
+        body = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise FormatError(f"{where}: not valid JSON ({exc})") from None
+    if not isinstance(body, dict) or body.get("format") != MANIFEST_FORMAT:
+        raise FormatError(f"{where}: not a sparselabels manifest (format must be {MANIFEST_FORMAT!r})")
+    if body.get("manifest_version") != MANIFEST_VERSION:
+        raise FormatError(f"{where}: manifest_version {body.get('manifest_version')!r} is not supported")
+    shards = body.get("shards")
+    if not isinstance(shards, list) or not shards:
+        raise FormatError(f"{where}: 'shards' must be a non-empty list")
+    if not isinstance(body.get("metadata"), dict):
+        raise FormatError(f"{where}: 'metadata' must be a map")
+    for i, entry in enumerate(shards):
+        if not isinstance(entry, dict):
+            raise FormatError(f"{where}: shard {i} is not a map")
+        for key, typ in _SHARD_FIELDS.items():
+            value = entry.get(key)
+            if not isinstance(value, typ) or isinstance(value, bool) or (typ is int and not 0 <= value < 1 << 63):
+                raise FormatError(f"{where}: shard {i}: field {key!r} is missing or invalid ({value!r})")
+        _confined(entry["path"], f"{where}: shard {i}")
+    for key in ("num_sequences", "num_positions", "num_labels"):
+        if body.get(key) != sum(e[key] for e in shards):
+            raise FormatError(f"{where}: {key} does not equal the sum over its shards")
+    return body
+
+
+class LabelShards(Labels):
+    """Several label files presented as one sequence of sequences, in shard order."""
+
+    def __init__(self, shards: list[dict], *, root: Path, metadata: dict, mmap: bool = True,
+                 verify: str = "index", max_open: int = 64, source: str | None = None,
+                 opened: dict[int, LabelFile] | None = None) -> None:
+        self._entries = shards
+        self._root = root
+        self.metadata = metadata
+        self._mmap = mmap
+        self._verify = verify
+        self._max_open = max(1, max_open)
+        self._source = source
+        self._open: OrderedDict[int, LabelFile] = OrderedDict(opened or {})
+        self._seq_starts = np.concatenate(([0], np.cumsum([e["num_sequences"] for e in shards]))).astype(np.int64)
+        self._pos_starts = np.concatenate(([0], np.cumsum([e["num_positions"] for e in shards]))).astype(np.int64)
+        self._num_labels = sum(e["num_labels"] for e in shards)
+
+    @classmethod
+    def from_manifest(cls, path: str | os.PathLike, **kwargs) -> LabelShards:
+        body = read_manifest(path)
+        return cls(body["shards"], root=Path(path).parent, metadata=body["metadata"], source=os.fspath(path),
+                   **kwargs)
+
+    @classmethod
+    def from_files(cls, paths: list[Path], **kwargs) -> LabelShards:
+        """Open every file now (their footers and indexes give the counts) and check they agree."""
+        opened, entries, metas = {}, [], []
+        for i, p in enumerate(paths):
+            f = LabelFile(p, mmap=kwargs.get("mmap", True), verify=kwargs.get("verify", "index"))
+            if metas:
+                check_compatible(metas[0], f.metadata, what=f"shard {str(p)!r}", reference_name=str(paths[0]))
+            metas.append(f.metadata)
+            entries.append({"path": p.name, "bytes": f.file_size, "num_sequences": len(f),
+                            "num_positions": f.num_positions, "num_labels": f.num_labels,
+                            "footer_crc32": footer_crc32(p)})
+            opened[i] = f
+        root = paths[0].parent
+        return cls(entries, root=root, metadata=common_metadata(metas), opened=opened, **kwargs)
+
+    # -- shard management ----------------------------------------------------------------------------------
+    @property
+    def num_shards(self) -> int:
+        return len(self._entries)
+
+    def shard_paths(self) -> list[Path]:
+        return [self._root / e["path"] for e in self._entries]
+
+    def shard(self, k: int) -> LabelFile:
+        """Shard ``k``, opened (and checked against its manifest entry) on first use."""
+        f = self._open.get(k)
+        if f is not None:
+            self._open.move_to_end(k)
+            return f
+        entry = self._entries[k]
+        path = self._root / entry["path"]
+        where = f"shard {k} ({str(path)!r})"
+        try:
+            f = LabelFile(path, mmap=self._mmap, verify=self._verify)
+        except FileNotFoundError:
+            raise FormatError(f"{where}: file is missing") from None
+        found = {"bytes": f.file_size, "num_sequences": len(f), "num_positions": f.num_positions,
+                 "num_labels": f.num_labels, "footer_crc32": footer_crc32(path)}
+        for key, value in found.items():
+            if entry[key] != value:
+                f.close()
+                raise FormatError(f"{where}: {key} is {value}, the manifest says {entry[key]}; the shard changed")
+        try:
+            check_compatible(self.metadata, f.metadata, what=where, reference_name="the manifest")
+        except CompatibilityError:
+            f.close()
+            raise
+        self._open[k] = f
+        while len(self._open) > self._max_open:
+            _, old = self._open.popitem(last=False)
+            old.close()
+        return f
+
+    # -- Labels --------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self._seq_starts[-1])
+
+    @property
+    def num_positions(self) -> int:
+        return int(self._pos_starts[-1])
+
+    @property
+    def num_labels(self) -> int:
+        return self._num_labels
+
+    def locate_sequence(self, index: int) -> tuple[int, int]:
+        """(shard, index within the shard) of a global sequence index."""
+        k = bisect.bisect_right(self._seq_starts, index) - 1
+        return k, index - int(self._seq_starts[k])
+
+    def __getitem__(self, index: int) -> Sequence:
+        n = len(self)
+        index = operator.index(index)
+        if not -n <= index < n:
+            raise IndexError(f"sequence {index} out of range for {n} sequences")
+        index %= n
+        k, local = self.locate_sequence(index)
+        s = self.shard(k).read(local)
+        return Sequence(s.ids, s.counts, s.indptr, s.fingerprint, index)
+
+    def _locate(self, position: int) -> tuple[int, int]:
+        k = int(np.searchsorted(self._pos_starts, position, side="right")) - 1
+        seq, offset = self.shard(k)._locate(position - int(self._pos_starts[k]))
+        return int(self._seq_starts[k]) + seq, offset
+
+    @property
+    def sequence_lengths(self) -> np.ndarray:
+        return np.concatenate([self.shard(k).sequence_lengths for k in range(self.num_shards)])
+
+    @property
+    def fingerprints(self) -> np.ndarray | None:
+        parts = [self.shard(k).fingerprints for k in range(self.num_shards)]
+        if any(p is None for p in parts):
+            return None
+        return np.concatenate(parts)
+
+    def close(self) -> None:
+        for f in self._open.values():
+            f.close()
+        self._open.clear()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = {k: v for k, v in self.__dict__.items() if k != "_open"}
+        state["_verify"] = "structure"
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._open = OrderedDict()
+
+    def __repr__(self) -> str:
+        return (f"LabelShards({self._source or str(self._root)!r}, shards={self.num_shards}, sequences={len(self)}, "
+                f"positions={self.num_positions})")
+
+
+def shard_files(directory: Path) -> list[Path]:
+    """The shard files of a directory without a manifest, in name order."""
+    files = sorted(p for p in directory.iterdir() if p.suffix == SHARD_SUFFIX and p.is_file())
+    if not files:
+        raise FormatError(f"directory {str(directory)!r} holds no {MANIFEST_NAME} and no *{SHARD_SUFFIX} files")
+    return files
+
+
+def open_labels(path: str | os.PathLike, *, mmap: bool = True, verify: str = "index",
+                max_open: int = 64) -> Labels:
+    """Open a label file, a manifest (``*.json``) or a directory of shards (its manifest.json if present)."""
+    path = Path(path)
+    if path.is_dir():
+        manifest = path / MANIFEST_NAME
+        if manifest.is_file():
+            return LabelShards.from_manifest(manifest, mmap=mmap, verify=verify, max_open=max_open)
+        return LabelShards.from_files(shard_files(path), mmap=mmap, verify=verify, max_open=max_open)
+    if path.suffix == ".json":
+        return LabelShards.from_manifest(path, mmap=mmap, verify=verify, max_open=max_open)
+    return LabelFile(path, mmap=mmap, verify=verify)

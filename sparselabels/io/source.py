@@ -1,0 +1,91 @@
+"""Byte sources for the reader: a memory map (zero-copy views) or positioned reads (no mmap).
+
+The pread mode exists for parallel file systems where thousands of memory maps exhaust the process's map
+count or behave badly; it copies each record it reads. Both check every range against the file size
+before touching it, so a hostile offset becomes a FormatError, never an out-of-bounds access.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+import numpy as np
+
+from sparselabels.errors import FormatError
+
+
+class ByteSource:
+    """Read-only access to a file's bytes as numpy uint8 arrays."""
+
+    def __init__(self, path: str, size: int) -> None:
+        self.path = path
+        self.size = size
+
+    def check_range(self, offset: int, length: int, what: str) -> None:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise FormatError(
+                f"file {self.path!r}: {what} spans bytes {offset}..{offset + length}, past the end of the "
+                f"{self.size}-byte file"
+            )
+
+    def view(self, offset: int, length: int, what: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class MmapSource(ByteSource):
+    """Zero-copy views into a read-only memory map of the whole file."""
+
+    def __init__(self, path: str, fd: int, size: int) -> None:
+        super().__init__(path, size)
+        self._map = mmap.mmap(fd, size, access=mmap.ACCESS_READ) if size else None
+        self._array = (
+            np.frombuffer(self._map, dtype=np.uint8) if self._map is not None else np.zeros(0, np.uint8)
+        )
+
+    def view(self, offset: int, length: int, what: str) -> np.ndarray:
+        self.check_range(offset, length, what)
+        return self._array[offset : offset + length]
+
+    def close(self) -> None:
+        # Views handed out keep the buffer alive; dropping our references lets the map close when they go.
+        self._array = np.zeros(0, np.uint8)
+        self._map = None
+
+
+class PreadSource(ByteSource):
+    """Positioned reads; every view is a fresh array."""
+
+    def __init__(self, path: str, fd: int, size: int) -> None:
+        super().__init__(path, size)
+        self._fd = os.dup(fd)
+
+    def view(self, offset: int, length: int, what: str) -> np.ndarray:
+        self.check_range(offset, length, what)
+        out = np.empty(length, dtype=np.uint8)
+        done = 0
+        mv = memoryview(out)
+        while done < length:
+            n = os.preadv(self._fd, [mv[done:]], offset + done)
+            if n <= 0:
+                raise FormatError(f"file {self.path!r}: {what}: file ended early (was it truncated while open?)")
+            done += n
+        return out
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def open_source(path: str, *, use_mmap: bool) -> ByteSource:
+    """Open ``path`` for reading with the chosen access method."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        return MmapSource(path, fd, size) if use_mmap else PreadSource(path, fd, size)
+    finally:
+        os.close(fd)

@@ -1,0 +1,507 @@
+"""Streaming, crash-safe writing of one sparse-label file.
+
+The writer appends chunks to ``<path>.partial`` and keeps in memory only the sequences of the chunk being
+filled (about ``chunk_bytes``) plus the index columns, which spill to temporary files beyond a few MiB, so
+memory stays bounded whatever the file's size. ``flush()`` makes everything written so far durable;
+``close()`` appends the index and footer, fsyncs, and renames the file to ``<path>`` atomically, so the final
+path only ever holds a complete file. After a crash, ``LabelWriter(path, ..., resume=True)`` keeps every
+chunk of the partial file whose checksums verify and continues after the last one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparselabels.codecs import ChunkInput, get_codec
+from sparselabels.errors import CompatibilityError, FormatError, InputError, SparseLabelsError
+from sparselabels.format import metadata as meta_format
+from sparselabels.format.checks import check_labels
+from sparselabels.format.layout import (
+    CHUNK_HEADER_SIZE,
+    FLAG_FINGERPRINTS,
+    HEADER_SIZE,
+    INDEX_COLUMNS,
+    ChunkHeader,
+    Footer,
+    Header,
+    crc32,
+)
+from sparselabels.format.values import VALUE_DTYPES, VALUE_KINDS
+
+DEFAULT_CHUNK_BYTES = 16 << 20
+_SPOOL_BYTES = 8 << 20
+_COPY_BLOCK = 8 << 20
+
+
+def partial_path(path: str | os.PathLike) -> Path:
+    """Where the writer of ``path`` keeps the unfinished file."""
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
+class _Column:
+    """An append-only uint64 column that spills to an anonymous temporary file beyond a few MiB."""
+
+    def __init__(self, directory: Path) -> None:
+        self._file = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES, dir=directory)  # noqa: SIM115 - closed by close()
+        self.count = 0
+
+    def append(self, values) -> None:
+        arr = np.ascontiguousarray(values, dtype="<u8")
+        self._file.write(arr.tobytes())
+        self.count += arr.size
+
+    def copy_into(self, fd: int, offset: int, crc: int) -> tuple[int, int]:
+        """Write the column at ``offset``; return (bytes written, running CRC)."""
+        self._file.seek(0)
+        written = 0
+        while block := self._file.read(_COPY_BLOCK):
+            _pwrite_all(fd, block, offset + written)
+            crc = crc32(block, crc)
+            written += len(block)
+        return written, crc
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _pwrite_all(fd: int, data, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+
+
+def _pread_exact(fd: int, size: int, offset: int) -> bytes:
+    out = bytearray()
+    while len(out) < size:
+        block = os.pread(fd, size - len(out), offset + len(out))
+        if not block:
+            break
+        out += block
+    return bytes(out)
+
+
+def _to_numpy(value: Any, name: str) -> np.ndarray:
+    if hasattr(value, "detach"):  # torch tensor
+        value = value.detach().cpu().numpy()
+    arr = np.asarray(value)
+    if arr.ndim != 1:
+        raise InputError(f"{name} must be 1-D, got shape {arr.shape}")
+    return arr
+
+
+class LabelWriter:
+    """Write sequences of sparse labels to ``path`` (see the module docstring for the crash-safety contract).
+
+    Parameters: ``vocab_size`` (ids must be below it), ``rounds`` (N, the draws per position, 1..255; required
+    for ``value_kind="count"``, absent for ``"prob"``), ``codec`` (``"raw"`` or another from
+    ``sparselabels.codecs.available()``), ``metadata`` (extra msgpack-able keys: teacher, tokenizer_fingerprint,
+    temperature, seed, ...), ``resume`` (continue ``<path>.partial``), ``overwrite`` (replace an existing
+    ``path`` or partial file), ``chunk_bytes`` (input bytes buffered per chunk), ``durable`` (fsync in
+    ``flush``/``close``; turn off only for scratch files).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        vocab_size: int,
+        rounds: int | None = None,
+        value_kind: str = "count",
+        codec: str = "raw",
+        metadata: dict[str, Any] | None = None,
+        resume: bool = False,
+        overwrite: bool = False,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        durable: bool = True,
+    ) -> None:
+        if value_kind not in VALUE_KINDS:
+            raise InputError(f"value_kind must be one of {list(VALUE_KINDS)}, got {value_kind!r}")
+        if value_kind == "count" and rounds is None:
+            raise InputError("rounds (draws per position, 1..255) is required for value_kind 'count'")
+        if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1:
+            raise InputError(f"chunk_bytes must be a positive integer, got {chunk_bytes!r}")
+        self.path = Path(path)
+        self.partial_path = partial_path(self.path)
+        self.codec = get_codec(codec)
+        self.value_kind = value_kind
+        self.vocab_size = int(vocab_size)
+        self.rounds = rounds
+        self.chunk_bytes = chunk_bytes
+        self.durable = durable
+        self.metadata = meta_format.build(
+            vocab_size=vocab_size, value_kind=value_kind, rounds=rounds, codec=codec, extra=metadata
+        )
+        self._meta_bytes = meta_format.encode(self.metadata)
+        self._fd = -1
+        self._closed = False
+        self._fingerprints: bool | None = None  # decided by the first sequence (or the recovered chunks)
+        self._reset_buffer()
+        self._reset_counters()
+        self._acquire(resume=resume, overwrite=overwrite)
+
+    # -- set-up --------------------------------------------------------------------------------------------
+    def _reset_buffer(self) -> None:
+        self._buf_ids: list[np.ndarray] = []
+        self._buf_values: list[np.ndarray] = []
+        self._buf_lpp: list[np.ndarray] = []
+        self._buf_fps: list[int] = []
+        self._buf_bytes = 0
+
+    def _reset_counters(self) -> None:
+        self._chunks = 0
+        self._sequences = 0  # in chunks already written
+        self._positions = 0
+        self._labels = 0
+        self._buffered_positions = 0
+        self._buffered_labels = 0
+
+    def _acquire(self, *, resume: bool, overwrite: bool) -> None:
+        if self.path.exists() and not overwrite:
+            if resume:
+                raise SparseLabelsError(f"{self.path} is already complete; nothing to resume")
+            raise SparseLabelsError(f"{self.path} exists; pass overwrite=True to replace it")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.partial_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SparseLabelsError(f"{self.partial_path} is being written by another LabelWriter") from None
+        self._fd = fd
+        try:
+            self._columns = {name: _Column(self.path.parent) for name in _COLUMN_ORDER}
+            existing = os.fstat(fd).st_size
+            if existing and resume:
+                self._recover()
+            elif existing and not overwrite:
+                raise SparseLabelsError(
+                    f"{self.partial_path} holds an unfinished file; pass resume=True to continue it "
+                    "or overwrite=True to start again"
+                )
+            else:
+                self._start()
+        except BaseException:
+            self._release()
+            raise
+
+    def _start(self) -> None:
+        os.ftruncate(self._fd, 0)
+        header = Header(metadata_size=len(self._meta_bytes), metadata_crc32=crc32(self._meta_bytes))
+        head = header.pack() + self._meta_bytes
+        head += bytes(header.data_offset - len(head))
+        _pwrite_all(self._fd, head, 0)
+        self._end = header.data_offset
+        if self.durable:
+            os.fsync(self._fd)
+            _fsync_dir(self.path.parent)
+
+    def _recover(self) -> None:
+        """Keep every verified chunk of the partial file; cut what follows the last one."""
+        fd = self._fd
+        size = os.fstat(fd).st_size
+        head = _pread_exact(fd, HEADER_SIZE, 0)
+        try:
+            header = Header.unpack(head)
+        except FormatError as exc:
+            if size < HEADER_SIZE + len(self._meta_bytes):
+                self._start()  # the crash came before the header was complete: nothing was written yet
+                return
+            raise FormatError(f"{self.partial_path}: cannot resume: {exc}") from None
+        meta_bytes = _pread_exact(fd, header.metadata_size, HEADER_SIZE)
+        if len(meta_bytes) < header.metadata_size:
+            self._start()
+            return
+        if crc32(meta_bytes) != header.metadata_crc32:
+            raise FormatError(f"{self.partial_path}: cannot resume: metadata CRC-32 mismatch")
+        stored = meta_format.decode(meta_bytes)
+        self._check_same_settings(stored)
+        self.metadata, self._meta_bytes = stored, meta_bytes
+        offset = header.data_offset
+        while offset + CHUNK_HEADER_SIZE <= size:
+            chunk = self._verified_chunk(offset, size)
+            if chunk is None:
+                break
+            header_c, entries = chunk
+            self._note_chunk(offset, header_c, entries)
+            offset += header_c.total_size
+        os.ftruncate(fd, offset)
+        self._end = offset
+        if self.durable:
+            os.fsync(fd)
+
+    def _verified_chunk(self, offset: int, size: int) -> tuple[ChunkHeader, np.ndarray] | None:
+        try:
+            header = ChunkHeader.unpack(_pread_exact(self._fd, CHUNK_HEADER_SIZE, offset), "resume")
+        except FormatError:
+            return None
+        if header.chunk_index != self._chunks or header.first_sequence != self._sequences:
+            return None
+        if offset + header.total_size > size:
+            return None
+        if self._fingerprints is not None and bool(header.flags & FLAG_FINGERPRINTS) != self._fingerprints:
+            return None
+        crc, at, end = 0, offset + CHUNK_HEADER_SIZE, offset + header.total_size
+        entries_raw = _pread_exact(self._fd, header.entries_size, at)
+        while at < end:
+            block = _pread_exact(self._fd, min(_COPY_BLOCK, end - at), at)
+            crc = crc32(block, crc)
+            at += len(block)
+        if crc != header.payload_crc32:
+            return None
+        entries = np.frombuffer(entries_raw, dtype="<u8").reshape(header.num_sequences, -1)
+        if int(entries[:, 2].sum()) != header.records_size:
+            return None
+        return header, entries
+
+    def _check_same_settings(self, stored: dict) -> None:
+        for key in sorted(set(stored) | set(self.metadata)):
+            if key == "library_version":
+                continue
+            if stored.get(key) != self.metadata.get(key):
+                raise CompatibilityError(
+                    f"{self.partial_path}: cannot resume: {key} is {stored.get(key)!r} in the partial file but "
+                    f"{self.metadata.get(key)!r} was requested"
+                )
+
+    # -- writing -------------------------------------------------------------------------------------------
+    @property
+    def num_sequences(self) -> int:
+        """Sequences accepted so far (written or buffered); the index the next ``write`` returns."""
+        return self._sequences + len(self._buf_lpp)
+
+    @property
+    def num_positions(self) -> int:
+        return self._positions + self._buffered_positions
+
+    @property
+    def num_labels(self) -> int:
+        return self._labels + self._buffered_labels
+
+    def write(self, ids, counts, indptr, fingerprint: int | None = None) -> int:
+        """Append one sequence in CSR form and return its index. A rejected sequence changes nothing."""
+        self._check_open()
+        seq = self.num_sequences
+        where = f"{self.path.name}: sequence {seq}"
+        ids_a, values_a, indptr_a = self._coerce(ids, counts, indptr, where)
+        if self.value_kind == "prob":  # check what will be stored: float16 rounding can reach 0
+            with np.errstate(over="ignore", under="ignore"):
+                values_a = values_a.astype(VALUE_DTYPES["prob"])
+        problem = check_labels(ids_a, values_a, indptr_a, vocab_size=self.vocab_size, value_kind=self.value_kind,
+                               rounds=self.rounds)
+        if problem is not None:  # counts are checked before the cast to uint8, so 256 cannot wrap to 0
+            raise InputError(f"{where}, {problem.describe()}")
+        has_fp = fingerprint is not None
+        if has_fp and (isinstance(fingerprint, bool) or not 0 <= int(fingerprint) < 1 << 64):
+            raise InputError(f"{where}: fingerprint must be an integer in 0..2**64-1")
+        if self._fingerprints is not None and has_fp != self._fingerprints:
+            state = "have" if self._fingerprints else "have no"
+            raise InputError(
+                f"{where}: fingerprint is {'set' if has_fp else 'missing'}, but earlier sequences {state} "
+                "fingerprint; a file stores one for every sequence or for none"
+            )
+        self._fingerprints = has_fp
+        lpp = np.diff(indptr_a).astype(np.uint32)
+        self._buf_ids.append(ids_a.astype("<u4"))
+        self._buf_values.append(np.array(values_a, dtype=VALUE_DTYPES[self.value_kind], copy=True))
+        self._buf_lpp.append(lpp)
+        self._buf_fps.append(int(fingerprint) if has_fp else 0)
+        self._buffered_positions += lpp.size
+        self._buffered_labels += ids_a.size
+        self._buf_bytes += ids_a.size * (4 + values_a.itemsize) + lpp.size * 4 + 32
+        if self._buf_bytes >= self.chunk_bytes:
+            self._write_chunk()
+        return seq
+
+    def _coerce(self, ids, counts, indptr, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ids_a = _to_numpy(ids, f"{where}: ids")
+        values_a = _to_numpy(counts, f"{where}: counts")
+        indptr_a = _to_numpy(indptr, f"{where}: indptr")
+        if ids_a.size and not np.issubdtype(ids_a.dtype, np.integer):
+            raise InputError(f"{where}: ids must be integers, got dtype {ids_a.dtype}")
+        if not np.issubdtype(indptr_a.dtype, np.integer) or indptr_a.size == 0:
+            raise InputError(f"{where}: indptr must be a non-empty integer array (num_positions + 1 entries)")
+        if values_a.shape != ids_a.shape:
+            raise InputError(f"{where}: counts has {values_a.size} entries but ids has {ids_a.size}")
+        if indptr_a.dtype == np.uint64 and indptr_a.max() >= 1 << 63:
+            raise InputError(f"{where}: indptr holds values >= 2**63")
+        if self.value_kind == "count" and values_a.size and not np.issubdtype(values_a.dtype, np.integer):
+            raise InputError(f"{where}: counts must be integers for value_kind 'count', got {values_a.dtype}")
+        if self.value_kind == "prob" and values_a.size and not np.issubdtype(values_a.dtype, np.floating):
+            raise InputError(f"{where}: probabilities must be floating point, got {values_a.dtype}")
+        if not ids_a.size:  # an empty list has float dtype in numpy; give it one the kernels accept
+            ids_a = ids_a.astype(np.uint32)
+            values_a = values_a.astype(VALUE_DTYPES[self.value_kind])
+        return ids_a, values_a, indptr_a.astype(np.int64, copy=False)
+
+    def _write_chunk(self) -> None:
+        n = len(self._buf_lpp)
+        if not n:
+            return
+        seq_positions = np.array([a.size for a in self._buf_lpp], dtype=np.int64)
+        seq_labels = np.array([a.size for a in self._buf_ids], dtype=np.int64)
+        chunk = ChunkInput(
+            ids=np.concatenate(self._buf_ids),
+            values=np.concatenate(self._buf_values),
+            labels_per_position=np.concatenate(self._buf_lpp),
+            seq_positions=seq_positions,
+            seq_labels=seq_labels,
+            value_kind=self.value_kind,
+            vocab_size=self.vocab_size,
+        )
+        encoded = self.codec.encode_chunk(chunk)
+        flags = FLAG_FINGERPRINTS if self._fingerprints else 0
+        columns = [seq_positions, seq_labels, np.asarray(encoded.record_sizes, dtype=np.int64)]
+        if flags:
+            columns.append(np.array(self._buf_fps, dtype=np.uint64))
+        entries = np.stack([c.astype("<u8") for c in columns], axis=1)
+        self._emit_chunk(entries, encoded.table, encoded.records, flags)
+        self._reset_buffer()
+        self._buffered_positions = 0
+        self._buffered_labels = 0
+
+    def _emit_chunk(self, entries: np.ndarray, table: np.ndarray, records: np.ndarray, flags: int,
+                    payload_crc: int | None = None) -> None:
+        """Append one chunk (also used by merge to copy chunks verbatim)."""
+        entries = np.ascontiguousarray(entries, dtype="<u8")
+        if payload_crc is None:
+            payload_crc = crc32(records, crc32(table, crc32(entries)))
+        header = ChunkHeader(
+            chunk_index=self._chunks,
+            first_sequence=self._sequences,
+            num_sequences=entries.shape[0],
+            table_size=int(table.size),
+            records_size=int(records.size),
+            flags=flags,
+            payload_crc32=payload_crc,
+        )
+        offset = self._end
+        at = offset
+        for part in (header.pack(), entries, table, records):
+            size = len(part) if isinstance(part, bytes) else part.nbytes
+            if size:
+                _pwrite_all(self._fd, part, at)
+            at += size
+        self._note_chunk(offset, header, entries)
+        self._end = at
+
+    def _note_chunk(self, offset: int, header: ChunkHeader, entries: np.ndarray) -> None:
+        """Account for a chunk on disk: counters and index columns."""
+        flags_fp = bool(header.flags & FLAG_FINGERPRINTS)
+        if self._fingerprints is None:
+            self._fingerprints = flags_fp
+        positions = entries[:, 0].astype(np.int64)
+        labels = entries[:, 1].astype(np.int64)
+        sizes = entries[:, 2].astype(np.int64)
+        c = self._columns
+        c["position_start"].append(self._positions + np.concatenate(([0], np.cumsum(positions)[:-1])))
+        c["label_start"].append(self._labels + np.concatenate(([0], np.cumsum(labels)[:-1])))
+        table_offset = offset + CHUNK_HEADER_SIZE + header.entries_size
+        records_at = table_offset + header.table_size
+        c["record_offset"].append(records_at + np.concatenate(([0], np.cumsum(sizes)[:-1])))
+        c["record_size"].append(sizes)
+        if flags_fp:
+            c["fingerprint"].append(entries[:, 3])
+        c["chunk_offset"].append([offset])
+        c["chunk_first_sequence"].append([self._sequences])
+        c["chunk_table_offset"].append([table_offset])
+        c["chunk_table_size"].append([header.table_size])
+        self._chunks += 1
+        self._sequences += header.num_sequences
+        self._positions += int(positions.sum())
+        self._labels += int(labels.sum())
+
+    def flush(self) -> None:
+        """Write buffered sequences as a chunk and make everything written so far durable."""
+        self._check_open()
+        self._write_chunk()
+        if self.durable:
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        """Finish the file: write the index and footer, fsync, and rename to the final path atomically."""
+        if self._closed:
+            return
+        self._check_open()
+        try:
+            self._write_chunk()
+            self._finalize()
+        finally:
+            self._release()
+        self._closed = True
+
+    def _finalize(self) -> None:
+        c = self._columns
+        c["position_start"].append([self._positions])
+        c["label_start"].append([self._labels])
+        index_offset = self._end
+        c["chunk_offset"].append([index_offset])
+        c["chunk_first_sequence"].append([self._sequences])
+        flags = FLAG_FINGERPRINTS if self._fingerprints else 0
+        at, crc = index_offset, 0
+        for name in _COLUMN_ORDER:
+            if name == "fingerprint" and not flags:
+                continue
+            written, crc = c[name].copy_into(self._fd, at, crc)
+            at += written
+        footer = Footer(index_offset, self._sequences, self._chunks, self._positions, self._labels, flags, crc)
+        _pwrite_all(self._fd, footer.pack(), at)
+        os.ftruncate(self._fd, at + len(footer.pack()))
+        if self.durable:
+            os.fsync(self._fd)
+        os.replace(self.partial_path, self.path)
+        if self.durable:
+            _fsync_dir(self.path.parent)
+
+    def abort(self) -> None:
+        """Stop without finishing: buffered sequences are dropped; the partial file stays for ``resume``."""
+        if not self._closed:
+            self._release()
+            self._closed = True
+
+    def _release(self) -> None:
+        for column in getattr(self, "_columns", {}).values():
+            column.close()
+        if self._fd >= 0:
+            os.close(self._fd)  # also releases the lock
+            self._fd = -1
+
+    def _check_open(self) -> None:
+        if self._closed or self._fd < 0:
+            raise SparseLabelsError(f"LabelWriter for {self.path} is closed")
+
+    def __enter__(self) -> LabelWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # An error escaped the block: keep what was accepted (durably) for resume, but never finalise.
+        if not self._closed and self._fd >= 0:
+            try:
+                self.flush()
+            finally:
+                self.abort()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"LabelWriter({str(self.path)!r}, {state}, sequences={self.num_sequences})"
+
+
+_COLUMN_ORDER = tuple(name for name, _ in INDEX_COLUMNS)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,114 @@
+"""Shared plumbing for the benchmarks in tools/: machine description, timing, table printing, JSON output.
+
+Every benchmark measures its baseline in the same run (these machines are noisy), reports medians, and writes
+the JSON behind the numbers it prints, so a README number can always be traced to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores and library versions (and the GPU, when torch sees one)."""
+    info: dict[str, Any] = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+    }
+    for module in ("numpy", "numba", "torch", "triton"):
+        try:
+            info[module] = __import__(module).__version__
+        except Exception:  # a missing optional module is simply not reported
+            continue
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except Exception:
+        pass
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def time_call(fn: Callable[[], Any], *, repeats: int = 5, min_time: float = 0.0, warmup: int = 1) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls of ``fn`` (after ``warmup`` untimed calls).
+
+    With ``min_time`` > 0, keeps repeating until the total timed time reaches it (at least ``repeats`` calls).
+    """
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    total = 0.0
+    while len(times) < repeats or total < min_time:
+        start = time.perf_counter()
+        fn()
+        elapsed = time.perf_counter() - start
+        times.append(elapsed)
+        total += elapsed
+    return times
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], *, title: str | None = None) -> None:
+    """Print ``rows`` as an aligned text table with the given column order."""
+    if title:
+        print(f"\n{title}")
+    cells = [[_fmt(row.get(col, "")) for col in columns] for row in rows]
+    widths = [max(len(col), *(len(r[i]) for r in cells)) if cells else len(col) for i, col in enumerate(columns)]
+    print("  ".join(col.ljust(w) for col, w in zip(columns, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for r in cells:
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if value == 0 or 0.01 <= abs(value) < 1e6:
+            return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.1f}"
+        return f"{value:.3e}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def add_common_args(parser: argparse.ArgumentParser, name: str) -> None:
+    """``--quick`` (seconds-long smoke run) and ``--out`` (JSON path, default tools/results/<name>.json)."""
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / f"{name}.json", help="where to write the JSON")
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write the results with the machine description attached."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"machine": machine_info(), **payload}
+    path.write_text(json.dumps(body, indent=2, sort_keys=False) + "\n")
+    print(f"\nwrote {path}")

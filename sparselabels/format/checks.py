@@ -56,7 +56,7 @@ def _check_csr(ids, counts, indptr, vocab_size, rounds, is_prob, max_labels):
     num_labels = ids.shape[0]
     if indptr[0] != 0:
         return 1, -1, -1, indptr[0], 0
-    for p in range(num_pos):
+    for p in range(num_pos):  # structure first, so that content checks can trust indptr
         lo = indptr[p]
         hi = indptr[p + 1]
         if hi < lo:
@@ -65,6 +65,11 @@ def _check_csr(ids, counts, indptr, vocab_size, rounds, is_prob, max_labels):
             return 3, p, -1, hi, num_labels
         if hi - lo > max_labels:
             return 10, p, -1, hi - lo, max_labels
+    if indptr[num_pos] != num_labels:
+        return 3, num_pos, -1, indptr[num_pos], num_labels
+    for p in range(num_pos):
+        lo = indptr[p]
+        hi = indptr[p + 1]
         total = 0
         ptotal = 0.0
         prev = -1
@@ -88,12 +93,10 @@ def _check_csr(ids, counts, indptr, vocab_size, rounds, is_prob, max_labels):
                     return 11, p, k, c, rounds
                 total += c
         if is_prob:
-            if ptotal > 1.0 + 1e-3:
+            if ptotal > 1.0 + PROB_SUM_TOLERANCE:
                 return 9, p, -1, np.int64(0), 0
         elif hi > lo and total != rounds:
             return 7, p, -1, total, rounds
-    if indptr[num_pos] != num_labels:
-        return 3, num_pos, -1, indptr[num_pos], num_labels
     return 0, -1, -1, 0, 0
 
 
@@ -120,6 +123,8 @@ def check_labels(
     if code == OK:
         return None
     field, template = _MESSAGES[int(code)]
+    if code == 3 and pos == indptr.shape[0] - 1:
+        pos = -1  # the last entry of indptr: not a position of its own
     if code == 8:
         a = float(values[label])
     elif code == 9:

@@ -152,10 +152,7 @@ class LabelFile(Labels):
         return FormatError(f"file {self.path!r}: {message}")
 
     def _open(self) -> None:
-        try:
-            self._source = open_source(self.path, use_mmap=self._use_mmap)
-        except OSError as exc:
-            raise FormatError(f"file {self.path!r}: cannot open ({exc.strerror or exc})") from None
+        self._source = open_source(self.path, use_mmap=self._use_mmap)  # OSError (missing file...) passes through
         try:
             self._read_structure()
             if self._verify == "full":

@@ -1,0 +1,139 @@
+"""Shard sets: manifests, directories, merge by manifest and by copy, compatibility and confinement."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from labelgen import assert_same, random_sequences
+
+import sparselabels as sl
+from sparselabels.errors import CompatibilityError, FormatError
+from sparselabels.io.shards import LabelShards
+
+
+def make_shards(directory, count=3, per_shard=7, *, fingerprints=True, **meta):
+    directory.mkdir(parents=True, exist_ok=True)
+    all_seqs, paths = [], []
+    for k in range(count):
+        seqs = random_sequences(100 + k, per_shard, vocab_size=300)
+        path = directory / f"shard-{k:05d}.slbl"
+        with sl.LabelWriter(path, vocab_size=300, rounds=50, chunk_bytes=800,
+                            metadata={"teacher": "t", "seed": k, **meta}) as w:
+            for i, s in enumerate(seqs):
+                w.write(*s, fingerprint=k * 1000 + i if fingerprints else None)
+        all_seqs += seqs
+        paths.append(path)
+    return paths, all_seqs
+
+
+def check_content(labels, seqs):
+    assert len(labels) == len(seqs)
+    assert labels.num_positions == sum(len(s[2]) - 1 for s in seqs)
+    for i, s in enumerate(seqs):
+        assert_same(labels[i], s)
+
+
+def test_manifest_and_directory(tmp_path):
+    paths, seqs = make_shards(tmp_path / "d")
+    with sl.open_labels(tmp_path / "d") as labels:  # no manifest: the *.slbl files in name order
+        assert isinstance(labels, LabelShards)
+        check_content(labels, seqs)
+        assert labels.metadata["teacher"] == "t" and "seed" not in labels.metadata  # seeds differ per shard
+    out = sl.merge(tmp_path / "d" / "manifest.json", paths)
+    body = json.loads(out.read_text())
+    assert [e["path"] for e in body["shards"]] == [p.name for p in paths]
+    for opener in (tmp_path / "d", out):
+        with sl.open_labels(opener, max_open=1) as labels:
+            check_content(labels, seqs)
+            assert labels.fingerprints.tolist()[7:9] == [1000, 1001]
+            assert np.array_equal(labels.sequence_lengths, [len(s[2]) - 1 for s in seqs])
+            block = labels.positions(5, labels.num_positions - 3)
+            assert block.num_positions == labels.num_positions - 8
+    assert sl.validate(out).ok
+
+
+def test_merge_copy_equals_inputs_and_keeps_chunks(tmp_path):
+    paths, seqs = make_shards(tmp_path / "d")
+    out = sl.merge(tmp_path / "merged.slbl", paths, copy=True)
+    with sl.open_labels(out, verify="full") as merged:
+        check_content(merged, seqs)
+        assert merged.fingerprints.tolist()[:2] == [0, 1]
+        assert merged.metadata["teacher"] == "t"
+        assert [m["seed"] for m in merged.metadata["merged_from"]] == [0, 1, 2]
+        inputs = [sl.LabelFile(p) for p in paths]
+        assert merged.num_chunks == sum(f.num_chunks for f in inputs)
+    # A merged file can itself be merged again, and a manifest input works like its files.
+    sl.merge(tmp_path / "d" / "manifest.json", paths)
+    again = sl.merge(tmp_path / "again.slbl", [tmp_path / "d" / "manifest.json", out], copy=True)
+    with sl.open_labels(again) as f:
+        check_content(f, seqs + seqs)
+
+
+@pytest.mark.parametrize("key,value", [("teacher", "other"), ("tokenizer_fingerprint", "abc"),
+                                       ("temperature", 2.0)])
+def test_merge_refuses_incompatible_shards(tmp_path, key, value):
+    a, _ = make_shards(tmp_path / "a", count=1)
+    b, _ = make_shards(tmp_path / "b", count=1, **{key: value})
+    for copy in (False, True):
+        with pytest.raises(CompatibilityError, match=key):
+            sl.merge(tmp_path / "out.json" if not copy else tmp_path / "out.slbl", a + b, copy=copy)
+
+
+def test_merge_refuses_other_vocab_and_mixed_fingerprints(tmp_path):
+    a, _ = make_shards(tmp_path / "a", count=1)
+    other = tmp_path / "a" / "v.slbl"
+    with sl.LabelWriter(other, vocab_size=301, rounds=50, metadata={"teacher": "t"}) as w:
+        w.write([1], [50], [0, 1], fingerprint=1)
+    with pytest.raises(CompatibilityError, match="vocab_size is 301"):
+        sl.merge(tmp_path / "a" / "m.json", [*a, other])
+    c, _ = make_shards(tmp_path / "c", count=1, fingerprints=False)
+    with pytest.raises(CompatibilityError, match="fingerprints"):
+        sl.merge(tmp_path / "x.slbl", a + c, copy=True)
+
+
+def test_manifest_confinement_and_staleness(tmp_path):
+    paths, _ = make_shards(tmp_path / "d", count=2)
+    with pytest.raises(CompatibilityError, match="outside the manifest's directory"):
+        sl.merge(tmp_path / "d" / "sub" / "manifest.json", paths)
+    manifest = sl.merge(tmp_path / "d" / "manifest.json", paths)
+    body = json.loads(manifest.read_text())
+    for evil in ["/etc/passwd", "../d/shard-00000.slbl", "a/../../x.slbl", "", "C:\\x.slbl"]:
+        body["shards"][0]["path"] = evil
+        bad = tmp_path / "d" / "evil.json"
+        bad.write_text(json.dumps(body))
+        with pytest.raises(FormatError, match="shard path"):
+            sl.open_labels(bad)
+    # A shard replaced after the manifest was written is caught when it is opened.
+    body = json.loads(manifest.read_text())
+    with sl.LabelWriter(paths[1], vocab_size=300, rounds=50, overwrite=True, metadata={"teacher": "t"}) as w:
+        w.write([1], [50], [0, 1], fingerprint=3)
+    with sl.open_labels(manifest) as labels, pytest.raises(FormatError, match="the shard changed"):
+        labels[len(labels) - 1]
+    paths[0].unlink()
+    with sl.open_labels(manifest) as labels, pytest.raises(FormatError, match="missing"):
+        labels[0]
+
+
+def test_malformed_manifests(tmp_path):
+    bad = tmp_path / "m.json"
+    for text in ["{", "[]", '{"format": "other"}',
+                 '{"format": "sparselabels-manifest", "manifest_version": 1, "shards": [], "metadata": {}}',
+                 '{"format": "sparselabels-manifest", "manifest_version": 1, "metadata": {}, '
+                 '"shards": [{"path": "a.slbl", "bytes": -1}]}']:
+        bad.write_text(text)
+        with pytest.raises(FormatError):
+            sl.open_labels(bad)
+
+
+def test_shard_sets_pickle_and_reopen(tmp_path):
+    import pickle
+
+    paths, seqs = make_shards(tmp_path / "d", count=2)
+    manifest = sl.merge(tmp_path / "d" / "manifest.json", paths)
+    labels = sl.open_labels(manifest)
+    clone = pickle.loads(pickle.dumps(labels))
+    assert_same(clone[9], seqs[9])
+    single = pickle.loads(pickle.dumps(sl.open_labels(paths[0])))
+    assert_same(single[2], seqs[2])

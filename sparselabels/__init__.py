@@ -34,6 +34,9 @@ _LAZY = {
     "sample_counts": "sparselabels.sampling",
     "topk_labels": "sparselabels.sampling",
     "SampledLabels": "sparselabels.sampling",
+    "generate": "sparselabels.pipeline",
+    "convert": "sparselabels.pipeline",
+    "export_hdf5": "sparselabels.pipeline",
 }
 _SUBMODULES = ("data", "loss", "sampling", "synthetic", "codecs", "format", "pipeline")
 

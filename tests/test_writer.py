@@ -226,6 +226,6 @@ def test_memory_stays_bounded_while_streaming(tmp_path):
         for _ in range(4):
             for s in seqs:
                 w.write(*s)
-                peak = max(peak, w._buf_bytes)
+                peak = max(peak, w._buffer.nbytes)
     one_sequence = max(len(s[0]) * 5 + (len(s[2]) - 1) * 4 + 32 for s in seqs)
     assert peak < 20_000 + one_sequence

@@ -10,7 +10,18 @@ import sys
 from sparselabels._version import __version__
 from sparselabels.errors import SparseLabelsError
 
-COMMANDS = ("info", "validate", "stats", "merge")
+COMMANDS = ("generate", "convert", "export", "info", "validate", "stats", "merge")
+
+
+def positive_int(text: str) -> int:
+    """argparse type of counts such as --max-problems: a bad value is a usage error (exit 2), not a traceback."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

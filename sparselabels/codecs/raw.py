@@ -28,6 +28,7 @@ def record_layout(num_positions, num_labels, value_kind: str):
 
 @numba.njit(cache=True, nogil=True)
 def _fill_records(out, rec_offsets, lpp_bytes, ids_bytes, val_bytes, seq_positions, seq_labels, lw, vw):
+    """Copy each sequence's three arrays into its record; padding stays as allocated (zero)."""
     pos_at = 0
     lab_at = 0
     for s in range(seq_positions.shape[0]):
@@ -35,14 +36,11 @@ def _fill_records(out, rec_offsets, lpp_bytes, ids_bytes, val_bytes, seq_positio
         m = seq_labels[s]
         base = rec_offsets[s]
         n = t * lw
-        for j in range(n):
-            out[base + j] = lpp_bytes[pos_at * lw + j]
+        out[base : base + n] = lpp_bytes[pos_at * lw : pos_at * lw + n]
         ids_at = base + (n + 3) // 4 * 4
-        for j in range(4 * m):
-            out[ids_at + j] = ids_bytes[lab_at * 4 + j]
+        out[ids_at : ids_at + 4 * m] = ids_bytes[lab_at * 4 : lab_at * 4 + 4 * m]
         val_at = ids_at + 4 * m
-        for j in range(vw * m):
-            out[val_at + j] = val_bytes[lab_at * vw + j]
+        out[val_at : val_at + vw * m] = val_bytes[lab_at * vw : lab_at * vw + vw * m]
         pos_at += t
         lab_at += m
 

@@ -7,6 +7,7 @@ length limits, without extension types, and its nesting depth and key types are 
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import msgpack
@@ -30,6 +31,9 @@ OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
     "source_fingerprint": (str,),
     "topk": (int,),
     "codec_options": (dict,),
+    "generation": (dict,),
+    "shard": (dict,),
+    "converted_from": (dict,),
     "user": (dict,),
 }
 
@@ -41,6 +45,7 @@ COMPATIBILITY_KEYS = ("vocab_size", "value_kind", "rounds", "teacher", "teacher_
 def build(*, vocab_size: int, value_kind: str, rounds: int | None, codec: str, extra: dict | None) -> dict:
     """The metadata dict a writer stores: the required keys plus the caller's ``extra`` keys."""
     extra = dict(extra or {})
+    vocab_size, rounds = _plain_int(vocab_size), _plain_int(rounds)
     clash = sorted(set(extra) & set(REQUIRED_KEYS))
     if clash:
         raise InputError(f"metadata: keys {clash} are set by the library; pass them as LabelWriter arguments")
@@ -132,6 +137,16 @@ def check(meta: Any) -> None:
     temp = meta.get("temperature")
     if temp is not None and not (math.isfinite(temp) and temp > 0):
         raise FormatError(f"metadata: temperature {temp!r} must be finite and > 0")
+
+
+def _plain_int(value: Any) -> Any:
+    """A numpy integer as a Python int (msgpack stores only the latter); anything else unchanged, for check()."""
+    if isinstance(value, bool | int) or value is None:
+        return value
+    try:
+        return operator.index(value)
+    except TypeError:
+        return value
 
 
 def _is_int(value: Any) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sparselabels.errors import ChecksumError, CompatibilityError
+from sparselabels.errors import ChecksumError, CompatibilityError, FormatError
 from sparselabels.format.layout import CHUNK_HEADER_SIZE, FLAG_FINGERPRINTS, ChunkHeader, crc32
 from sparselabels.format.metadata import REQUIRED_KEYS
 from sparselabels.io.reader import LabelFile
@@ -24,6 +24,7 @@ from sparselabels.io.shards import (
     open_labels,
     write_manifest,
 )
+from sparselabels.io.validate import chunk_disagreement
 from sparselabels.io.writer import LabelWriter
 
 
@@ -104,6 +105,9 @@ def _copy_chunks(f: LabelFile, writer: LabelWriter) -> None:
         start = int(offsets[c])
         where = f"file {f.path!r}, chunk {c}"
         header = ChunkHeader.unpack(source.view(start, CHUNK_HEADER_SIZE, "chunk header"), where)
+        problem = chunk_disagreement(f, c, header)
+        if problem is not None:
+            raise FormatError(f"{where}: {problem}; not copying an inconsistent chunk")
         at = start + CHUNK_HEADER_SIZE
         entries = source.view(at, header.entries_size, "chunk entries")
         table = source.view(at + header.entries_size, header.table_size, "chunk table")
@@ -111,6 +115,9 @@ def _copy_chunks(f: LabelFile, writer: LabelWriter) -> None:
         crc = crc32(records, crc32(table, crc32(entries)))
         if crc != header.payload_crc32:
             raise ChecksumError(f"{where}: payload CRC-32 mismatch; not copying a corrupt chunk")
+        problem = chunk_disagreement(f, c, header, entries)
+        if problem is not None:
+            raise FormatError(f"{where}: {problem}; not copying an inconsistent chunk")
         entries_2d = entries.view("<u8").reshape(header.num_sequences, -1)
         writer._emit_chunk(entries_2d, table, records, header.flags, payload_crc=crc)
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from sparselabels.codecs import get_codec
-from sparselabels.errors import FormatError
+from sparselabels.errors import ChecksumError, FormatError, InputError
 from sparselabels.format import metadata as meta_format
 from sparselabels.format.checks import check_labels
 from sparselabels.format.layout import (
@@ -140,7 +140,7 @@ class LabelFile(Labels):
 
     def __init__(self, path: str | os.PathLike, *, mmap: bool = True, verify: str = "index") -> None:
         if verify not in VERIFY_LEVELS:
-            raise ValueError(f"verify must be one of {VERIFY_LEVELS}, got {verify!r}")
+            raise InputError(f"verify must be one of {VERIFY_LEVELS}, got {verify!r}")
         self.path = os.fspath(path)
         self._use_mmap = mmap
         self._verify = verify
@@ -180,7 +180,7 @@ class LabelFile(Labels):
             )
         raw_meta = src.view(HEADER_SIZE, hdr.metadata_size, "metadata")
         if crc32(raw_meta) != hdr.metadata_crc32:
-            raise self._fail("metadata: CRC-32 mismatch")
+            raise ChecksumError(f"file {self.path!r}: metadata: CRC-32 mismatch")
         if np.any(src.view(HEADER_SIZE + hdr.metadata_size, hdr.data_offset - HEADER_SIZE - hdr.metadata_size,
                            "metadata padding")):
             raise self._fail("metadata padding is not zero")
@@ -201,7 +201,7 @@ class LabelFile(Labels):
             )
         index_bytes = src.view(ftr.index_offset, ftr.index_size, "index")
         if self._verify in ("index", "full") and crc32(index_bytes) != ftr.index_crc32:
-            raise self._fail("index: CRC-32 mismatch")
+            raise ChecksumError(f"file {self.path!r}: index: CRC-32 mismatch")
         self._columns = self._split_index(index_bytes)
         self._check_index()
 
@@ -376,6 +376,8 @@ class LabelFile(Labels):
         self._open()
 
     def __repr__(self) -> str:
+        if not hasattr(self, "footer"):
+            return f"LabelFile({self.path!r}, not open)"
         return (f"LabelFile({self.path!r}, sequences={len(self)}, positions={self.num_positions}, "
                 f"labels={self.num_labels}, codec={self.codec.name!r}, value_kind={self.value_kind!r})")
 

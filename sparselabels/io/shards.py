@@ -9,9 +9,11 @@ shards does not exhaust the process's memory maps.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import operator
 import os
+import tempfile
 from collections import OrderedDict
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -103,9 +105,19 @@ def write_manifest(path: str | os.PathLike, shards: list[str | os.PathLike]) -> 
         "metadata": common_metadata(metas),
         "shards": entries,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(body, indent=1) + "\n")
-    os.replace(tmp, path)
+    # A temporary name of its own (two merges writing one manifest must not write into each other's file),
+    # synced before the rename so that readers only ever see a complete manifest.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(body, indent=1) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
     return path
 
 
@@ -118,7 +130,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
         raise FormatError(f"{where}: {size} bytes, more than the limit of {MAX_MANIFEST_BYTES}")
     try:
         body = json.loads(path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, over-long integers
         raise FormatError(f"{where}: not valid JSON ({exc})") from None
     if not isinstance(body, dict) or body.get("format") != MANIFEST_FORMAT:
         raise FormatError(f"{where}: not a sparselabels manifest (format must be {MANIFEST_FORMAT!r})")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 
 import numpy as np
 
@@ -82,10 +83,16 @@ class PreadSource(ByteSource):
 
 
 def open_source(path: str, *, use_mmap: bool) -> ByteSource:
-    """Open ``path`` for reading with the chosen access method."""
-    fd = os.open(path, os.O_RDONLY)
+    """Open ``path`` for reading with the chosen access method.
+
+    Only regular files are label files: a FIFO would block the open (hence O_NONBLOCK, which changes nothing
+    for regular files), a directory or a device has no meaningful size.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        size = os.fstat(fd).st_size
-        return MmapSource(path, fd, size) if use_mmap else PreadSource(path, fd, size)
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise FormatError(f"file {path!r}: not a regular file")
+        return MmapSource(path, fd, info.st_size) if use_mmap else PreadSource(path, fd, info.st_size)
     finally:
         os.close(fd)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sparselabels.errors import InputError
 from sparselabels.io.reader import LabelFile, Labels
 from sparselabels.io.shards import LabelShards
 
@@ -19,6 +20,9 @@ def _file_bytes(labels: Labels) -> int:
 def label_stats(labels: Labels, *, max_sequences: int | None = None, seed: int = 0) -> dict:
     """Statistics over all sequences, or over ``max_sequences`` of them drawn at random (without replacement)."""
     n = len(labels)
+    if max_sequences is not None and (isinstance(max_sequences, bool) or not isinstance(max_sequences, int)
+                                      or max_sequences < 1):
+        raise InputError(f"max_sequences must be a positive integer or None, got {max_sequences!r}")
     if max_sequences is not None and max_sequences < n:
         chosen = np.sort(np.random.default_rng(seed).choice(n, size=max_sequences, replace=False))
     else:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sparselabels.errors import FormatError, SparseLabelsError
+from sparselabels.errors import FormatError, InputError, SparseLabelsError
 from sparselabels.format.checks import check_labels
 from sparselabels.format.layout import CHUNK_HEADER_SIZE, ChunkHeader, crc32
 from sparselabels.io.reader import LabelFile
@@ -49,7 +49,8 @@ def _crc_of(view: np.ndarray) -> int:
 
 def validate_file(path: str | os.PathLike, *, labels: LabelFile | None = None,
                   max_problems: int = 20) -> ValidationReport:
-    """Check one file completely; stop collecting after ``max_problems``."""
+    """Check one file completely; stop collecting after ``max_problems`` (at least 1)."""
+    _check_max_problems(max_problems)
     report = ValidationReport(os.fspath(path), files=1)
     own = labels is None
     if own:
@@ -73,52 +74,76 @@ def validate_file(path: str | os.PathLike, *, labels: LabelFile | None = None,
     return report
 
 
-def _check_chunks(f: LabelFile, report: ValidationReport, max_problems: int) -> None:
-    col = {name: f.index_column(name).astype(np.int64) for name in (
-        "chunk_offset", "chunk_first_sequence", "chunk_table_offset", "chunk_table_size", "position_start",
-        "label_start", "record_size")}
+def chunk_disagreement(f: LabelFile, c: int, header: ChunkHeader, entries: np.ndarray | None = None) -> str | None:
+    """How chunk ``c``'s own header (and ``entries``, if given) disagree with ``f``'s checked index, or None.
+
+    Readers find sequences through the index; the chunk header and entries repeat what the index says. A
+    chunk that disagrees must be neither reported valid nor copied by merge, which builds its index from
+    the chunk entries and would silently turn one version of the truth into the other.
+    """
+    col = f._col
+    start, end = int(col["chunk_offset"][c]), int(col["chunk_offset"][c + 1])
+    first, last = int(col["chunk_first_sequence"][c]), int(col["chunk_first_sequence"][c + 1])
+    expected = {
+        "chunk_index": c,
+        "first_sequence": first,
+        "num_sequences": last - first,
+        "flags": f.footer.flags,
+        "table_size": int(col["chunk_table_size"][c]),
+        "total_size": end - start,
+    }
+    wrong = [k for k, v in expected.items() if getattr(header, k) != v]
+    if wrong:
+        return f"header field(s) {wrong} disagree with the index"
+    if entries is None:
+        return None
+    rows = entries.view("<u8").reshape(header.num_sequences, -1).astype(np.int64)
+    checks = {
+        "positions": np.diff(col["position_start"][first : last + 1]),
+        "labels": np.diff(col["label_start"][first : last + 1]),
+        "record sizes": col["record_size"][first:last],
+    }
     fps = f.fingerprints
+    if fps is not None:
+        checks["fingerprints"] = fps[first:last].astype(np.int64)
+    for column, (name, values) in enumerate(checks.items()):
+        if not np.array_equal(rows[:, column], values):
+            return f"chunk entries ({name}) disagree with the index"
+    return None
+
+
+def _check_chunks(f: LabelFile, report: ValidationReport, max_problems: int) -> None:
+    col = f._col
     source = f._source
     assert source is not None
     for c in range(f.num_chunks):
         if len(report.problems) >= max_problems:
             return
         where = f"file {f.path!r}, chunk {c}"
-        start, end = int(col["chunk_offset"][c]), int(col["chunk_offset"][c + 1])
+        start = int(col["chunk_offset"][c])
         first, last = int(col["chunk_first_sequence"][c]), int(col["chunk_first_sequence"][c + 1])
         try:
             header = ChunkHeader.unpack(source.view(start, CHUNK_HEADER_SIZE, "chunk header"), where)
         except FormatError as exc:
             report.problems.append(str(exc))
             continue
-        expected = {
-            "chunk_index": c,
-            "first_sequence": first,
-            "num_sequences": last - first,
-            "flags": f.footer.flags,
-            "table_size": int(col["chunk_table_size"][c]),
-            "total_size": end - start,
-        }
-        wrong = [k for k, v in expected.items() if getattr(header, k) != v]
-        if wrong:
-            report.problems.append(f"{where}: header field(s) {wrong} disagree with the index")
+        problem = chunk_disagreement(f, c, header)
+        if problem is not None:
+            report.problems.append(f"{where}: {problem}")
             continue
         payload = source.view(start + CHUNK_HEADER_SIZE, header.payload_size, "chunk payload")
         if _crc_of(payload) != header.payload_crc32:
             report.problems.append(f"{where}: payload CRC-32 mismatch (sequences {first}..{last - 1})")
             continue
-        entries = payload[: header.entries_size].view("<u8").reshape(header.num_sequences, -1).astype(np.int64)
-        checks = {
-            "positions": np.diff(col["position_start"][first : last + 1]),
-            "labels": np.diff(col["label_start"][first : last + 1]),
-            "record sizes": col["record_size"][first:last],
-        }
-        if fps is not None:
-            checks["fingerprints"] = fps[first:last].astype(np.int64)
-        for column, (name, values) in enumerate(checks.items()):
-            if not np.array_equal(entries[:, column], values):
-                report.problems.append(f"{where}: chunk entries ({name}) disagree with the index")
-                break
+        problem = chunk_disagreement(f, c, header, payload[: header.entries_size])
+        if problem is not None:
+            report.problems.append(f"{where}: {problem}")
+
+
+def _check_max_problems(max_problems: int) -> None:
+    # 0 would stop before the first check and report a corrupt file as valid.
+    if isinstance(max_problems, bool) or not isinstance(max_problems, int) or max_problems < 1:
+        raise InputError(f"max_problems must be an integer >= 1, got {max_problems!r}")
 
 
 def _check_sequences(f: LabelFile, report: ValidationReport, max_problems: int) -> None:
@@ -140,6 +165,7 @@ def validate(path: str | os.PathLike, *, max_problems: int = 20) -> ValidationRe
     """Validate a file, a manifest or a shard directory; every shard is checked completely."""
     from sparselabels.io.shards import LabelShards, open_labels
 
+    _check_max_problems(max_problems)
     path = Path(path)
     if path.is_file() and path.suffix != ".json":
         return validate_file(path, max_problems=max_problems)
@@ -152,9 +178,11 @@ def validate(path: str | os.PathLike, *, max_problems: int = 20) -> ValidationRe
     assert isinstance(shards, LabelShards)
     with shards:
         for k in range(shards.num_shards):
+            if len(report.problems) >= max_problems:
+                break
             try:
                 shard = shards.shard(k)
-            except SparseLabelsError as exc:
+            except (SparseLabelsError, OSError) as exc:
                 report.problems.append(str(exc))
                 continue
             sub = validate_file(shard.path, max_problems=max_problems - len(report.problems))

@@ -11,6 +11,7 @@ chunk of the partial file whose checksums verify and continues after the last on
 from __future__ import annotations
 
 import fcntl
+import operator
 import os
 import tempfile
 from pathlib import Path
@@ -71,6 +72,55 @@ class _Column:
         self._file.close()
 
 
+class _ChunkBuffer:
+    """The sequences of the chunk being filled, in reusable arrays (no per-sequence allocation)."""
+
+    def __init__(self, value_dtype: np.dtype) -> None:
+        self.ids = np.empty(1 << 16, dtype="<u4")
+        self.values = np.empty(1 << 16, dtype=value_dtype)
+        self.lpp = np.empty(1 << 14, dtype=np.uint32)
+        self.clear()
+
+    def clear(self) -> None:
+        self.seq_positions: list[int] = []
+        self.seq_labels: list[int] = []
+        self.fingerprints: list[int] = []
+        self.num_positions = 0
+        self.num_labels = 0
+
+    @property
+    def num_sequences(self) -> int:
+        return len(self.seq_positions)
+
+    @property
+    def nbytes(self) -> int:
+        """Input bytes held, the measure ``chunk_bytes`` is compared with."""
+        return self.num_labels * (4 + self.values.itemsize) + self.num_positions * 4 + 32 * self.num_sequences
+
+    @staticmethod
+    def _fit(arr: np.ndarray, used: int, needed: int) -> np.ndarray:
+        if needed <= arr.shape[0]:
+            return arr
+        grown = np.empty(max(needed, 2 * arr.shape[0]), dtype=arr.dtype)
+        grown[:used] = arr[:used]
+        return grown
+
+    def append(self, ids: np.ndarray, values: np.ndarray, indptr: np.ndarray, fingerprint: int) -> None:
+        m, t = ids.shape[0], indptr.shape[0] - 1
+        self.ids = self._fit(self.ids, self.num_labels, self.num_labels + m)
+        self.values = self._fit(self.values, self.num_labels, self.num_labels + m)
+        self.lpp = self._fit(self.lpp, self.num_positions, self.num_positions + t)
+        self.ids[self.num_labels : self.num_labels + m] = ids  # values were range-checked: the casts are exact
+        self.values[self.num_labels : self.num_labels + m] = values
+        np.subtract(indptr[1:], indptr[:-1], out=self.lpp[self.num_positions : self.num_positions + t],
+                    casting="unsafe")
+        self.seq_positions.append(t)
+        self.seq_labels.append(m)
+        self.fingerprints.append(fingerprint)
+        self.num_positions += t
+        self.num_labels += m
+
+
 def _pwrite_all(fd: int, data, offset: int) -> None:
     view = memoryview(data).cast("B")
     done = 0
@@ -86,6 +136,17 @@ def _pread_exact(fd: int, size: int, offset: int) -> bytes:
             break
         out += block
     return bytes(out)
+
+
+def _fingerprint_value(fingerprint: Any, where: str) -> int:
+    """An integer fingerprint in 0..2**64-1; a float or a string is refused, not truncated or parsed."""
+    try:
+        value = None if isinstance(fingerprint, bool) else operator.index(fingerprint)
+    except TypeError:
+        value = None
+    if value is None or not 0 <= value < 1 << 64:
+        raise InputError(f"{where}: fingerprint must be an integer in 0..2**64-1, got {fingerprint!r}")
+    return value
 
 
 def _to_numpy(value: Any, name: str) -> np.ndarray:
@@ -132,36 +193,27 @@ class LabelWriter:
         self.partial_path = partial_path(self.path)
         self.codec = get_codec(codec)
         self.value_kind = value_kind
-        self.vocab_size = int(vocab_size)
-        self.rounds = rounds
         self.chunk_bytes = chunk_bytes
         self.durable = durable
         self.metadata = meta_format.build(
             vocab_size=vocab_size, value_kind=value_kind, rounds=rounds, codec=codec, extra=metadata
-        )
+        )  # checks vocab_size and rounds (InputError), turning numpy integers into ints
+        self.vocab_size = int(self.metadata["vocab_size"])
+        self.rounds = self.metadata["rounds"]
         self._meta_bytes = meta_format.encode(self.metadata)
         self._fd = -1
         self._closed = False
         self._fingerprints: bool | None = None  # decided by the first sequence (or the recovered chunks)
-        self._reset_buffer()
+        self._buffer = _ChunkBuffer(VALUE_DTYPES[value_kind])
         self._reset_counters()
         self._acquire(resume=resume, overwrite=overwrite)
 
     # -- set-up --------------------------------------------------------------------------------------------
-    def _reset_buffer(self) -> None:
-        self._buf_ids: list[np.ndarray] = []
-        self._buf_values: list[np.ndarray] = []
-        self._buf_lpp: list[np.ndarray] = []
-        self._buf_fps: list[int] = []
-        self._buf_bytes = 0
-
     def _reset_counters(self) -> None:
         self._chunks = 0
         self._sequences = 0  # in chunks already written
         self._positions = 0
         self._labels = 0
-        self._buffered_positions = 0
-        self._buffered_labels = 0
 
     def _acquire(self, *, resume: bool, overwrite: bool) -> None:
         if self.path.exists() and not overwrite:
@@ -275,15 +327,15 @@ class LabelWriter:
     @property
     def num_sequences(self) -> int:
         """Sequences accepted so far (written or buffered); the index the next ``write`` returns."""
-        return self._sequences + len(self._buf_lpp)
+        return self._sequences + self._buffer.num_sequences
 
     @property
     def num_positions(self) -> int:
-        return self._positions + self._buffered_positions
+        return self._positions + self._buffer.num_positions
 
     @property
     def num_labels(self) -> int:
-        return self._labels + self._buffered_labels
+        return self._labels + self._buffer.num_labels
 
     def write(self, ids, counts, indptr, fingerprint: int | None = None) -> int:
         """Append one sequence in CSR form and return its index. A rejected sequence changes nothing."""
@@ -299,8 +351,7 @@ class LabelWriter:
         if problem is not None:  # counts are checked before the cast to uint8, so 256 cannot wrap to 0
             raise InputError(f"{where}, {problem.describe()}")
         has_fp = fingerprint is not None
-        if has_fp and (isinstance(fingerprint, bool) or not 0 <= int(fingerprint) < 1 << 64):
-            raise InputError(f"{where}: fingerprint must be an integer in 0..2**64-1")
+        fp_value = _fingerprint_value(fingerprint, where) if has_fp else 0
         if self._fingerprints is not None and has_fp != self._fingerprints:
             state = "have" if self._fingerprints else "have no"
             raise InputError(
@@ -308,15 +359,8 @@ class LabelWriter:
                 "fingerprint; a file stores one for every sequence or for none"
             )
         self._fingerprints = has_fp
-        lpp = np.diff(indptr_a).astype(np.uint32)
-        self._buf_ids.append(ids_a.astype("<u4"))
-        self._buf_values.append(np.array(values_a, dtype=VALUE_DTYPES[self.value_kind], copy=True))
-        self._buf_lpp.append(lpp)
-        self._buf_fps.append(int(fingerprint) if has_fp else 0)
-        self._buffered_positions += lpp.size
-        self._buffered_labels += ids_a.size
-        self._buf_bytes += ids_a.size * (4 + values_a.itemsize) + lpp.size * 4 + 32
-        if self._buf_bytes >= self.chunk_bytes:
+        self._buffer.append(ids_a, values_a, indptr_a, fp_value)
+        if self._buffer.nbytes >= self.chunk_bytes:
             self._write_chunk()
         return seq
 
@@ -342,30 +386,35 @@ class LabelWriter:
         return ids_a, values_a, indptr_a.astype(np.int64, copy=False)
 
     def _write_chunk(self) -> None:
-        n = len(self._buf_lpp)
-        if not n:
+        buf = self._buffer
+        if not buf.num_sequences:
             return
-        seq_positions = np.array([a.size for a in self._buf_lpp], dtype=np.int64)
-        seq_labels = np.array([a.size for a in self._buf_ids], dtype=np.int64)
+        seq_positions = np.array(buf.seq_positions, dtype=np.int64)
+        seq_labels = np.array(buf.seq_labels, dtype=np.int64)
         chunk = ChunkInput(
-            ids=np.concatenate(self._buf_ids),
-            values=np.concatenate(self._buf_values),
-            labels_per_position=np.concatenate(self._buf_lpp),
+            ids=buf.ids[: buf.num_labels],
+            values=buf.values[: buf.num_labels],
+            labels_per_position=buf.lpp[: buf.num_positions],
             seq_positions=seq_positions,
             seq_labels=seq_labels,
             value_kind=self.value_kind,
             vocab_size=self.vocab_size,
         )
         encoded = self.codec.encode_chunk(chunk)
+        sizes = np.asarray(encoded.record_sizes, dtype=np.int64)
+        if (encoded.table.size % 8 or sizes.shape != seq_positions.shape or np.any(sizes % 8)
+                or int(sizes.sum()) != encoded.records.size):
+            raise SparseLabelsError(
+                f"codec {self.codec.name!r} broke the codec contract: table and records must be padded to multiples "
+                "of 8 and record_sizes must list one padded size per sequence, summing to the records' size"
+            )
         flags = FLAG_FINGERPRINTS if self._fingerprints else 0
-        columns = [seq_positions, seq_labels, np.asarray(encoded.record_sizes, dtype=np.int64)]
+        columns = [seq_positions, seq_labels, sizes]
         if flags:
-            columns.append(np.array(self._buf_fps, dtype=np.uint64))
+            columns.append(np.array(buf.fingerprints, dtype=np.uint64))
         entries = np.stack([c.astype("<u8") for c in columns], axis=1)
         self._emit_chunk(entries, encoded.table, encoded.records, flags)
-        self._reset_buffer()
-        self._buffered_positions = 0
-        self._buffered_labels = 0
+        buf.clear()
 
     def _emit_chunk(self, entries: np.ndarray, table: np.ndarray, records: np.ndarray, flags: int,
                     payload_crc: int | None = None) -> None:

@@ -1,0 +1,66 @@
+"""``sparselabels generate --model DIR --tokens DATA --out DIR``: run a teacher and write RS-KD labels.
+
+Run under ``torchrun --nproc_per_node G`` to label on G GPUs (one shard per rank, manifest by rank 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from sparselabels.codecs import available
+
+_DESCRIPTION = """Run a Hugging Face causal LM over token sequences and write RS-KD labels (N draws per position,
+kept as distinct ids with counts) to OUT: one shard per rank and manifest.json.
+
+Position t holds the teacher's next-token distribution after input token t. Under
+`torchrun --nproc_per_node G` each rank labels a contiguous slice on its own GPU. After a kill,
+rerun with --resume: the result is byte-identical to an uninterrupted run with the same settings."""
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("generate", help="label token sequences with a Hugging Face teacher (resumable, torchrun)",
+                       description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="local Hugging Face causal LM directory")
+    p.add_argument("--tokens", required=True,
+                   help="token sequences: .npy (2-D), Megatron .bin/.idx prefix, or a saved datasets directory")
+    p.add_argument("--out", required=True, help="output directory (shards and manifest.json)")
+    p.add_argument("--column", default="input_ids", help="token column of a datasets source (default input_ids)")
+    p.add_argument("--rounds", type=int, default=50, help="draws per position, 1..255 (default 50)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per teacher forward (default 8)")
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
+                   help="teacher dtype (default bfloat16)")
+    p.add_argument("--device", default=None,
+                   help="cuda (the local rank's GPU under torchrun), cuda:N or cpu (default: cuda if available)")
+    p.add_argument("--codec", default="raw", choices=available(), help="label codec (default raw)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true", help="start again over existing output in --out")
+    p.add_argument("--vocab-size", type=int, default=None,
+                   help="label vocabulary (default: the tokenizer's length when smaller than the model's output)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model directory)")
+    p.add_argument("--teacher-name", default=None, help="teacher name stored in the metadata (default: directory "
+                   "name)")
+    p.add_argument("--flush-every", type=int, default=1, help="make labels durable every N batches (default 1)")
+    p.add_argument("--chunk-bytes", type=int, default=16 << 20,
+                   help="label bytes buffered per file chunk (default 16 MiB)")
+    p.add_argument("--no-progress", action="store_true", help="print no progress")
+    p.add_argument("--log-interval", type=float, default=60.0,
+                   help="seconds between progress lines when stderr is not a terminal (default 60)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from sparselabels.pipeline.generate import generate
+
+    out = generate(args.model, args.tokens, args.out, rounds=args.rounds, temperature=args.temperature,
+                   batch_size=args.batch_size, dtype=args.dtype, device=args.device, codec=args.codec,
+                   seed=args.seed, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+                   vocab_size=args.vocab_size, tokenizer=args.tokenizer, column=args.column,
+                   teacher_name=args.teacher_name, flush_every=args.flush_every,
+                   chunk_bytes=args.chunk_bytes, log_interval=args.log_interval)
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        print(f"wrote {out}")
+    return 0

@@ -1,0 +1,424 @@
+"""Dumped teacher outputs → label files: dense logits or log-probs from ``.npy``, HDF5 or safetensors.
+
+Inputs are read ``chunk_rows`` rows at a time (``.npy`` memory-mapped, HDF5 and safetensors sliced), so a file
+larger than memory converts in bounded memory. How rows become sequences:
+
+- a 3-D array ``[N, T, V]``: one sequence per entry of the first axis, ``T`` positions each — or, with
+  ``lengths``, the first ``lengths[i]`` positions of entry ``i`` (the rest is padding and is not read);
+- a 2-D array ``[R, V]``: one sequence of ``R`` positions, or sequences of ``seq_len`` positions (``R`` must be
+  a multiple), or consecutive sequences of ``lengths[i]`` positions (summing to ``R``).
+
+Row ids for the sampler are global positions (cumulative lengths + t), exactly as ``generate`` uses, so the
+same logits with the same seed give the same labels whichever way they reach the library, and the result does
+not depend on ``chunk_rows``. Log-probs are logits up to a per-row constant (softmax is unchanged, at any
+temperature); ``kind="logprobs"`` only adds a check that every row's probabilities sum to 1, to catch
+mislabelled inputs. ``topk=K`` writes Top-K probability labels (``value_kind="prob"``) for baselines.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparselabels.errors import AlignmentError, InputError
+from sparselabels.format.fingerprint import input_fingerprint
+from sparselabels.io.writer import LabelWriter
+from sparselabels.pipeline.generate import CsrLabels, concat_csr
+from sparselabels.pipeline.progress import Progress
+
+KINDS = ("logits", "logprobs")
+DEFAULT_CHUNK_BYTES = 256 << 20  # of float32 rows handed to the sampler at a time
+_LOGPROB_TOLERANCE = {2: 0.05, 4: 1e-3, 8: 1e-6}  # |logsumexp| allowed, by bytes per input element
+
+
+# -- dense sources ------------------------------------------------------------------------------------------
+class DenseSource(abc.ABC):
+    """A 2-D ``[R, V]`` or 3-D ``[N, T, V]`` array of teacher outputs, read by slices."""
+
+    shape: tuple[int, ...]
+    name: str
+
+    @property
+    def width(self) -> int:
+        return int(self.shape[-1])
+
+    @property
+    def itemsize(self) -> int:
+        return 4
+
+    @abc.abstractmethod
+    def read(self, index: tuple[slice, ...]) -> Any:
+        """The block at ``index`` (one slice per leading axis) as a torch tensor ``[..., V]``."""
+
+    def close(self) -> None:  # noqa: B027 - sources without resources need not override
+        pass
+
+    def describe(self) -> dict:
+        return {"file": Path(self.name).name, "shape": list(self.shape)}
+
+
+_NUMPY_FLOATS = (np.float16, np.float32, np.float64)
+
+
+class NpySource(DenseSource):
+    def __init__(self, path: Path) -> None:
+        self.name = str(path)
+        try:
+            self._array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise InputError(f"npy {str(path)!r}: cannot memory-map ({exc})") from None
+        if self._array.dtype not in _NUMPY_FLOATS:
+            raise InputError(f"npy {str(path)!r}: dtype {self._array.dtype} is not float16, float32 or float64")
+        self.shape = tuple(self._array.shape)
+        self.dtype = str(self._array.dtype)
+
+    @property
+    def itemsize(self) -> int:
+        return self._array.dtype.itemsize
+
+    def read(self, index):
+        import torch
+
+        return torch.from_numpy(np.array(self._array[index]))  # a private, writable copy of the mapped rows
+
+
+class Hdf5Source(DenseSource):
+    def __init__(self, path: Path, key: str | None) -> None:
+        import h5py
+
+        self.name = str(path)
+        self._file = h5py.File(path, "r")
+        try:
+            if key is None:
+                names: list[str] = []
+                self._file.visititems(lambda n, obj: names.append(n) if isinstance(obj, h5py.Dataset) else None)
+                if len(names) != 1:
+                    raise InputError(f"hdf5 {str(path)!r} holds datasets {names}; name the one to convert with key")
+                key = names[0]
+            if key not in self._file or not isinstance(self._file[key], h5py.Dataset):
+                raise InputError(f"hdf5 {str(path)!r}: no dataset {key!r}")
+            self._dataset = self._file[key]
+            if self._dataset.dtype not in _NUMPY_FLOATS:
+                raise InputError(f"hdf5 {str(path)!r}, dataset {key!r}: dtype {self._dataset.dtype} is not float16, "
+                                 "float32 or float64")
+        except BaseException:
+            self._file.close()
+            raise
+        self.key = key
+        self.shape = tuple(self._dataset.shape)
+        self.dtype = str(self._dataset.dtype)
+
+    @property
+    def itemsize(self) -> int:
+        return self._dataset.dtype.itemsize
+
+    def read(self, index):
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(self._dataset[index]))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def describe(self) -> dict:
+        return {**super().describe(), "key": self.key}
+
+
+_SAFETENSORS_ITEMSIZE = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
+
+
+class SafetensorsSource(DenseSource):
+
+    def __init__(self, path: Path, key: str | None) -> None:
+        from safetensors import safe_open
+
+        self.name = str(path)
+        self._file = safe_open(str(path), framework="pt")
+        keys = list(self._file.keys())
+        if key is None:
+            if len(keys) != 1:
+                raise InputError(f"safetensors {str(path)!r} holds tensors {keys}; name the one to convert with key")
+            key = keys[0]
+        if key not in keys:
+            raise InputError(f"safetensors {str(path)!r}: no tensor {key!r} (tensors: {keys})")
+        self._slice = self._file.get_slice(key)
+        self.dtype = self._slice.get_dtype()
+        if self.dtype not in _SAFETENSORS_ITEMSIZE:
+            raise InputError(f"safetensors {str(path)!r}, tensor {key!r}: dtype {self.dtype} is not F16, BF16, F32 "
+                             "or F64")
+        self.key = key
+        self.shape = tuple(self._slice.get_shape())
+
+    @property
+    def itemsize(self) -> int:
+        return _SAFETENSORS_ITEMSIZE[self.dtype]
+
+    def read(self, index):
+        return self._slice[index]
+
+    def describe(self) -> dict:
+        return {**super().describe(), "key": self.key}
+
+
+def open_dense(path: str | os.PathLike, *, key: str | None = None) -> DenseSource:
+    """Open a dense teacher-output file by its suffix: ``.npy``, ``.h5``/``.hdf5``, ``.safetensors``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"input {str(path)!r} is not a file")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        if key is not None:
+            raise InputError("key names a dataset or tensor; a .npy file holds a single array")
+        source: DenseSource = NpySource(path)
+    elif suffix in (".h5", ".hdf5"):
+        source = Hdf5Source(path, key)
+    elif suffix == ".safetensors":
+        source = SafetensorsSource(path, key)
+    else:
+        raise InputError(f"input {str(path)!r}: unknown format (expected .npy, .h5/.hdf5 or .safetensors)")
+    if len(source.shape) not in (2, 3) or source.width < 1:
+        source.close()
+        raise InputError(f"input {str(path)!r}: expected a [R, V] or [N, T, V] array, got shape {source.shape}")
+    return source
+
+
+# -- rows → sequences ---------------------------------------------------------------------------------------
+class Layout:
+    """Where sequence ``i`` lives: ``lengths[i]`` positions, rows ``(i, 0..)`` of a 3-D input or the rows after
+    those of the sequences before it in a 2-D input."""
+
+    def __init__(self, lengths: np.ndarray, three_d: bool) -> None:
+        self.lengths = lengths  # int64 [S]
+        self.three_d = three_d
+        self._starts = np.zeros(len(lengths), dtype=np.int64)
+        if len(lengths) > 1:
+            np.cumsum(lengths[:-1], out=self._starts[1:])
+
+    def rows(self, seq: int, t0: int, t1: int) -> tuple[slice, ...]:
+        """The index of positions ``t0..t1-1`` of sequence ``seq`` in the source array."""
+        if self.three_d:
+            return (slice(seq, seq + 1), slice(t0, t1))
+        start = int(self._starts[seq])
+        return (slice(start + t0, start + t1),)
+
+
+def make_layout(shape: tuple[int, ...], *, seq_len: int | None, lengths) -> Layout:
+    """Delimit sequences (see the module docstring); every mismatch is an error, nothing is dropped."""
+    if seq_len is not None and lengths is not None:
+        raise InputError("give seq_len or lengths, not both")
+    if lengths is not None:
+        lengths = np.asarray(lengths)
+        if lengths.ndim != 1 or (lengths.size and not np.issubdtype(lengths.dtype, np.integer)):
+            raise InputError(f"lengths must be a 1-D integer array, got {lengths.dtype} {lengths.shape}")
+        lengths = lengths.astype(np.int64)
+        if lengths.size and lengths.min() < 0:
+            raise InputError(f"lengths: sequence {int(np.argmin(lengths))} has a negative length")
+    if len(shape) == 3:
+        n, t = int(shape[0]), int(shape[1])
+        if seq_len is not None:
+            raise InputError("seq_len applies to 2-D [R, V] inputs; a 3-D input has one sequence per first-axis entry")
+        if lengths is None:
+            return Layout(np.full(n, t, dtype=np.int64), True)
+        if lengths.size != n:
+            raise InputError(f"lengths has {lengths.size} entries but the input holds {n} sequences")
+        if lengths.size and lengths.max() > t:
+            raise InputError(f"lengths: sequence {int(np.argmax(lengths))} has {int(lengths.max())} positions, "
+                             f"more than the input's {t}")
+        return Layout(lengths, True)
+    rows = int(shape[0])
+    if seq_len is not None:
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+            raise InputError(f"seq_len must be a positive integer, got {seq_len!r}")
+        if rows % seq_len:
+            raise InputError(f"the input's {rows} rows are not a multiple of seq_len {seq_len}; pass lengths instead")
+        return Layout(np.full(rows // seq_len, seq_len, dtype=np.int64), False)
+    if lengths is None:
+        return Layout(np.array([rows], dtype=np.int64), False)
+    if int(lengths.sum()) != rows:
+        raise InputError(f"lengths sum to {int(lengths.sum())} but the input has {rows} rows")
+    return Layout(lengths, False)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Positions ``t0..t1-1`` of sequence ``seq``: a contiguous run of rows."""
+
+    seq: int
+    t0: int
+    t1: int
+
+
+def plan_chunks(lengths: np.ndarray, chunk_rows: int) -> Iterator[list[Piece]]:
+    """Group consecutive positions into chunks of at most ``chunk_rows`` rows (sequences may span chunks)."""
+    chunk: list[Piece] = []
+    room = chunk_rows
+    for seq, n in enumerate(lengths.tolist()):
+        t = 0
+        while t < n:
+            take = min(room, n - t)
+            chunk.append(Piece(seq, t, t + take))
+            t += take
+            room -= take
+            if room == 0:
+                yield chunk
+                chunk, room = [], chunk_rows
+        if n == 0:
+            chunk.append(Piece(seq, 0, 0))
+    if chunk:
+        yield chunk
+
+
+# -- the conversion -----------------------------------------------------------------------------------------
+def check_logprobs(rows, tolerance: float, first_row: int) -> None:
+    """Rows of log-probabilities must log-sum-exp to 0; say which row does not (catches logits given as logprobs)."""
+    import torch
+
+    lse = torch.logsumexp(rows.to(torch.float32 if rows.dtype != torch.float64 else torch.float64), dim=-1)
+    bad = torch.nonzero(~(lse.abs() <= tolerance))
+    if bad.numel():
+        r = int(bad[0, 0])
+        raise InputError(f"row {first_row + r}: log-probabilities sum to exp({float(lse[r]):.4g}) instead of 1 "
+                         f"(tolerance {tolerance}); if the input holds logits, use kind='logits'")
+
+
+def _label_chunk(rows, row_ids, *, topk: int | None, rounds: int, temperature: float, vocab_size: int,
+                 seed: int) -> CsrLabels:
+    if topk is not None:
+        from sparselabels.sampling import topk_labels
+
+        return topk_labels(rows, topk, temperature=temperature, vocab_size=vocab_size).numpy()
+    from sparselabels.sampling import sample_counts
+
+    return sample_counts(rows, rounds, temperature=temperature, vocab_size=vocab_size, seed=seed,
+                         row_ids=row_ids).numpy()
+
+
+def convert(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    kind: str = "logits",
+    key: str | None = None,
+    seq_len: int | None = None,
+    lengths=None,
+    rounds: int = 50,
+    temperature: float = 1.0,
+    seed: int = 0,
+    topk: int | None = None,
+    vocab_size: int | None = None,
+    codec: str = "raw",
+    device: str = "cpu",
+    chunk_rows: int | None = None,
+    tokens=None,
+    column: str = "input_ids",
+    teacher: str | None = None,
+    teacher_fingerprint: str | None = None,
+    tokenizer_fingerprint: str | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    metadata: dict | None = None,
+) -> Path:
+    """Convert the dense teacher outputs in ``source`` into the label file ``out``; return ``out``.
+
+    ``key``: the HDF5 dataset or safetensors tensor (default: the only one). ``seq_len``/``lengths``: how rows
+    form sequences (module docstring). ``vocab_size``: ignore padded columns at or beyond it. ``tokens``: the
+    input token sequences (anything ``open_tokens`` reads); their lengths must match and their fingerprints are
+    stored. ``teacher``/``teacher_fingerprint``/``tokenizer_fingerprint`` are recorded as given.
+    ``chunk_rows`` bounds the rows in memory (default: about 256 MiB of float32).
+    """
+    import torch
+
+    if kind not in KINDS:
+        raise InputError(f"kind must be one of {list(KINDS)}, got {kind!r}")
+    if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or topk < 1):
+        raise InputError(f"topk must be a positive integer, got {topk!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+    src = open_dense(source, key=key)
+    try:
+        layout = make_layout(src.shape, seq_len=seq_len, lengths=lengths)
+        width = src.width
+        vocab = width if vocab_size is None else vocab_size
+        if isinstance(vocab, bool) or not isinstance(vocab, int) or not 1 <= vocab <= width:
+            raise InputError(f"vocab_size must be an integer in 1..{width} (the input's last dimension), "
+                             f"got {vocab_size!r}")
+        if chunk_rows is None:
+            chunk_rows = max(1, DEFAULT_CHUNK_BYTES // (4 * width))
+        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+            raise InputError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+        fingerprints = _token_fingerprints(tokens, column, layout.lengths)
+        meta: dict[str, Any] = {"temperature": float(temperature),
+                                "converted_from": {**src.describe(), "kind": kind, "dtype": src.dtype}}
+        if topk is None:
+            meta["seed"] = seed
+        else:
+            meta["topk"] = topk
+        for name, value in (("teacher", teacher), ("teacher_fingerprint", teacher_fingerprint),
+                            ("tokenizer_fingerprint", tokenizer_fingerprint)):
+            if value is not None:
+                meta[name] = value
+        if metadata:
+            meta["user"] = metadata
+        dev = torch.device(device)
+        offsets = np.zeros(len(layout.lengths) + 1, dtype=np.int64)
+        np.cumsum(layout.lengths, out=offsets[1:])
+        tolerance = _LOGPROB_TOLERANCE.get(src.itemsize, 1e-3)
+        writer = LabelWriter(out, vocab_size=vocab, rounds=None if topk else rounds,
+                             value_kind="prob" if topk else "count", codec=codec, metadata=meta, overwrite=overwrite)
+        try:
+            with Progress(int(offsets[-1]), enabled=progress, label="convert") as meter:
+                pending: list[CsrLabels] = []
+                for chunk in plan_chunks(layout.lengths, chunk_rows):
+                    blocks = [src.read(layout.rows(p.seq, p.t0, p.t1)).reshape(-1, width) for p in chunk if p.t1 > p.t0]
+                    if blocks:
+                        rows = torch.cat(blocks).to(dev) if len(blocks) > 1 else blocks[0].to(dev)
+                        row_ids = torch.cat([torch.arange(p.t0, p.t1, dtype=torch.int64) + int(offsets[p.seq])
+                                             for p in chunk]).to(dev)
+                        if kind == "logprobs":
+                            check_logprobs(rows[:, :vocab], tolerance, int(row_ids[0]))
+                        csr = _label_chunk(rows, row_ids, topk=topk, rounds=rounds, temperature=temperature,
+                                           vocab_size=vocab, seed=seed)
+                    else:
+                        csr = concat_csr([])
+                    at = 0
+                    for p in chunk:
+                        n = p.t1 - p.t0
+                        lo, hi = int(csr[2][at]), int(csr[2][at + n])
+                        pending.append((csr[0][lo:hi], csr[1][lo:hi], csr[2][at : at + n + 1] - lo))
+                        at += n
+                        if p.t1 == layout.lengths[p.seq]:  # the sequence is complete
+                            ids, values, indptr = concat_csr(pending)
+                            pending = []
+                            writer.write(ids, values, indptr,
+                                         fingerprint=None if fingerprints is None else int(fingerprints[p.seq]))
+                    meter.update(at)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
+    finally:
+        src.close()
+    return Path(out)
+
+
+def _token_fingerprints(tokens, column: str, lengths: np.ndarray) -> np.ndarray | None:
+    """Input fingerprints of the token sequences the outputs came from, after checking they line up."""
+    if tokens is None:
+        return None
+    from sparselabels.data.tokens import open_tokens
+
+    src = open_tokens(tokens, column=column)
+    token_lengths = np.asarray(src.lengths(), dtype=np.int64)
+    if token_lengths.shape != lengths.shape:
+        raise AlignmentError(f"tokens hold {len(token_lengths)} sequences but the input holds {len(lengths)}")
+    bad = np.flatnonzero(token_lengths != lengths)
+    if bad.size:
+        i = int(bad[0])
+        raise AlignmentError(f"sequence {i}: {token_lengths[i]} tokens but {lengths[i]} rows of teacher outputs")
+    return np.array([input_fingerprint(np.asarray(src[i])) for i in range(len(src))], dtype=np.uint64)

@@ -1,0 +1,223 @@
+"""The teacher: a Hugging Face causal LM loaded from a local directory, and what identifies it in label files.
+
+Fingerprints (stored in the metadata so that labels from different teachers are never mixed):
+
+- ``teacher_fingerprint`` of a model directory is ``"files-blake2b:<32 hex>"``: BLAKE2b (16-byte digest) over
+  ``config.json`` and every weight file (``*.safetensors``, ``pytorch_model*.bin`` and their ``*.index.json``),
+  in name order, each contributing its name, its size and its bytes. Files are hashed in streaming fashion
+  (several at a time), so a 1B model (2.5 GB) costs a few seconds and no memory; the bytes are the ones
+  ``from_pretrained`` reads anyway. Training state, READMEs and generation settings do not count.
+- For a model handed over as an ``nn.Module`` it is ``"state-blake2b:<32 hex>"`` over the config's JSON and
+  the state dict (name, dtype, shape and bytes of each tensor, in name order). The two schemes never compare
+  equal: a file fingerprint identifies files, a state fingerprint identifies tensors in memory.
+- ``tokenizer_fingerprint`` is ``"files-blake2b:<32 hex>"`` over the tokenizer files present
+  (``tokenizer.json``, ``tokenizer_config.json``, ``vocab.json``, ``merges.txt``, ...), or None when there are none.
+
+The vocabulary written to labels is the model's output dimension, unless a tokenizer is present and smaller
+(output layers are often padded, e.g. 152,064 outputs for 151,936 tokens): then the tokenizer's length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sparselabels.errors import CompatibilityError, InputError
+
+DTYPES = ("bfloat16", "float16", "float32")
+WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model*.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "merges.txt", "vocab.txt", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model")
+_BLOCK = 8 << 20
+_DIGEST = 16
+
+
+@dataclass
+class Teacher:
+    """A loaded teacher and its identity. ``vocab_size`` is the label vocabulary (see the module docstring)."""
+
+    model: Any  # torch.nn.Module
+    name: str
+    fingerprint: str
+    tokenizer_fingerprint: str | None
+    vocab_size: int
+    output_size: int
+    input_size: int  # rows of the input embedding: token ids must be below it
+    device: Any  # torch.device
+    dtype: Any  # torch.dtype
+
+
+def torch_dtype(name: str):
+    """``"bfloat16"`` → ``torch.bfloat16`` (only the dtypes a teacher is run in)."""
+    import torch
+
+    if name not in DTYPES:
+        raise InputError(f"dtype must be one of {list(DTYPES)}, got {name!r}")
+    return getattr(torch, name)
+
+
+def _file_digest(path: Path) -> bytes:
+    h = hashlib.blake2b(digest_size=_DIGEST)
+    with open(path, "rb") as f:
+        while block := f.read(_BLOCK):
+            h.update(block)
+    return h.digest()
+
+
+def files_fingerprint(paths: list[Path], *, threads: int = 4) -> str:
+    """``files-blake2b:<hex>`` over (name, size, digest of bytes) of each file, in the order given."""
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:  # hashlib releases the GIL on large buffers
+        digests = list(pool.map(_file_digest, paths))
+    h = hashlib.blake2b(digest_size=_DIGEST)
+    for path, digest in zip(paths, digests, strict=True):
+        name = path.name.encode()
+        h.update(len(name).to_bytes(8, "little") + name + path.stat().st_size.to_bytes(8, "little") + digest)
+    return f"files-blake2b:{h.hexdigest()}"
+
+
+def model_files(directory: Path) -> list[Path]:
+    """config.json and the weight files of a model directory, in name order."""
+    config = directory / "config.json"
+    if not config.is_file():
+        raise InputError(f"model directory {str(directory)!r} has no config.json")
+    weights = sorted({p for pattern in WEIGHT_PATTERNS for p in directory.glob(pattern) if p.is_file()})
+    if not weights:
+        raise InputError(f"model directory {str(directory)!r} holds no weight files ({', '.join(WEIGHT_PATTERNS)})")
+    return [config, *weights]
+
+
+def tokenizer_files(directory: Path) -> list[Path]:
+    return [directory / name for name in TOKENIZER_FILES if (directory / name).is_file()]
+
+
+def state_fingerprint(model) -> str:
+    """``state-blake2b:<hex>`` over the config JSON and every tensor of the state dict (name order)."""
+    import torch
+
+    h = hashlib.blake2b(digest_size=_DIGEST)
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_json_string"):
+        h.update(config.to_json_string(use_diff=False).encode())
+    state = model.state_dict()
+    for name in sorted(state):
+        tensor = state[name].detach()
+        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        flat = tensor.contiguous().reshape(-1)
+        if flat.numel():
+            h.update(flat.view(torch.uint8).cpu().numpy().tobytes())
+    return f"state-blake2b:{h.hexdigest()}"
+
+
+def _tokenizer_length(directory: Path) -> int:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    except Exception as exc:  # transformers raises many types here
+        raise InputError(
+            f"cannot load the tokenizer in {str(directory)!r} ({type(exc).__name__}: {exc}); pass vocab_size "
+            "explicitly to skip it"
+        ) from None
+    return len(tokenizer)
+
+
+def label_vocab_size(output_size: int, *, tokenizer_length: int | None, vocab_size: int | None) -> int:
+    """The vocabulary labels are drawn from: explicit, else the tokenizer's length when smaller, else the output."""
+    if vocab_size is not None:
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not 1 <= vocab_size <= output_size:
+            raise InputError(f"vocab_size must be an integer in 1..{output_size} (the model's output size), "
+                             f"got {vocab_size!r}")
+        return vocab_size
+    if tokenizer_length is None:
+        return output_size
+    if tokenizer_length > output_size:
+        raise CompatibilityError(
+            f"the tokenizer has {tokenizer_length} tokens but the model predicts only {output_size}; pass "
+            "vocab_size explicitly if this is intended"
+        )
+    return tokenizer_length
+
+
+def _model_sizes(model) -> tuple[int, int]:
+    """(logits per position, rows of the input embedding)."""
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    inp = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    output_size = getattr(out, "out_features", None) or getattr(getattr(model, "config", None), "vocab_size", None)
+    if not isinstance(output_size, int):
+        raise InputError(f"cannot tell the output size of {type(model).__name__}: it has no output embedding and "
+                         "no config.vocab_size")
+    input_size = getattr(inp, "num_embeddings", None) or output_size
+    return output_size, int(input_size)
+
+
+def _cast_parameters(module, dtype):
+    """Cast floating parameters only: ``module.to(dtype)`` would also cast buffers that models keep in float32
+    on purpose (rotary ``inv_freq``), giving other logits than ``from_pretrained(dtype=...)`` does."""
+    for param in module.parameters():
+        if param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+    return module
+
+
+def resolve_device(device: str | None):
+    """``"cuda"`` means the local rank's GPU under torchrun (``LOCAL_RANK``), GPU 0 otherwise."""
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {device!r} requested but CUDA is not available")
+        if dev.index is None:
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return dev
+
+
+def load_teacher(model, *, dtype: str = "bfloat16", device: str | None = None,
+                 tokenizer: str | os.PathLike | None = None, vocab_size: int | None = None, name: str | None = None,
+                 fingerprint: str | None = None) -> Teacher:
+    """Load (or adopt) a teacher and work out its identity and label vocabulary.
+
+    ``model``: a local model directory (loaded with ``from_pretrained(dtype=...)``) or an already built
+    ``nn.Module`` (moved to ``device``; floating parameters, not buffers, cast to ``dtype``).
+    ``tokenizer``: a directory with tokenizer files (default: the model directory).
+    ``name``/``fingerprint`` override the computed identity (e.g. when the module came from elsewhere).
+    """
+    dt = torch_dtype(dtype)
+    dev = resolve_device(device)
+    tokenizer_dir = Path(tokenizer) if tokenizer is not None else None
+    if isinstance(model, str | os.PathLike):
+        directory = Path(model)
+        if not directory.is_dir():
+            raise InputError(f"model {str(model)!r} is not a directory (a local Hugging Face model is expected)")
+        files = model_files(directory)
+        if fingerprint is None:
+            fingerprint = files_fingerprint(files)
+        from transformers import AutoModelForCausalLM
+
+        module = AutoModelForCausalLM.from_pretrained(str(directory), dtype=dt, local_files_only=True)
+        name = name or directory.resolve().name
+        tokenizer_dir = tokenizer_dir or directory
+    else:
+        import torch.nn as nn
+
+        if not isinstance(model, nn.Module):
+            raise InputError(f"model must be a directory path or a torch.nn.Module, got {type(model).__name__}")
+        module = model
+        module_name = getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__
+        name = name or Path(str(module_name)).name or type(model).__name__
+    module = _cast_parameters(module.to(device=dev), dt).eval()
+    if fingerprint is None:
+        fingerprint = state_fingerprint(module)
+    tok_files = tokenizer_files(tokenizer_dir) if tokenizer_dir is not None else []
+    tok_fingerprint = files_fingerprint(tok_files) if tok_files else None
+    tok_length = _tokenizer_length(tokenizer_dir) if tok_files and vocab_size is None else None
+    output_size, input_size = _model_sizes(module)
+    vocab = label_vocab_size(output_size, tokenizer_length=tok_length, vocab_size=vocab_size)
+    return Teacher(module, name, fingerprint, tok_fingerprint, vocab, output_size, input_size, dev, dt)

@@ -1,0 +1,217 @@
+"""``convert``: dense logits / log-probs from .npy, HDF5 and safetensors into label files, streamed in chunks;
+``--topk`` prob labels; sequence delimiting; the same labels as ``generate`` for the same logits."""
+
+from __future__ import annotations
+
+import itertools
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from pipeline_fixtures import assert_same_labels, cli, read_all, subprocess_env
+from safetensors.torch import save_file
+
+import sparselabels as sl
+from sparselabels.errors import AlignmentError, InputError
+from sparselabels.pipeline.convert import convert, plan_chunks
+
+
+def logits_3d(n=4, t=9, v=300, seed=0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal((n, t, v)) * 3).astype(np.float32)
+
+
+def expected_counts(rows: np.ndarray, lengths, *, seed=0, rounds=50, temperature=1.0, vocab_size=None):
+    """Obvious twin: sample each sequence's rows in one call with row ids = global positions."""
+    out, position = [], 0
+    for seq_rows in rows:
+        n = len(seq_rows)
+        labels = sl.sample_counts(torch.from_numpy(np.ascontiguousarray(seq_rows)), rounds, seed=seed,
+                                  temperature=temperature, vocab_size=vocab_size,
+                                  row_ids=torch.arange(position, position + n))
+        out.append(labels.numpy())
+        position += n
+    assert [len(o[2]) - 1 for o in out] == list(lengths)
+    return out
+
+
+def save(fmt: str, path_base, array: np.ndarray, key: str = "logits"):
+    if fmt == "npy":
+        path = path_base.with_suffix(".npy")
+        np.save(path, array)
+    elif fmt == "hdf5":
+        path = path_base.with_suffix(".h5")
+        with h5py.File(path, "w") as f:
+            f.create_dataset(key, data=array, chunks=True)
+    else:
+        path = path_base.with_suffix(".safetensors")
+        save_file({key: torch.from_numpy(np.ascontiguousarray(array))}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["npy", "hdf5", "safetensors"])
+@pytest.mark.parametrize("kind", ["logits", "logprobs"])
+def test_each_format_and_kind(tmp_path, fmt, kind):
+    logits = logits_3d()
+    data = logits if kind == "logits" else torch.log_softmax(torch.from_numpy(logits), -1).numpy()
+    path = save(fmt, tmp_path / "in", data)
+    out = convert(path, tmp_path / "labels.slbl", kind=kind, seed=3, chunk_rows=5)
+    got, meta = read_all(out)
+    assert_same_labels(got, expected_counts(data, [9] * 4, seed=3))
+    assert meta["seed"] == 3 and meta["rounds"] == 50 and meta["vocab_size"] == 300
+    assert meta["converted_from"]["kind"] == kind and meta["converted_from"]["shape"] == [4, 9, 300]
+    # log-probs are logits shifted per row: the sampled labels are the same
+    if kind == "logprobs":
+        assert_same_labels(got, read_all(convert(save(fmt, tmp_path / "raw", logits), tmp_path / "l.slbl",
+                                                 seed=3))[0])
+
+
+def test_bfloat16_safetensors(tmp_path):
+    logits = torch.from_numpy(logits_3d(2, 5, 64)).to(torch.bfloat16)
+    save_file({"x": logits}, str(tmp_path / "in.safetensors"))
+    got, _ = read_all(convert(tmp_path / "in.safetensors", tmp_path / "o.slbl", seed=1))
+    expected = [sl.sample_counts(logits[i], 50, seed=1, row_ids=torch.arange(5 * i, 5 * i + 5)).numpy()
+                for i in range(2)]
+    assert_same_labels(got, expected)
+
+
+def test_streaming_does_not_change_the_file(tmp_path):
+    """Inputs are read chunk_rows rows at a time (sequences span chunks); the bytes do not depend on it."""
+    path = save("npy", tmp_path / "in", logits_3d(5, 13, 200, seed=4))
+    files = [convert(path, tmp_path / f"c{c}.slbl", chunk_rows=c) for c in (1, 7, 13, 64, 10_000)]
+    first = files[0].read_bytes()
+    assert all(f.read_bytes() == first for f in files[1:])
+
+
+def test_plan_chunks_covers_every_position_once():
+    lengths = np.array([5, 0, 12, 3, 0])
+    chunks = list(plan_chunks(lengths, 4))
+    assert all(sum(p.t1 - p.t0 for p in c) <= 4 for c in chunks)
+    seen = {}
+    for c in chunks:
+        for p in c:
+            seen.setdefault(p.seq, []).append((p.t0, p.t1))
+    for seq, n in enumerate(lengths):
+        spans = seen[seq]
+        assert spans[0][0] == 0 and spans[-1][1] == n
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
+
+
+def test_two_d_inputs_seq_len_and_lengths(tmp_path):
+    rows = logits_3d(1, 20, 100, seed=2)[0]
+    path = save("npy", tmp_path / "in", rows)
+    one = read_all(convert(path, tmp_path / "one.slbl"))[0]
+    assert_same_labels(one, expected_counts([rows], [20]))
+    by_len = read_all(convert(path, tmp_path / "sl.slbl", seq_len=5))[0]
+    assert_same_labels(by_len, expected_counts([rows[i : i + 5] for i in range(0, 20, 5)], [5] * 4))
+    lengths = [3, 0, 10, 7]
+    var = read_all(convert(path, tmp_path / "var.slbl", lengths=lengths, chunk_rows=4))[0]
+    cuts = np.cumsum([0, *lengths])
+    assert_same_labels(var, expected_counts([rows[cuts[i] : cuts[i + 1]] for i in range(4)], lengths))
+    # the row ids are global positions, so every split of the same rows gives the same labels per position
+    concat = np.concatenate([g[0] for g in var])
+    assert np.array_equal(concat, one[0][0])
+    with pytest.raises(InputError, match="not a multiple of seq_len 6"):
+        convert(path, tmp_path / "x.slbl", seq_len=6)
+    with pytest.raises(InputError, match="sum to 21"):
+        convert(path, tmp_path / "x.slbl", lengths=[20, 1])
+
+
+def test_three_d_with_lengths_skips_padding(tmp_path):
+    logits = logits_3d(3, 8, 50, seed=5)
+    logits[1, 4:] = np.nan  # padding that must never be read
+    path = save("hdf5", tmp_path / "in", logits)
+    got = read_all(convert(path, tmp_path / "o.slbl", lengths=np.array([8, 4, 6])))[0]
+    assert_same_labels(got, expected_counts([logits[0], logits[1, :4], logits[2, :6]], [8, 4, 6]))
+    with pytest.raises(InputError, match="more than the input's 8"):
+        convert(path, tmp_path / "x.slbl", lengths=[9, 1, 1])
+
+
+def test_padded_vocab_and_temperature(tmp_path):
+    logits = logits_3d(2, 6, 128, seed=6)
+    logits[..., 100:] = 50.0  # padding columns that would win every draw
+    path = save("npy", tmp_path / "in", logits)
+    got, meta = read_all(convert(path, tmp_path / "o.slbl", vocab_size=100, temperature=1.5, seed=9))
+    assert meta["vocab_size"] == 100 and meta["temperature"] == 1.5
+    assert max(int(g[0].max()) for g in got) < 100
+    assert_same_labels(got, expected_counts(logits, [6, 6], seed=9, temperature=1.5, vocab_size=100))
+
+
+def test_topk(tmp_path):
+    logits = logits_3d(3, 7, 80, seed=7)
+    path = save("safetensors", tmp_path / "in", logits, key="teacher_logits")
+    got, meta = read_all(convert(path, tmp_path / "o.slbl", topk=5, chunk_rows=4))
+    assert meta["value_kind"] == "prob" and meta["topk"] == 5 and meta["rounds"] is None
+    for i in range(3):
+        ref = sl.topk_labels(torch.from_numpy(logits[i]), 5).numpy()
+        for a, b in zip(got[i][:3], ref, strict=True):
+            assert np.array_equal(a, b)
+
+
+def test_logits_given_as_logprobs_are_caught(tmp_path):
+    path = save("npy", tmp_path / "in", logits_3d())
+    with pytest.raises(InputError, match=r"row 0: log-probabilities sum to exp\("):
+        convert(path, tmp_path / "o.slbl", kind="logprobs")
+    assert not (tmp_path / "o.slbl").exists()
+
+
+def test_bad_inputs(tmp_path):
+    np.save(tmp_path / "ints.npy", np.zeros((2, 3, 4), dtype=np.int32))
+    with pytest.raises(InputError, match="not float16, float32 or float64"):
+        convert(tmp_path / "ints.npy", tmp_path / "o.slbl")
+    np.save(tmp_path / "one_d.npy", np.zeros(5, dtype=np.float32))
+    with pytest.raises(InputError, match="expected a"):
+        convert(tmp_path / "one_d.npy", tmp_path / "o.slbl")
+    with h5py.File(tmp_path / "two.h5", "w") as f:
+        f["a"] = np.zeros((2, 3), np.float32)
+        f["b"] = np.zeros((2, 3), np.float32)
+    with pytest.raises(InputError, match="name the one"):
+        convert(tmp_path / "two.h5", tmp_path / "o.slbl")
+    bad = logits_3d(2, 3, 10)
+    bad[1, 2, 4] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    with pytest.raises(InputError, match="NaN"):
+        convert(tmp_path / "nan.npy", tmp_path / "o.slbl")
+    (tmp_path / "x.txt").write_text("")
+    with pytest.raises(InputError, match="unknown format"):
+        convert(tmp_path / "x.txt", tmp_path / "o.slbl")
+
+
+def test_tokens_give_fingerprints_and_must_line_up(tmp_path):
+    path = save("npy", tmp_path / "in", logits_3d(3, 4, 30))
+    tokens = np.arange(12).reshape(3, 4)
+    got = read_all(convert(path, tmp_path / "o.slbl", tokens=tokens))[0]
+    assert [g[3] for g in got] == [sl.input_fingerprint(t) for t in tokens]
+    with pytest.raises(AlignmentError, match="sequence 0: 5 tokens but 4 rows"):
+        convert(path, tmp_path / "p.slbl", tokens=np.zeros((3, 5), dtype=np.int64))
+
+
+def test_same_logits_give_the_same_labels_as_generate(tmp_path):
+    """generate and convert share the row-id scheme: dumping the teacher's logits and converting them gives
+    the labels generate writes."""
+    from pipeline_fixtures import load_model, random_tokens, tiny_gpt2
+
+    from sparselabels.pipeline.generate import generate
+
+    model_dir = tiny_gpt2(tmp_path / "teacher")
+    tokens = random_tokens(3, 10, seed=4)
+    with torch.no_grad():
+        logits = load_model(model_dir)(input_ids=torch.from_numpy(tokens)).logits.numpy()
+    np.save(tmp_path / "logits.npy", logits)
+    generated = read_all(generate(model_dir, tokens, tmp_path / "gen", batch_size=3, dtype="float32", device="cpu",
+                                  seed=8, progress=False))[0]
+    converted = read_all(convert(tmp_path / "logits.npy", tmp_path / "conv.slbl", seed=8, tokens=tokens))[0]
+    assert_same_labels(converted, generated)
+    assert [c[3] for c in converted] == [g[3] for g in generated]
+
+
+def test_cli_convert(tmp_path):
+    import subprocess
+
+    path = save("hdf5", tmp_path / "in", logits_3d(2, 6, 40), key="out/logits")
+    done = subprocess.run([*cli(), "convert", str(path), "--out", str(tmp_path / "o.slbl"), "--key", "out/logits",
+                           "--lengths", "6,3", "--topk", "4", "--no-progress"], env=subprocess_env(),
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    with sl.open_labels(tmp_path / "o.slbl") as f:
+        assert len(f) == 2 and f.num_positions == 9 and f.value_kind == "prob"

@@ -152,6 +152,8 @@ def read_manifest(path: str | os.PathLike) -> dict:
     for key in ("num_sequences", "num_positions", "num_labels"):
         if body.get(key) != sum(e[key] for e in shards):
             raise FormatError(f"{where}: {key} does not equal the sum over its shards")
+        if body[key] >= 1 << 63:  # the shard set's int64 prefix sums must not wrap
+            raise FormatError(f"{where}: {key} {body[key]} is out of range (>= 2**63)")
     return body
 
 
@@ -271,10 +273,14 @@ class LabelShards(Labels):
 
     @property
     def fingerprints(self) -> np.ndarray | None:
-        parts = [self.shard(k).fingerprints for k in range(self.num_shards)]
-        if any(p is None for p in parts):
-            return None
-        return np.concatenate(parts)
+        parts = []
+        for k in range(self.num_shards):
+            shard = self.shard(k)
+            fps = shard.fingerprints
+            if fps is None and len(shard):
+                return None
+            parts.append(fps if fps is not None else np.zeros(0, dtype="<u8"))  # an empty shard stores no flag
+        return np.concatenate(parts) if parts else None
 
     def close(self) -> None:
         for f in self._open.values():

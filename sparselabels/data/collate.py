@@ -1,0 +1,498 @@
+"""Collate: a batch of sparse-label sequences into padded ``[B, T, K]`` targets, in one numba pass.
+
+Output (a :class:`SparseBatch`: a dict of CPU tensors that are views of one storage):
+
+* ``target_ids`` int64 ``[B, T, K]`` and ``target_weights`` float32 ``[B, T, K]``: the labels of position
+  ``t`` of sequence ``b`` in their stored order (ascending id), weight ``count / rounds`` for counts or the stored
+  probability; id 0 and weight 0 wherever there is no label (shorter sequences, positions with fewer labels).
+  ``K`` is the largest label count of any position in the batch (or ``max_labels``, see below).
+* ``num_labels`` int32 ``[B, T]``: labels kept per position; ``attention_mask`` bool ``[B, T]``: True at real
+  positions; ``lengths`` int64 ``[B]``; ``indices`` int64 ``[B]``: the sequences' indices (-1 if unknown).
+* ``input_ids`` int64 ``[B, T]`` (``pad_token_id`` in padding) when the items carry input ids.
+* with ``max_labels`` set: ``dropped_labels`` int32 ``[B, T]`` and ``dropped_mass`` float32 ``[B, T]``, what the
+  overflow policy removed (all zero when nothing was).
+
+Labels are never dropped silently: with ``max_labels`` set, a position holding more labels follows
+``on_overflow``: ``"error"`` (default) raises InputError naming the sequence and position; ``"drop_smallest"``
+keeps the ``max_labels`` largest weights (ties: the lower id) and ``"truncate"`` keeps the first
+``max_labels`` stored (the lowest ids), both reporting what they removed. Weights are never renormalised.
+Every id is checked against ``vocab_size`` inside the kernel (a GPU gather would otherwise read out of range).
+
+In a DataLoader worker the outputs are allocated in shared memory directly, as one block (no copy on the way to
+the main process, one file descriptor per batch); ``pin_memory=True`` allocates page-locked memory in the main
+process (with workers, use ``DataLoader(pin_memory=True)`` instead).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence as SequenceABC
+from typing import Any
+
+import numba as nb
+import numpy as np
+import torch
+from numba import types
+from numba.extending import overload
+
+from sparselabels.errors import InputError
+
+OVERFLOW_POLICIES = ("error", "drop_smallest", "truncate")
+_POLICY_CODE = {"error": 0, "drop_smallest": 1, "truncate": 2}
+
+_OK, _BAD_ID, _OVERFLOW, _BAD_TOKEN = 0, 1, 2, 3
+
+
+# ------------------------------------------------------------------------------------------------ kernels
+
+
+@nb.njit(cache=True, nogil=True)
+def _max_labels(indptr, ptr_start, label_start, lengths):
+    """Largest labels-per-position of the batch, or -1-b when sequence b's indptr is inconsistent."""
+    best = 0
+    for b in range(lengths.shape[0]):
+        p0 = ptr_start[b]
+        n_lab = label_start[b + 1] - label_start[b]
+        if indptr[p0] != 0 or indptr[p0 + lengths[b]] != n_lab:
+            return -1 - b
+        for t in range(lengths[b]):
+            n = indptr[p0 + t + 1] - indptr[p0 + t]
+            if n < 0:
+                return -1 - b
+            if n > best:
+                best = n
+    return best
+
+
+def _weight(value, lut):
+    """Target weight of one stored value: ``lut[count]`` (= count / rounds) for counts, the value for probs."""
+    return lut[value] if isinstance(value, int | np.integer) else np.float32(value)
+
+
+@overload(_weight, inline="always")
+def _weight_impl(value, lut):
+    if isinstance(value, types.Integer):
+        return lambda value, lut: lut[value]
+    return lambda value, lut: np.float32(value)
+
+
+@nb.njit(cache=True, nogil=True)
+def _first_bad_id(ids, lo, n, vocab_size, b, t):
+    for j in range(lo, lo + n):
+        if np.int64(ids[j]) >= vocab_size:
+            return _BAD_ID, b, t, np.int64(ids[j])
+    return _OK, 0, 0, 0
+
+
+@nb.njit(cache=True, nogil=True)
+def _fill_targets(ids, values, lut, vocab_size, indptr, ptr_start, label_start, lengths, policy,
+                  out_ids, out_w, out_n, drop_n, drop_mass):
+    """Fill ``out_*`` completely (padding included). Returns (code, batch slot, position, value).
+
+    Zero everything first (a vectorised memset), then scatter each position's labels into its row: faster
+    than padding row by row, because rows hold ~12 labels in ~40+ slots.
+    """
+    B, T, K = out_ids.shape
+    flat_ids = out_ids.reshape(-1)
+    flat_w = out_w.reshape(-1)
+    flat_n = out_n.reshape(-1)
+    flat_ids[:] = 0
+    flat_w[:] = 0.0
+    flat_n[:] = 0
+    if policy >= 0:
+        drop_n[:] = 0
+        drop_mass[:] = 0.0
+    for b in range(B):
+        p0 = ptr_start[b]
+        base = label_start[b]
+        for t in range(lengths[b]):
+            lo = base + indptr[p0 + t]
+            n = base + indptr[p0 + t + 1] - lo
+            row = b * T + t
+            o = row * K
+            if n <= K:
+                bad = False
+                for k in range(n):  # copy and check in one loop; find the culprit only when there is one
+                    v = np.int64(ids[lo + k])
+                    bad |= v >= vocab_size
+                    flat_ids[o + k] = v
+                    flat_w[o + k] = _weight(values[lo + k], lut)
+                if bad:
+                    return _first_bad_id(ids, lo, n, vocab_size, b, t)
+                flat_n[row] = n
+                continue
+            for j in range(lo, lo + n):
+                if np.int64(ids[j]) >= vocab_size:
+                    return _BAD_ID, b, t, np.int64(ids[j])
+            if policy == 0:
+                return _OVERFLOW, b, t, n
+            w_all = np.empty(n, dtype=np.float32)
+            for k in range(n):
+                w_all[k] = _weight(values[lo + k], lut)
+            # drop_smallest keeps the K largest (a stable sort on -w keeps the lower id among equals)
+            keep = np.sort(np.argsort(-w_all, kind="mergesort")[:K]) if policy == 1 else np.arange(K)
+            kept = np.zeros(n, dtype=np.bool_)
+            for k in range(K):
+                j = keep[k]
+                kept[j] = True
+                flat_ids[o + k] = ids[lo + j]
+                flat_w[o + k] = w_all[j]
+            dropped = 0.0
+            for k in range(n):
+                if not kept[k]:
+                    dropped += w_all[k]
+            flat_n[row] = K
+            drop_n[b, t] = n - K
+            drop_mass[b, t] = dropped
+    return _OK, 0, 0, 0
+
+
+@nb.njit(cache=True, nogil=True)
+def _fill_tokens(tokens, token_start, lengths, pad_token_id, out):
+    """Fill input ids ``out[B, T]``; returns (code, sequence slot, position, value)."""
+    B, T = out.shape
+    for b in range(B):
+        s = token_start[b]
+        L = lengths[b]
+        for t in range(L):
+            v = np.int64(tokens[s + t])
+            if v < 0:
+                return _BAD_TOKEN, b, t, v
+            out[b, t] = v
+        for t in range(L, T):
+            out[b, t] = pad_token_id
+    return _OK, 0, 0, 0
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+_NO_LUT = np.zeros(0, dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _count_weights(rounds: int) -> np.ndarray:
+    """float32[256]: the weight of each possible count, ``float32(c) / float32(rounds)`` (IEEE division, so the
+    same bits as ``Sequence.weights``)."""
+    table = np.arange(256, dtype=np.float32) / np.float32(rounds)
+    table.flags.writeable = False
+    return table
+
+
+def _in_worker() -> bool:
+    return torch.utils.data.get_worker_info() is not None
+
+
+_ALIGN = 64
+
+
+def _allocate(specs: dict[str, tuple[tuple[int, ...], torch.dtype]], *, shared: bool, pinned: bool) -> SparseBatch:
+    """Uninitialised tensors for ``specs``, all views of ONE storage: in shared memory inside DataLoader workers
+    (one file descriptor per batch instead of one per tensor, which costs a round trip each), page-locked when
+    asked, ordinary memory otherwise."""
+    offsets, total = {}, 0
+    for name, (shape, dtype) in specs.items():
+        total = -(-total // _ALIGN) * _ALIGN
+        offsets[name] = total
+        total += math.prod(shape) * dtype.itemsize
+    total = max(total, 1)
+    if shared:
+        try:
+            storage = torch.UntypedStorage._new_shared(total)
+        except AttributeError:  # a torch without it: allocate, then move to shared memory
+            storage = torch.empty(total, dtype=torch.uint8).share_memory_().untyped_storage()
+    else:
+        storage = torch.empty(total, dtype=torch.uint8, pin_memory=pinned).untyped_storage()
+    batch = SparseBatch()
+    for name, (shape, dtype) in specs.items():
+        batch[name] = torch.empty(0, dtype=dtype).set_(storage, offsets[name] // dtype.itemsize, shape)
+    return batch
+
+
+class SparseBatch(dict):
+    """The dict :func:`collate` returns. Its tensors share one storage, and it pickles as that one storage plus
+    their layout, so a DataLoader worker hands a whole batch to the main process in one piece."""
+
+    def _layout(self) -> tuple[torch.Tensor | None, list, dict]:
+        base, views, others = None, [], {}
+        for name, t in self.items():
+            if isinstance(t, torch.Tensor) and t.is_contiguous() and base is None:
+                storage = t.untyped_storage()
+                base = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (storage.nbytes(),))
+            if (isinstance(t, torch.Tensor) and base is not None and t.is_contiguous()
+                    and t.untyped_storage().data_ptr() == base.untyped_storage().data_ptr()):
+                views.append((name, t.dtype, t.storage_offset() * t.element_size(), tuple(t.shape)))
+            else:
+                others[name] = t
+        return base, views, others
+
+    def __reduce__(self):
+        base, views, others = self._layout()
+        return _rebuild_batch, (base, views, others)
+
+    def __copy__(self) -> SparseBatch:
+        return SparseBatch(self)
+
+
+def _rebuild_batch(base: torch.Tensor | None, views: list, others: dict) -> SparseBatch:
+    batch = SparseBatch()
+    if base is not None:
+        storage = base.untyped_storage()
+        for name, dtype, byte_offset, shape in views:
+            batch[name] = torch.empty(0, dtype=dtype).set_(storage, byte_offset // dtype.itemsize, shape)
+    batch.update(others)
+    return batch
+
+
+def _values_of(item: Any) -> np.ndarray:
+    values = getattr(item, "values", None)
+    return values if values is not None else item.counts
+
+
+def _item_field(batch: SequenceABC, name: str, default: Any) -> list:
+    return [getattr(item, name, default) for item in batch]
+
+
+def _common(values: list, name: str, given: Any) -> Any:
+    known = {v for v in values if v is not None}
+    if len(known) > 1:
+        raise InputError(f"collate: the batch mixes items with different {name} ({sorted(known)})")
+    found = known.pop() if known else None
+    return found if given is None else given
+
+
+def _padded_length(longest: int, pad_to: int | None, multiple: int | None) -> int:
+    T = longest
+    if pad_to is not None:
+        if longest > pad_to:
+            raise InputError(f"collate: a sequence of {longest} positions is longer than pad_to={pad_to}")
+        T = pad_to
+    if multiple:
+        T = -(-T // multiple) * multiple
+    return T
+
+
+# ------------------------------------------------------------------------------------------------ public
+
+
+def collate(
+    batch: SequenceABC,
+    *,
+    max_labels: int | None = None,
+    on_overflow: str = "error",
+    vocab_size: int | None = None,
+    rounds: int | None = None,
+    pad_to: int | None = None,
+    pad_to_multiple_of: int | None = None,
+    pad_token_id: int = 0,
+    pin_memory: bool = False,
+) -> SparseBatch:
+    """Pad a list of items (SparseItem, or anything with ``ids``/``values``/``indptr``) into target tensors.
+
+    ``vocab_size`` (default: the items') is the bound every id is checked against, e.g. the student's
+    vocabulary; ``rounds`` is needed only for items that do not carry it. See the module docstring.
+    """
+    if on_overflow not in OVERFLOW_POLICIES:
+        raise InputError(f"on_overflow must be one of {OVERFLOW_POLICIES}, got {on_overflow!r}")
+    if max_labels is not None and (isinstance(max_labels, bool) or int(max_labels) < 1):
+        raise InputError(f"max_labels must be a positive integer or None, got {max_labels!r}")
+    if len(batch) == 0:
+        raise InputError("collate: the batch is empty")
+    B = len(batch)
+    ids_parts = [item.ids for item in batch]
+    val_parts = [_values_of(item) for item in batch]
+    ptr_parts = [item.indptr for item in batch]
+    indices = np.array([-1 if i is None else int(i) for i in _item_field(batch, "index", None)], dtype=np.int64)
+    vocab = _common(_item_field(batch, "vocab_size", None), "vocab_size", vocab_size)
+    if vocab is None:
+        raise InputError("collate: vocab_size is needed (the items do not carry it)")
+
+    kinds = {v.dtype for v in val_parts if v.size} or {val_parts[0].dtype}
+    if len(kinds) > 1:
+        raise InputError(f"collate: the batch mixes value dtypes {sorted(map(str, kinds))}")
+    kind = kinds.pop()
+    is_count = np.issubdtype(kind, np.integer)
+    if is_count:
+        item_rounds = _common(_item_field(batch, "rounds", None), "rounds", None)
+        if rounds is not None and item_rounds is not None and rounds != item_rounds:
+            raise InputError(f"collate: rounds={rounds} given, but the items were drawn with rounds={item_rounds}")
+        rounds = item_rounds if item_rounds is not None else rounds
+        if not rounds:
+            raise InputError("collate: counts need rounds (draws per position) to become weights")
+        if kind != np.uint8:
+            raise InputError(f"collate: counts must be uint8 (draw counts), got dtype {kind}")
+        values = np.concatenate(val_parts)
+    elif np.issubdtype(kind, np.floating):
+        values = np.concatenate(val_parts, dtype=np.float32, casting="same_kind")
+        rounds = 1
+    else:
+        raise InputError(f"collate: values of dtype {kind} are neither counts nor probabilities")
+
+    lengths = np.array([p.shape[0] - 1 for p in ptr_parts], dtype=np.int64)
+    label_start = np.zeros(B + 1, dtype=np.int64)
+    np.cumsum([a.shape[0] for a in ids_parts], out=label_start[1:])
+    ptr_start = np.zeros(B, dtype=np.int64)
+    np.cumsum(lengths[:-1] + 1, out=ptr_start[1:])
+    ids = np.concatenate(ids_parts)
+    if ids.dtype != np.uint32:  # the reader gives uint32; other integer ids are range-checked, never wrapped
+        if ids.size and not np.issubdtype(ids.dtype, np.integer):
+            raise InputError(f"collate: ids must be integers, got dtype {ids.dtype}")
+        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= min(int(vocab), 1 << 32)):
+            bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+            raise InputError(f"collate: id {bad} is outside the vocabulary (vocab_size {vocab})")
+        ids = ids.astype(np.uint32)
+    indptr = np.concatenate(ptr_parts).astype(np.int64, copy=False)
+    if any(v.shape[0] != a.shape[0] for v, a in zip(val_parts, ids_parts, strict=True)):
+        raise InputError("collate: an item has different numbers of ids and values")
+
+    widest = int(_max_labels(indptr, ptr_start, label_start, lengths))
+    if widest < 0:
+        b = -1 - widest
+        raise InputError(f"collate: sequence {indices[b]} (batch slot {b}) has an inconsistent indptr")
+    K = max(1, widest if max_labels is None else min(widest, int(max_labels)))
+    T = _padded_length(int(lengths.max()), pad_to, pad_to_multiple_of)
+    tokens = _batch_tokens(batch, lengths, indices)
+    shared = _in_worker()
+    if pin_memory and shared:
+        raise InputError("collate: pin_memory=True inside a DataLoader worker; use DataLoader(pin_memory=True)")
+    if pin_memory and not torch.cuda.is_available():
+        raise InputError("collate: pin_memory=True needs a CUDA device")
+
+    policy = -1 if max_labels is None else _POLICY_CODE[on_overflow]
+    specs = {"target_ids": ((B, T, K), torch.int64), "target_weights": ((B, T, K), torch.float32),
+             "num_labels": ((B, T), torch.int32), "attention_mask": ((B, T), torch.bool),
+             "lengths": ((B,), torch.int64), "indices": ((B,), torch.int64)}
+    if policy >= 0:
+        specs["dropped_labels"] = ((B, T), torch.int32)
+        specs["dropped_mass"] = ((B, T), torch.float32)
+    if tokens is not None:
+        specs["input_ids"] = ((B, T), torch.int64)
+    out = _allocate(specs, shared=shared, pinned=pin_memory)
+
+    if policy >= 0:
+        drop_n, drop_mass = out["dropped_labels"].numpy(), out["dropped_mass"].numpy()
+    else:
+        drop_n, drop_mass = np.zeros((0, 0), np.int32), np.zeros((0, 0), np.float32)
+    lut = _count_weights(int(rounds)) if is_count else _NO_LUT
+    code, b, t, value = _fill_targets(ids, values, lut, int(vocab), indptr, ptr_start, label_start, lengths, policy,
+                                      out["target_ids"].numpy(), out["target_weights"].numpy(),
+                                      out["num_labels"].numpy(), drop_n, drop_mass)
+    if code == _BAD_ID:
+        raise InputError(f"collate: sequence {indices[b]}, position {t}: id {value} is outside the vocabulary "
+                         f"(vocab_size {vocab})")
+    if code == _OVERFLOW:
+        raise InputError(f"collate: sequence {indices[b]}, position {t}: {value} labels, more than max_labels="
+                         f"{max_labels}; pass on_overflow='drop_smallest' or 'truncate' to drop (reported) labels")
+    np.less(np.arange(T)[None, :], lengths[:, None], out=out["attention_mask"].numpy())
+    out["lengths"].numpy()[:] = lengths
+    out["indices"].numpy()[:] = indices
+    if tokens is not None:
+        token_start = np.zeros(B, dtype=np.int64)
+        np.cumsum(lengths[:-1], out=token_start[1:])
+        code, b, t, value = _fill_tokens(tokens, token_start, lengths, int(pad_token_id), out["input_ids"].numpy())
+        if code == _BAD_TOKEN:
+            raise InputError(f"collate: sequence {indices[b]}, position {t}: input id {value} is negative")
+    return out
+
+
+def _batch_tokens(batch: SequenceABC, lengths: np.ndarray, indices: np.ndarray) -> np.ndarray | None:
+    """The items' input ids concatenated as int64 (None when no item has any), lengths checked."""
+    token_parts = _item_field(batch, "input_ids", None)
+    have = sum(p is not None for p in token_parts)
+    if not have:
+        return None
+    if have != len(batch):
+        raise InputError("collate: some items carry input ids and some do not")
+    for b, (p, n) in enumerate(zip(token_parts, lengths, strict=True)):
+        if p.ndim != 1 or p.shape[0] != n:
+            raise InputError(f"collate: sequence {indices[b]}: {p.shape} input ids for {n} label positions")
+        if p.size and not np.issubdtype(p.dtype, np.integer):
+            raise InputError(f"collate: sequence {indices[b]}: input ids of dtype {p.dtype} are not integers")
+    tokens = np.concatenate(token_parts)
+    if tokens.dtype == np.uint64 and tokens.size and int(tokens.max()) >= 1 << 63:
+        raise InputError("collate: input ids >= 2**63 do not fit int64")
+    return tokens.astype(np.int64, copy=False)
+
+
+class SparseLabelCollator:
+    """:func:`collate` with its options fixed, for ``DataLoader(collate_fn=SparseLabelCollator(...))``."""
+
+    def __init__(self, *, max_labels: int | None = None, on_overflow: str = "error", vocab_size: int | None = None,
+                 rounds: int | None = None, pad_to: int | None = None, pad_to_multiple_of: int | None = None,
+                 pad_token_id: int = 0, pin_memory: bool = False) -> None:
+        if on_overflow not in OVERFLOW_POLICIES:
+            raise InputError(f"on_overflow must be one of {OVERFLOW_POLICIES}, got {on_overflow!r}")
+        self.options = {"max_labels": max_labels, "on_overflow": on_overflow, "vocab_size": vocab_size,
+                        "rounds": rounds, "pad_to": pad_to, "pad_to_multiple_of": pad_to_multiple_of,
+                        "pad_token_id": pad_token_id, "pin_memory": pin_memory}
+
+    def __call__(self, batch: SequenceABC) -> dict[str, torch.Tensor]:
+        return collate(batch, **self.options)
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"SparseLabelCollator({opts})"
+
+
+def collate_reference(batch: SequenceABC, *, max_labels: int | None = None, on_overflow: str = "error",
+                      vocab_size: int | None = None, rounds: int | None = None) -> dict[str, np.ndarray]:
+    """The slow, obviously correct twin of :func:`collate` (Python loops), for tests. numpy arrays out."""
+    B = len(batch)
+    vocab = vocab_size if vocab_size is not None else batch[0].vocab_size
+    lengths = [item.indptr.shape[0] - 1 for item in batch]
+    T = max(lengths)
+    per_pos: list[list[list[tuple[int, float]]]] = []
+    for item in batch:
+        r = getattr(item, "rounds", None) or rounds
+        values = _values_of(item)
+        rows = []
+        for t in range(item.indptr.shape[0] - 1):
+            lo, hi = int(item.indptr[t]), int(item.indptr[t + 1])
+            row = []
+            for j in range(lo, hi):
+                if int(item.ids[j]) >= vocab:
+                    raise InputError(f"id {int(item.ids[j])} outside vocabulary")
+                v = values[j]
+                w = np.float32(v) / np.float32(r) if values.dtype == np.uint8 else np.float32(v)
+                row.append((int(item.ids[j]), float(w)))
+            rows.append(row)
+        per_pos.append(rows)
+    widest = max((len(row) for rows in per_pos for row in rows), default=0)
+    K = max(1, widest if max_labels is None else min(widest, max_labels))
+    out_ids = np.zeros((B, T, K), np.int64)
+    out_w = np.zeros((B, T, K), np.float32)
+    num = np.zeros((B, T), np.int32)
+    drop_n = np.zeros((B, T), np.int32)
+    drop_mass = np.zeros((B, T), np.float32)
+    for b, rows in enumerate(per_pos):
+        for t, row in enumerate(rows):
+            kept = row
+            if len(row) > K:
+                if on_overflow == "error":
+                    raise InputError(f"sequence slot {b}, position {t}: overflow")
+                if on_overflow == "drop_smallest":
+                    order = sorted(range(len(row)), key=lambda j, row=row: (-row[j][1], row[j][0]))[:K]
+                    kept = [row[j] for j in sorted(order)]
+                else:
+                    kept = row[:K]
+                drop_n[b, t] = len(row) - K
+                drop_mass[b, t] = sum(w for j, (_, w) in enumerate(row) if row[j] not in kept)
+            for k, (i, w) in enumerate(kept):
+                out_ids[b, t, k] = i
+                out_w[b, t, k] = w
+            num[b, t] = len(kept)
+    mask = np.zeros((B, T), bool)
+    for b, n in enumerate(lengths):
+        mask[b, :n] = True
+    out = {"target_ids": out_ids, "target_weights": out_w, "num_labels": num, "attention_mask": mask,
+           "lengths": np.array(lengths, np.int64)}
+    if max_labels is not None:
+        out["dropped_labels"] = drop_n
+        out["dropped_mass"] = drop_mass
+    if getattr(batch[0], "input_ids", None) is not None:
+        ids = np.zeros((B, T), np.int64)
+        for b, item in enumerate(batch):
+            ids[b, : lengths[b]] = item.input_ids
+        out["input_ids"] = ids
+    return out

@@ -1,0 +1,184 @@
+"""A map-style torch Dataset over a label store, optionally joined to the input tokens, with alignment checked.
+
+Convention: a label file and its token source describe the same sequences in the same order, with the same
+length. Labels position ``t`` holds the teacher's distribution over the token that *follows* input token ``t``
+(the next-token target of position ``t``), exactly what a causal LM's logits at ``t`` are trained against.
+So ``labels[i].num_positions == len(tokens[i])`` for every ``i``; there is no shift to apply at training time.
+
+Alignment is checked twice over: sequence counts and every sequence length at construction (one vectorised
+comparison of the two indexes), and, when the label file stores input fingerprints, the fingerprint of the
+tokens read (``verify_fingerprints="lazy"``, per item as it is read; ``"all"``: every sequence at
+construction, which reads all tokens; ``"off"``). A mismatch raises :class:`~sparselabels.errors.AlignmentError`
+naming the first bad sequence.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch.utils.data
+
+from sparselabels.data.tokens import TokenSource, open_tokens
+from sparselabels.errors import AlignmentError, InputError
+from sparselabels.format.fingerprint import input_fingerprint
+from sparselabels.io.reader import LabelFile, Labels
+from sparselabels.io.sequence import Sequence
+from sparselabels.io.shards import LabelShards, open_labels
+
+VERIFY_FINGERPRINTS = ("lazy", "all", "off")
+
+
+@dataclass(frozen=True, slots=True)
+class SparseItem:
+    """One dataset item: a sequence's labels in CSR form (read-only views) and, if known, its input ids.
+
+    ``values`` are uint8 counts (weight = count / ``rounds``) or float16 probabilities. :func:`collate`
+    consumes a list of these; any object with ``ids``, ``values`` and ``indptr`` attributes works too.
+    """
+
+    index: int
+    ids: np.ndarray
+    values: np.ndarray
+    indptr: np.ndarray
+    input_ids: np.ndarray | None
+    rounds: int | None
+    vocab_size: int
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Alias of ``values``, as on :class:`~sparselabels.Sequence`."""
+        return self.values
+
+    @property
+    def num_positions(self) -> int:
+        return int(self.indptr.shape[0] - 1)
+
+
+def _open_labels(labels: Labels | str | os.PathLike) -> Labels:
+    if isinstance(labels, Labels):
+        return labels
+    if isinstance(labels, str | os.PathLike):
+        return open_labels(labels)
+    raise InputError(f"labels must be a Labels object or a path, got {type(labels).__name__}")
+
+
+def _first_fingerprint_mismatch(tokens: TokenSource, stored: np.ndarray) -> int | None:
+    for i in range(len(tokens)):
+        if input_fingerprint(tokens[i]) != int(stored[i]):
+            return i
+    return None
+
+
+class SparseLabelDataset(torch.utils.data.Dataset):
+    """Item ``i`` is sequence ``i``'s sparse labels (and input ids when ``tokens`` is given) as a SparseItem.
+
+    ``labels``: a Labels object or a path (file, shard directory, manifest). ``tokens``: anything
+    :func:`~sparselabels.data.tokens.open_tokens` accepts (``token_column`` names a ``datasets`` column).
+    ``check_labels=False`` skips the reader's per-read label-rule pass (ascending ids, counts summing to
+    ``rounds``), for files already checked with ``sparselabels validate``; :func:`collate` still checks every id
+    against the vocabulary.
+    Pickles by path (labels and file-backed tokens), so it works with ``DataLoader(num_workers>0)``.
+    """
+
+    def __init__(
+        self,
+        labels: Labels | str | os.PathLike,
+        tokens: Any = None,
+        *,
+        token_column: str = "input_ids",
+        verify_fingerprints: str = "lazy",
+        check_labels: bool = True,
+    ) -> None:
+        if verify_fingerprints not in VERIFY_FINGERPRINTS:
+            raise InputError(f"verify_fingerprints must be one of {VERIFY_FINGERPRINTS}, got {verify_fingerprints!r}")
+        self.labels = _open_labels(labels)
+        self.check_labels = bool(check_labels)
+        self.tokens = None if tokens is None else open_tokens(tokens, column=token_column)
+        self.vocab_size = self.labels.vocab_size
+        self.rounds = self.labels.rounds if self.labels.value_kind == "count" else None
+        self.value_kind = self.labels.value_kind
+        self._check_fingerprints = False
+        if self.tokens is not None:
+            self._check_alignment(verify_fingerprints)
+
+    def _check_alignment(self, verify: str) -> None:
+        labels, tokens = self.labels, self.tokens
+        assert tokens is not None
+        where = f"labels {_describe(labels)} and tokens {tokens.describe()}"
+        if len(labels) != len(tokens):
+            raise AlignmentError(f"{where}: {len(labels)} label sequences but {len(tokens)} token sequences")
+        label_lengths = np.asarray(labels.sequence_lengths, dtype=np.int64)
+        token_lengths = np.asarray(tokens.lengths(), dtype=np.int64)
+        bad = np.flatnonzero(label_lengths != token_lengths)
+        if bad.size:
+            i = int(bad[0])
+            raise AlignmentError(
+                f"{where}: sequence {i} has {label_lengths[i]} label positions but {token_lengths[i]} tokens "
+                f"({bad.size} sequences differ in length; labels position t is the target of input token t, "
+                "so lengths must be equal)"
+            )
+        stored = labels.fingerprints
+        if verify == "all":
+            if stored is None:
+                raise InputError(f"{where}: verify_fingerprints='all', but the labels store no input fingerprints")
+            i = _first_fingerprint_mismatch(tokens, stored)
+            if i is not None:
+                raise self._fingerprint_error(i, int(stored[i]))
+        # per item, wherever the item's labels carry a fingerprint (a shard set may store them only in some shards)
+        self._check_fingerprints = verify == "lazy"
+
+    def _fingerprint_error(self, index: int, stored: int) -> AlignmentError:
+        assert self.tokens is not None
+        found = input_fingerprint(self.tokens[index])
+        return AlignmentError(
+            f"labels {_describe(self.labels)} and tokens {self.tokens.describe()}: sequence {index}: the tokens' "
+            f"input fingerprint is {found:#018x}, the labels were computed from input {stored:#018x} (same length, "
+            "different tokens: the two sources are not in the same order, or come from different data)"
+        )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _read(self, index: int) -> Sequence:
+        if self.check_labels:
+            return self.labels[index]
+        n = len(self.labels)
+        index = operator.index(index)
+        if not -n <= index < n:
+            raise IndexError(f"sequence {index} out of range for {n} sequences")
+        index %= n
+        if isinstance(self.labels, LabelFile):
+            return self.labels.read(index, check=False)
+        if isinstance(self.labels, LabelShards):
+            k, local = self.labels.locate_sequence(index)
+            s = self.labels.shard(k).read(local, check=False)
+            return Sequence(s.ids, s.counts, s.indptr, s.fingerprint, index)
+        return self.labels[index]
+
+    def __getitem__(self, index: int) -> SparseItem:
+        seq = self._read(index)
+        i = int(seq.index) if seq.index is not None else int(index)
+        input_ids = None
+        if self.tokens is not None:
+            input_ids = self.tokens[i]
+            if input_ids.shape[0] != seq.num_positions:
+                raise AlignmentError(
+                    f"sequence {i}: {seq.num_positions} label positions but {input_ids.shape[0]} tokens "
+                    f"in {self.tokens.describe()}"
+                )
+            if self._check_fingerprints and seq.fingerprint is not None \
+                    and input_fingerprint(input_ids) != seq.fingerprint:
+                raise self._fingerprint_error(i, seq.fingerprint)
+        return SparseItem(i, seq.ids, seq.counts, seq.indptr, input_ids, self.rounds, self.vocab_size)
+
+    def __repr__(self) -> str:
+        tok = f", tokens={self.tokens.describe()!r}" if self.tokens is not None else ""
+        return f"SparseLabelDataset({_describe(self.labels)!r}{tok}, sequences={len(self)})"
+
+
+def _describe(labels: Labels) -> str:
+    return str(getattr(labels, "path", None) or getattr(labels, "_source", None) or repr(labels))

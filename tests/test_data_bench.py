@@ -1,0 +1,25 @@
+"""Smoke run of tools/bench_loader.py --quick: it runs, checks itself against the baseline and writes its JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+TOOL = Path(__file__).resolve().parent.parent / "tools" / "bench_loader.py"
+
+
+def test_bench_loader_quick(tmp_path):
+    out = tmp_path / "bench_loader.json"
+    proc = subprocess.run([sys.executable, str(TOOL), "--quick", "--out", str(out)], capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "positions/s" in proc.stdout and "HF datasets" in proc.stdout
+    body = json.loads(out.read_text())
+    assert body["machine"]["cpu"] and body["quick"] is True
+    raw = body["codecs"]["raw"]
+    assert raw["single_process"]["positions_per_s"] > 0 and raw["workers"]["positions_per_s"] > 0
+    assert raw["ratio_single_vs_baseline"] == raw["single_process"]["positions_per_s"] / body["baseline"][
+        "positions_per_s"]
+    assert set(body["baseline"]["variants"]) == {"python lists", "numpy format"}

@@ -22,12 +22,14 @@ _MESSAGES = {
     3: ("indptr", "indptr[-1] is {a}, but there are {b} labels"),
     4: ("ids", "id {a} is outside the vocabulary (vocab_size {b})"),
     5: ("ids", "ids are not strictly ascending ({a} after {b})"),
-    6: ("counts", "count is 0; every stored label has count >= 1"),
+    6: ("counts", "count is {a}; every stored label has count >= 1"),
     7: ("counts", "counts sum to {a}, expected rounds = {b}"),
     8: ("counts", "probability {a} is not in (0, 1]"),
     9: ("counts", "probabilities sum to {a}, more than 1"),
     10: ("indptr", "{a} labels in one position, more than the limit of {b}"),
     11: ("counts", "count {a} is larger than rounds = {b}"),
+    12: ("indptr", "indptr has {a} entries; it needs num_positions + 1 >= 1"),
+    13: ("counts", "counts has {a} entries but ids has {b}"),
 }
 
 
@@ -110,6 +112,12 @@ def check_labels(
     rounds: int | None,
 ) -> LabelProblem | None:
     """The first violation of the label rules in one sequence (spec/FORMAT.md, "Label rules"), or None."""
+    # The kernel indexes indptr[0] and counts[k] for k < len(ids) without bounds checks: the shapes it relies
+    # on are checked here, so that no codec (or caller) can make it read past an array.
+    if indptr.ndim != 1 or indptr.shape[0] == 0:
+        return LabelProblem(12, -1, -1, "indptr", _MESSAGES[12][1].format(a=indptr.size, b=0))
+    if ids.ndim != 1 or values.shape != ids.shape:
+        return LabelProblem(13, -1, -1, "counts", _MESSAGES[13][1].format(a=values.size, b=ids.size))
     is_prob = value_kind == "prob"
     if is_prob:
         vals = values.astype(np.float32)  # numba has no float16 arithmetic
@@ -125,7 +133,11 @@ def check_labels(
     field, template = _MESSAGES[int(code)]
     if code == 3 and pos == indptr.shape[0] - 1:
         pos = -1  # the last entry of indptr: not a position of its own
-    if code == 8:
+    if code == 4:
+        a = int(ids[label])  # the kernel saw it as int64: a uint64 id >= 2**63 would print negative
+    elif code in (6, 11):
+        a = int(values[label])
+    elif code == 8:
         a = float(values[label])
     elif code == 9:
         a = float(np.sum(values[indptr[pos] : indptr[pos + 1]].astype(np.float64)))

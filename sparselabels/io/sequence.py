@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sparselabels.errors import InputError
+
 
 @dataclass(frozen=True)
 class Sequence:
@@ -51,6 +53,6 @@ class Sequence:
         """Target weights as float32: count / rounds for counts, the stored probability otherwise."""
         if self.counts.dtype == np.uint8:
             if not rounds:
-                raise ValueError("rounds is needed to turn counts into weights")
+                raise InputError("rounds is needed to turn counts into weights")
             return self.counts.astype(np.float32) / np.float32(rounds)
         return self.counts.astype(np.float32)

@@ -276,6 +276,10 @@ class LabelWriter:
         stored = meta_format.decode(meta_bytes)
         self._check_same_settings(stored)
         self.metadata, self._meta_bytes = stored, meta_bytes
+        # The padding after the metadata carries nothing and no CRC covers it; rewrite it rather than keep a
+        # damaged one that would make the finished file unreadable.
+        pad_at = HEADER_SIZE + header.metadata_size
+        _pwrite_all(fd, bytes(header.data_offset - pad_at), pad_at)
         offset = header.data_offset
         while offset + CHUNK_HEADER_SIZE <= size:
             chunk = self._verified_chunk(offset, size)
@@ -309,9 +313,21 @@ class LabelWriter:
         if crc != header.payload_crc32:
             return None
         entries = np.frombuffer(entries_raw, dtype="<u8").reshape(header.num_sequences, -1)
-        if int(entries[:, 2].sum()) != header.records_size:
+        if not self._plausible_entries(entries, header):
             return None
         return header, entries
+
+    def _plausible_entries(self, entries: np.ndarray, header: ChunkHeader) -> bool:
+        """The entries obey the bounds a reader enforces on the index built from them (a matching CRC is not
+        enough: the chunk may come from a faulty or hostile writer). Records are not decoded here."""
+        counts = entries[:, :3]
+        if counts.size and int(counts.max()) >= 1 << 63:
+            return False
+        positions, labels, sizes = (counts[:, k].astype(np.int64) for k in range(3))
+        if np.any(sizes % 8) or sum(sizes.tolist()) != header.records_size:
+            return False
+        return not (np.any(positions > sizes * self.codec.max_positions_per_byte)
+                    or np.any(labels > sizes * self.codec.max_labels_per_byte))
 
     def _check_same_settings(self, stored: dict) -> None:
         for key in sorted(set(stored) | set(self.metadata)):

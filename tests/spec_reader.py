@@ -87,7 +87,7 @@ def read(path) -> dict:
     index_offset, num_seq, num_chunks, num_pos, num_lab = (_u64(footer, 8 + 8 * k) for k in range(5))
     flags, index_crc = _u32(footer, 48), _u32(footer, 52)
     fp = bool(flags & 1)
-    lengths = [num_seq + 1, num_seq + 1, num_seq, num_seq] + ([num_seq] if fp else []) + [
+    lengths = [num_seq + 1, num_seq + 1, num_seq, num_seq, num_seq] + ([num_seq] if fp else []) + [
         num_chunks + 1, num_chunks + 1, num_chunks, num_chunks]
     index = data[index_offset : len(data) - 64]
     if len(index) != 8 * sum(lengths) or _crc(index) != index_crc:
@@ -96,8 +96,8 @@ def read(path) -> dict:
     for n in lengths:
         cols.append(np.frombuffer(index, dtype="<u8", count=n, offset=at).astype(np.int64))
         at += 8 * n
-    pos_start, lab_start, rec_off, rec_size = cols[:4]
-    fps = cols[4] if fp else None
+    pos_start, lab_start, rec_off, rec_size, rec_crc = cols[:5]
+    fps = cols[5] if fp else None
     chunk_offset, chunk_first, table_off, table_size = cols[-4:]
     if pos_start[-1] != num_pos or lab_start[-1] != num_lab:
         raise SpecError("totals")
@@ -109,7 +109,7 @@ def read(path) -> dict:
         if head[:8] != b"SLBCHUNK" or _crc(head[:60]) != _u32(head, 60):
             raise SpecError(f"chunk {c} header")
         n, tsize, rsize = _u64(head, 24), _u64(head, 32), _u64(head, 40)
-        esize = 32 if _u32(head, 48) & 1 else 24
+        esize = 40 if _u32(head, 48) & 1 else 32
         payload = data[chunk_offset[c] + 64 : chunk_offset[c] + 64 + n * esize + tsize + rsize]
         if _crc(payload) != _u32(head, 52):
             raise SpecError(f"chunk {c} payload crc")
@@ -117,6 +117,8 @@ def read(path) -> dict:
         assert table_off[c] == chunk_offset[c] + 64 + n * esize and table_size[c] == tsize
         for i in range(chunk_first[c], chunk_first[c + 1]):
             record = data[rec_off[i] : rec_off[i] + rec_size[i]]
+            if zlib.crc32(record, zlib.crc32(table)) != rec_crc[i]:
+                raise SpecError(f"record crc of sequence {i}")
             t, m = int(pos_start[i + 1] - pos_start[i]), int(lab_start[i + 1] - lab_start[i])
             ids, values, indptr = decode(record, table, t, m, kind)
             positions = []

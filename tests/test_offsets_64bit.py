@@ -125,21 +125,26 @@ def _real_sequences(rng: np.random.Generator, n: int) -> list[Seq]:
     return out
 
 
+def _record_crc(s: Seq) -> int:
+    """The record checksum (the raw codec has no table): of the record bytes, or of a hole of zeros."""
+    return crc32_zeros(0, s.record) if isinstance(s.record, int) else crc32(s.record)
+
+
 def write_sparse_file(path: Path, chunks: list[list[Seq]]) -> None:
     """Lay out a raw-codec file with fingerprints by the spec; all-zero records become holes."""
     meta = meta_format.encode(meta_format.build(vocab_size=VOCAB, value_kind="count", rounds=ROUNDS, codec="raw",
                                                 extra={"teacher": "sparse-64bit"}))
     header = Header(metadata_size=len(meta), metadata_crc32=crc32(meta))
     cols: dict[str, list[int]] = {k: [] for k in ("position_start", "label_start", "record_offset", "record_size",
-                                                  "fingerprint", "chunk_offset", "chunk_first_sequence",
-                                                  "chunk_table_offset", "chunk_table_size")}
+                                                  "record_crc32", "fingerprint", "chunk_offset",
+                                                  "chunk_first_sequence", "chunk_table_offset", "chunk_table_size")}
     pos = lab = seq = 0
     with open(path, "wb") as f:
         f.write(header.pack() + meta)
         f.write(bytes(header.data_offset - f.tell()))
         for c, seqs in enumerate(chunks):
             entries = np.array([[s.num_positions, s.num_labels, s.record if isinstance(s.record, int)
-                                 else len(s.record), s.fingerprint] for s in seqs], dtype="<u8")
+                                 else len(s.record), _record_crc(s), s.fingerprint] for s in seqs], dtype="<u8")
             crc = crc32(entries.tobytes())
             for s in seqs:
                 crc = crc32_zeros(crc, s.record) if isinstance(s.record, int) else crc32(s.record, crc)
@@ -157,6 +162,7 @@ def write_sparse_file(path: Path, chunks: list[list[Seq]]) -> None:
                 cols["label_start"].append(lab)
                 cols["record_offset"].append(f.tell())
                 cols["record_size"].append(row[2])
+                cols["record_crc32"].append(row[3])
                 cols["fingerprint"].append(s.fingerprint)
                 if isinstance(s.record, int):
                     f.seek(s.record, os.SEEK_CUR)  # a hole

@@ -71,6 +71,7 @@ import sparselabels.codecs
 from sparselabels.errors import FormatError, SparseLabelsError
 from sparselabels.format.layout import (
     CHUNK_HEADER_SIZE,
+    ENTRY_COLUMNS,
     FLAG_FINGERPRINTS,
     FOOTER_SIZE,
     HEADER_SIZE,
@@ -107,7 +108,6 @@ FOOTER_FIELDS = {
     "num_positions": (32, "<Q"), "num_labels": (40, "<Q"), "flags": (48, "<I"), "index_crc32": (52, "<I"),
     "reserved": (56, "<I"),
 }
-ENTRY_COLUMNS = ("positions", "labels", "record_size", "fingerprint")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -289,6 +289,17 @@ def fix_chunk_crcs(buf: bytearray, ch: ChunkSpan) -> None:
     fix_struct_crc(buf, ch.start)
 
 
+def fix_record_crcs(buf: bytearray, lay: FileLayout, ch: ChunkSpan, first: int) -> None:
+    """Recompute the record CRC-32s of a chunk's sequences (first sequence ``first``) in its entries and the index."""
+    table_crc = crc32(bytes(buf[ch.table.start:ch.table.end]))
+    column = lay.columns["record_crc32"].start
+    for k in range(ch.num_sequences):
+        span = lay.records[first + k]
+        crc = crc32(bytes(buf[span.start:span.end]), table_crc)
+        struct.pack_into("<Q", buf, ch.entries.start + k * ch.entry_size + 24, crc)
+        struct.pack_into("<Q", buf, column + 8 * (first + k), crc)
+
+
 def fix_index_crc(buf: bytearray, lay: FileLayout) -> None:
     struct.pack_into("<I", buf, lay.footer + 52, crc32(bytes(buf[lay.index.start:lay.index.end])))
     fix_struct_crc(buf, lay.footer)
@@ -333,8 +344,9 @@ def rebuild(meta: bytes, chunks: list[ChunkBlob], flags: int) -> bytes:
             cols["label_start"].append(lab)
             cols["record_offset"].append(record_at)
             cols["record_size"].append(row[2])
+            cols["record_crc32"].append(row[3])
             if flags & FLAG_FINGERPRINTS:
-                cols["fingerprint"].append(row[3])
+                cols["fingerprint"].append(row[4])
             pos, lab, record_at = pos + row[0], lab + row[1], record_at + row[2]
         seq += n
         out += chunk_header.pack() + payload
@@ -557,7 +569,8 @@ def m_chunk_entries_crc(rng: random.Random, base: BaseFile) -> tuple[bytes, str]
 
 
 def m_record_crc(rng: random.Random, base: BaseFile) -> tuple[bytes, str]:
-    """Edit bytes of a record (or a codec table) and fix the chunk's payload CRC: the label rules must catch it."""
+    """Edit bytes of a record (or a codec table) and fix every CRC over them (the records' own, in the chunk
+    entries and the index, and the payload's): the codec's checks and the label rules must catch it."""
     lay = base.layout
     candidates = [(i, s) for i, s in enumerate(lay.records) if s.end > s.start]
     tables = [(c, ch.table) for c, ch in enumerate(lay.chunks) if ch.table.end > ch.table.start]
@@ -587,10 +600,14 @@ def m_record_crc(rng: random.Random, base: BaseFile) -> tuple[bytes, str]:
     else:
         at = target.start + rng.randrange(max(1, n - 3))
         buf[at:at + 4] = (b"\0" if style == "zero-u32" else b"\xff") * 4
+    first = 0
     for ch in lay.chunks:
         if ch.entries.start <= target.start < ch.end:
+            fix_record_crcs(buf, lay, ch, first)
             fix_chunk_crcs(buf, ch)
-    return bytes(buf), f"{what}: {style} edit, payload CRC fixed"
+            fix_index_crc(buf, lay)
+        first += ch.num_sequences
+    return bytes(buf), f"{what}: {style} edit, record, payload and index CRCs fixed"
 
 
 def m_index_crc(rng: random.Random, base: BaseFile) -> tuple[bytes, str]:

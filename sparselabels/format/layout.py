@@ -176,9 +176,13 @@ class ChunkHeader:
         return cls(index, first, count, table_size, records_size, flags, payload_crc)
 
 
+ENTRY_COLUMNS = ("positions", "labels", "record_size", "record_crc32", "fingerprint")
+
+
 def entry_size(flags: int) -> int:
-    """Bytes per sequence entry in a chunk: positions, labels, record size (u64 each) [+ fingerprint u64]."""
-    return 32 if flags & FLAG_FINGERPRINTS else 24
+    """Bytes per sequence entry in a chunk: positions, labels, record size, record CRC (u64 each)
+    [+ fingerprint u64]."""
+    return 40 if flags & FLAG_FINGERPRINTS else 32
 
 
 @dataclass(frozen=True)
@@ -238,6 +242,7 @@ INDEX_COLUMNS = (
     ("label_start", "S+1"),
     ("record_offset", "S"),
     ("record_size", "S"),
+    ("record_crc32", "S"),
     ("fingerprint", "S?"),
     ("chunk_offset", "C+1"),
     ("chunk_first_sequence", "C+1"),

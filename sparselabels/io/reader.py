@@ -33,6 +33,7 @@ from sparselabels.io.sequence import Sequence
 from sparselabels.io.source import ByteSource, open_source
 
 VERIFY_LEVELS = ("structure", "index", "full")
+DEFAULT_MAX_SEQUENCE_POSITIONS = 1 << 24
 _INT63 = np.uint64(1 << 63)
 
 
@@ -134,16 +135,21 @@ class LabelFile(Labels):
     ``mmap=True`` (default) maps the file and returns zero-copy views where the codec allows; ``mmap=False``
     uses positioned reads instead (for parallel file systems). ``verify`` chooses what is checked at open:
     ``"structure"`` (header, metadata, footer and every index invariant), ``"index"`` (also the index CRC;
-    the default) or ``"full"`` (also every chunk checksum and every sequence, as ``validate`` does).
+    the default) or ``"full"`` (also every chunk checksum and every sequence, as ``validate`` does). Every
+    read verifies its record's CRC-32 and the label rules whatever the level (see :meth:`read`).
+    ``max_sequence_positions`` bounds what one read may allocate: a longer sequence is refused rather than
+    trusted (the default, 2**24, is far above real documents; raise it for genuinely longer sequences).
     Instances pickle by path and reopen lazily in the receiving process (DataLoader workers).
     """
 
-    def __init__(self, path: str | os.PathLike, *, mmap: bool = True, verify: str = "index") -> None:
+    def __init__(self, path: str | os.PathLike, *, mmap: bool = True, verify: str = "index",
+                 max_sequence_positions: int = DEFAULT_MAX_SEQUENCE_POSITIONS) -> None:
         if verify not in VERIFY_LEVELS:
             raise InputError(f"verify must be one of {VERIFY_LEVELS}, got {verify!r}")
         self.path = os.fspath(path)
         self._use_mmap = mmap
         self._verify = verify
+        self.max_sequence_positions = int(max_sequence_positions)
         self._source: ByteSource | None = None
         self._open()
 
@@ -222,6 +228,8 @@ class LabelFile(Labels):
                      "chunk_first_sequence", "chunk_table_offset", "chunk_table_size"):
             if c[name].size and c[name].max() >= _INT63:
                 raise self._fail(f"index: {name} holds a value >= 2**63")
+        if S and c["record_crc32"].max() >= np.uint64(1 << 32):
+            raise self._fail("index: record_crc32 holds a value >= 2**32")
         col = {name: arr.view(np.int64) for name, arr in c.items() if name != "fingerprint"}
 
         def cumulative(name: str, total: int) -> np.ndarray:
@@ -342,11 +350,23 @@ class LabelFile(Labels):
         return self.read(index)
 
     def read(self, index: int, *, check: bool = True) -> Sequence:
-        """Decode sequence ``index`` (0 <= index < len). ``check=False`` skips the label-rule pass."""
+        """Decode sequence ``index`` (0 <= index < len).
+
+        With ``check`` (the default) the record's CRC-32 is verified before it is decoded and the decoded labels
+        are checked against the label rules, so a damaged file never reads back as different labels.
+        ``check=False`` skips both, for callers that have verified the file as a whole.
+        """
         record, table = self.record_bytes(index)
         col = self._col
         num_pos = int(col["position_start"][index + 1] - col["position_start"][index])
         num_lab = int(col["label_start"][index + 1] - col["label_start"][index])
+        if num_pos > self.max_sequence_positions:
+            raise FormatError(
+                f"file {self.path!r}, sequence {index}: {num_pos} positions, more than max_sequence_positions = "
+                f"{self.max_sequence_positions} (raise it when opening the file if the sequence is genuine)"
+            )
+        if check and crc32(record, crc32(table)) != int(col["record_crc32"][index]):
+            raise ChecksumError(f"file {self.path!r}, sequence {index}: record CRC-32 mismatch")
         try:
             ids, values, indptr = self.codec.decode(record, table, num_pos, num_lab, self.value_kind)
         except FormatError as exc:
@@ -366,11 +386,13 @@ class LabelFile(Labels):
 
     # -- pickling: by path, reopened in the receiving process ---------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "mmap": self._use_mmap, "verify": self._verify}
+        return {"path": self.path, "mmap": self._use_mmap, "verify": self._verify,
+                "max_sequence_positions": self.max_sequence_positions}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.path = state["path"]
         self._use_mmap = state["mmap"]
+        self.max_sequence_positions = state["max_sequence_positions"]
         self._verify = "structure"  # the sending process already verified the index
         self._source = None
         self._open()

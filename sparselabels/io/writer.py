@@ -121,6 +121,17 @@ class _ChunkBuffer:
         self.num_labels += m
 
 
+def record_crcs(table: np.ndarray, records: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Each record's CRC-32, taken over the chunk's table followed by the record: what one read decodes."""
+    table_crc = crc32(table)
+    out = np.empty(sizes.shape[0], dtype=np.uint64)
+    at = 0
+    for i, size in enumerate(sizes.tolist()):
+        out[i] = crc32(records[at : at + size], table_crc)
+        at += size
+    return out
+
+
 def _pwrite_all(fd: int, data, offset: int) -> None:
     view = memoryview(data).cast("B")
     done = 0
@@ -323,6 +334,8 @@ class LabelWriter:
         counts = entries[:, :3]
         if counts.size and int(counts.max()) >= 1 << 63:
             return False
+        if entries.size and int(entries[:, 3].max()) >= 1 << 32:  # record CRC-32s
+            return False
         positions, labels, sizes = (counts[:, k].astype(np.int64) for k in range(3))
         if np.any(sizes % 8) or sum(sizes.tolist()) != header.records_size:
             return False
@@ -425,7 +438,7 @@ class LabelWriter:
                 "of 8 and record_sizes must list one padded size per sequence, summing to the records' size"
             )
         flags = FLAG_FINGERPRINTS if self._fingerprints else 0
-        columns = [seq_positions, seq_labels, sizes]
+        columns = [seq_positions, seq_labels, sizes, record_crcs(encoded.table, encoded.records, sizes)]
         if flags:
             columns.append(np.array(buf.fingerprints, dtype=np.uint64))
         entries = np.stack([c.astype("<u8") for c in columns], axis=1)
@@ -472,8 +485,9 @@ class LabelWriter:
         records_at = table_offset + header.table_size
         c["record_offset"].append(records_at + np.concatenate(([0], np.cumsum(sizes)[:-1])))
         c["record_size"].append(sizes)
+        c["record_crc32"].append(entries[:, 3])
         if flags_fp:
-            c["fingerprint"].append(entries[:, 3])
+            c["fingerprint"].append(entries[:, 4])
         c["chunk_offset"].append([offset])
         c["chunk_first_sequence"].append([self._sequences])
         c["chunk_table_offset"].append([table_offset])

@@ -71,7 +71,7 @@ def read(path) -> dict:
         raise SpecError("magic")
     if _crc(data[:60]) != _u32(data, 60):
         raise SpecError("header crc")
-    major, minor = struct.unpack_from("<HH", data, 8)
+    major = struct.unpack_from("<H", data, 8)[0]
     if major != 1 or _u32(data, 12) != 64:
         raise SpecError("version/header size")
     meta_size, data_offset, meta_crc = _u64(data, 16), _u64(data, 24), _u32(data, 32)

@@ -103,7 +103,7 @@ def test_final_path_appears_only_at_close(tmp_path):
         w.write(*s)
     w.flush()
     assert not path.exists() and partial_path(path).exists()
-    with pytest.raises(SparseLabelsError, match="incomplete|footer"):
+    with pytest.raises(SparseLabelsError, match=r"incomplete|footer"):
         sl.LabelFile(partial_path(path))
     w.close()
     assert path.exists() and not partial_path(path).exists()

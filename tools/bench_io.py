@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchlib  # noqa: E402
+import benchlib
 
-import sparselabels as sl  # noqa: E402
-from sparselabels import synthetic  # noqa: E402
+import sparselabels as sl
+from sparselabels import synthetic
 
 
 def evict(paths) -> None:

@@ -89,7 +89,10 @@ def hot_seed(generation: int) -> int:
 def writer(directory: Path, first: int, step: int, deadline: float, hot: bool) -> dict:
     written, generations = 0, 0
     k = first
+    start = time.monotonic()
+    pace = (deadline - start) / (SHARDS_PER_WRITER + 1)  # shards keep appearing while the readers run
     while time.monotonic() < deadline and written < SHARDS_PER_WRITER:
+        time.sleep(max(0.0, start + written * pace - time.monotonic()))
         write_file(directory / f"shard-{k}.slbl", shard_seed(k))
         written += 1
         k += step

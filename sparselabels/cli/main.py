@@ -10,7 +10,7 @@ import sys
 from sparselabels._version import __version__
 from sparselabels.errors import SparseLabelsError
 
-COMMANDS = ("generate", "convert", "export", "info", "validate", "stats", "merge")
+COMMANDS = ("demo", "generate", "convert", "export", "info", "validate", "stats", "merge")
 
 
 def positive_int(text: str) -> int:

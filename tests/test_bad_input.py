@@ -78,8 +78,9 @@ def _write(tmp_path: Path, *sequence, name: str = "w.slbl", **kw) -> None:
 
 def _valid_file(tmp_path: Path, name: str = "f.slbl", *, fingerprints: bool = False, rounds: int = 50,
                 vocab_size: int = 100) -> Path:
-    path = tmp_path / name
-    with sl.LabelWriter(path, vocab_size=vocab_size, rounds=rounds, overwrite=True, chunk_bytes=64) as w:
+    path = tmp_path / name  # the raw codec: the rows below edit its bytes by their documented layout
+    with sl.LabelWriter(path, vocab_size=vocab_size, rounds=rounds, overwrite=True, chunk_bytes=64,
+                        codec="raw") as w:
         for k in range(4):
             ids = np.array([3, 7 + k, 50 + k])
             w.write(ids, [rounds - 2, 1, 1], [0, 0, 3], fingerprint=k if fingerprints else None)

@@ -26,7 +26,7 @@ def test_info_text_and_json(tmp_path, capsys):
     assert "bytes_per_position" in out and "teacher" in out
     assert main(["info", str(path), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["sequences"] == 5 and info["codec"] == "raw" and info["metadata"]["rounds"] == 50
+    assert info["sequences"] == 5 and info["codec"] == "rans" and info["metadata"]["rounds"] == 50  # the default
     assert info["bytes"] == path.stat().st_size
     assert abs(info["bytes_per_position"] - info["bytes"] / info["positions"]) < 1e-9
 

@@ -11,7 +11,7 @@ import argparse
 
 import numpy as np
 
-from sparselabels.codecs import available
+from sparselabels.codecs import DEFAULT_CODEC, available
 from sparselabels.errors import InputError
 
 _DESCRIPTION = """Convert dense teacher outputs (logits or log-probs) in .npy, HDF5 or safetensors into a label file,
@@ -35,7 +35,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--topk", type=int, default=None, help="write Top-K probability labels instead (baselines)")
     p.add_argument("--vocab-size", type=int, default=None, help="ignore columns at or beyond this (padded outputs)")
-    p.add_argument("--codec", default="raw", choices=available(), help="label codec (default raw)")
+    p.add_argument("--codec", default=DEFAULT_CODEC, choices=available(), help=f"label codec (default {DEFAULT_CODEC})")
     p.add_argument("--device", default="cpu", help="where to sample (cpu, cuda, cuda:N; default cpu)")
     p.add_argument("--chunk-rows", type=int, default=None, help="rows read at a time (default: ~256 MiB of fp32)")
     p.add_argument("--tokens", default=None, help="input token sequences, to store their fingerprints")

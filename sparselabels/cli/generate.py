@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from sparselabels.codecs import available
+from sparselabels.codecs import DEFAULT_CODEC, available
 
 _DESCRIPTION = """Run a Hugging Face causal LM over token sequences and write RS-KD labels (N draws per position,
 kept as distinct ids with counts) to OUT: one shard per rank and manifest.json.
@@ -32,7 +32,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="teacher dtype (default bfloat16)")
     p.add_argument("--device", default=None,
                    help="cuda (the local rank's GPU under torchrun), cuda:N or cpu (default: cuda if available)")
-    p.add_argument("--codec", default="raw", choices=available(), help="label codec (default raw)")
+    p.add_argument("--codec", default=DEFAULT_CODEC, choices=available(), help=f"label codec (default {DEFAULT_CODEC})")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="start again over existing output in --out")

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from sparselabels.codecs import DEFAULT_CODEC
 from sparselabels.errors import AlignmentError, InputError
 from sparselabels.format.fingerprint import input_fingerprint
 from sparselabels.io.writer import LabelWriter
@@ -312,7 +313,7 @@ def convert(
     seed: int = 0,
     topk: int | None = None,
     vocab_size: int | None = None,
-    codec: str = "raw",
+    codec: str = DEFAULT_CODEC,
     device: str = "cpu",
     chunk_rows: int | None = None,
     tokens=None,

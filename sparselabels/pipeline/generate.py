@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from sparselabels.codecs import DEFAULT_CODEC
 from sparselabels.errors import CompatibilityError, InputError, SparseLabelsError
 from sparselabels.format import metadata as meta_format
 from sparselabels.format.fingerprint import input_fingerprint
@@ -306,7 +307,7 @@ def generate(
     batch_size: int = 8,
     dtype: str = "bfloat16",
     device: str | None = None,
-    codec: str = "raw",
+    codec: str = DEFAULT_CODEC,
     seed: int = 0,
     resume: bool = False,
     overwrite: bool = False,

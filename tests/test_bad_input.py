@@ -1,8 +1,8 @@
-"""Bad input and what you get: one test per row of the README table (docs/bad-input.md).
+"""Bad input and what you get: one test per row of the README's table.
 
 Each row names a class of bad input to the writer, the reader, validate/merge, the command line, the sampler or
 the loss; the exception type; and the message, written with ``…`` where it varies (file names, lists). The
-table in docs/bad-input.md is generated from ``ROWS`` (``python tests/test_bad_input.py``), and a test checks
+table in the README is generated from ``ROWS`` (``python tests/test_bad_input.py``), and a test checks
 that the document and the rows agree.
 """
 
@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 import fuzz_format as ff  # noqa: E402
 
-DOC = REPO / "docs" / "bad-input.md"
+DOC = REPO / "README.md"
 
 
 @dataclass(frozen=True)
@@ -766,7 +766,7 @@ def render_table() -> str:
 
 def test_document_lists_exactly_these_rows() -> None:
     text = DOC.read_text()
-    assert render_table() in text, "docs/bad-input.md is out of date: regenerate with python tests/test_bad_input.py"
+    assert render_table() in text, "the README's bad-input table is stale: python tests/test_bad_input.py prints it"
 
 
 if __name__ == "__main__":

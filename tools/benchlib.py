@@ -7,33 +7,21 @@ the JSON behind the numbers it prints, so a README number can always be traced t
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from sparselabels import _machine
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def machine_info() -> dict[str, Any]:
     """CPU model, cores and library versions (and the GPU, when torch sees one)."""
-    info: dict[str, Any] = {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-    }
-    for module in ("numpy", "numba", "torch", "triton"):
-        try:
-            info[module] = __import__(module).__version__
-        except Exception:  # a missing optional module is simply not reported
-            continue
+    info = _machine.machine_info()
     try:
         import torch
 
@@ -42,17 +30,6 @@ def machine_info() -> dict[str, Any]:
     except Exception:
         pass
     return info
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def time_call(fn: Callable[[], Any], *, repeats: int = 5, min_time: float = 0.0, warmup: int = 1) -> list[float]:

@@ -30,7 +30,6 @@ Nothing is tuned toward an ordering: the table reports whatever the run gives.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import os
@@ -44,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sparselabels import _machine
 from sparselabels.demo.corpus import Corpus, load_corpus
 from sparselabels.demo.metrics import ECE_BINS, Evaluation, evaluate
 from sparselabels.demo.models import (
@@ -552,32 +552,12 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def machine_info(device: torch.device) -> dict[str, Any]:
     """What ran the demo: date, CPU model, cores, torch threads, versions, and the GPU when one was used."""
-    info: dict[str, Any] = {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-    }
-    if hasattr(os, "getloadavg"):
-        info["load_average_1min"] = os.getloadavg()[0]  # other work sharing the cores, at the end of the run
+    info = _machine.machine_info(("torch",))
+    info["torch_threads"] = torch.get_num_threads()
+    info["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _resolve_device(device: str) -> torch.device:

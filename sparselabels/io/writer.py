@@ -173,11 +173,11 @@ class LabelWriter:
     """Write sequences of sparse labels to ``path`` (see the module docstring for the crash-safety contract).
 
     Parameters: ``vocab_size`` (ids must be below it), ``rounds`` (N, the draws per position, 1..255; required
-    for ``value_kind="count"``, absent for ``"prob"``), ``codec`` (``"rans"``, the default: about a
-    third of ``"raw"``'s bytes; ``"raw"``: zero-copy reads; see ``sparselabels.codecs.available()``), ``metadata`` (extra msgpack-able keys: teacher, tokenizer_fingerprint,
-    temperature, seed, ...), ``resume`` (continue ``<path>.partial``), ``overwrite`` (replace an existing
-    ``path`` or partial file), ``chunk_bytes`` (input bytes buffered per chunk), ``durable`` (fsync in
-    ``flush``/``close``; turn off only for scratch files).
+    for ``value_kind="count"``, absent for ``"prob"``), ``codec`` (``"rans"``, the default, about a third of
+    ``"raw"``'s bytes; ``"raw"`` for zero-copy reads; see ``sparselabels.codecs.available()``), ``metadata``
+    (extra msgpack-able keys: teacher, tokenizer_fingerprint, temperature, seed, ...), ``resume`` (continue
+    ``<path>.partial``), ``overwrite`` (replace an existing ``path`` or partial file), ``chunk_bytes`` (input
+    bytes buffered per chunk), ``durable`` (fsync in ``flush``/``close``; turn off only for scratch files).
     """
 
     def __init__(

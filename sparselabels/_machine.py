@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.metadata
 import os
 import platform
 from typing import Any
@@ -32,7 +33,7 @@ def machine_info(modules: tuple[str, ...] = ("numpy", "numba", "torch", "triton"
         info["load_average_1min"] = os.getloadavg()[0]  # other work sharing the cores
     for module in modules:
         try:
-            info[module] = __import__(module).__version__
-        except Exception:  # a missing optional module is simply not reported
+            info[module] = importlib.metadata.version(module)
+        except importlib.metadata.PackageNotFoundError:  # a missing optional package is simply not reported
             continue
     return info

@@ -1,9 +1,12 @@
 """The ``rans`` codec: round trips (hypothesis), agreement with the independent spec decoder, frozen bytes,
-hostile records and tables, the record-density bound, and the encoder's division-free arithmetic."""
+hostile records and tables, the record-density bound, the encoder's division-free arithmetic, and the inline
+label-rule checks (Codec.checks_label_rules) against the generic check_labels pass they replace."""
 
 from __future__ import annotations
 
 import hashlib
+import sys
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -15,10 +18,15 @@ from spec_compact_decoder import SpecDecodeError, decode_rans
 import sparselabels as sl
 from sparselabels.codecs import _compact_kernels as K
 from sparselabels.codecs import get_codec
-from sparselabels.codecs.base import ChunkInput
+from sparselabels.codecs.base import ChunkInput, Codec, LabelRuleError
 from sparselabels.codecs.compact import CompactCodec
-from sparselabels.errors import FormatError
+from sparselabels.codecs.raw import RawCodec
+from sparselabels.errors import FormatError, InputError
+from sparselabels.format.checks import check_labels
 from sparselabels.synthetic import sample_labels, split_sequences
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import fuzz_format as ff
 
 CODEC = CompactCodec()
 
@@ -338,6 +346,21 @@ def test_random_bytes_never_crash(record, table, t, m, value_kind):
         assert ids.shape == (m,) and indptr.shape == (t + 1,) and indptr[-1] == m
 
 
+@pytest.mark.parametrize("value_kind", ["count", "prob"])
+def test_unaligned_record_buffers(value_kind):
+    """A record at any address (inside a caller's bytes) decodes alike: the kernel reads it through uint64 and
+    uint16 views, which need no alignment; a size that is not a multiple of 8 is refused."""
+    seqs, encoded = small_encoded(3, value_kind)
+    for record, seq in zip(records_of(encoded), seqs, strict=True):
+        t, m = len(seq[2]) - 1, len(seq[0])
+        for shift in (1, 2, 4):
+            buf = np.zeros(record.size + shift, np.uint8)
+            buf[shift:] = record
+            assert_same(CODEC.decode(buf[shift:], encoded.table, t, m, value_kind), seq)
+        with pytest.raises(FormatError, match="record size"):
+            CODEC.decode(record[:-3], encoded.table, t, m, value_kind)
+
+
 def test_huge_claims_on_a_tiny_record_fail_fast():
     _, encoded = small_encoded()
     record = records_of(encoded)[0]
@@ -351,6 +374,180 @@ def test_implied_counts_refused_for_prob_kind():
     seqs, encoded = small_encoded()
     with pytest.raises(FormatError, match="implies counts"):
         CODEC.decode(records_of(encoded)[0], encoded.table, len(seqs[0][2]) - 1, len(seqs[0][0]), "prob")
+
+
+# ------------------------------------------------------------------------------------------------ inline label checks
+
+
+def generic_outcome(record, table, t, m, kind, vocab_size, rounds):
+    """What the reader does for a codec without checks_label_rules: decode, then check_labels."""
+    try:
+        ids, values, indptr = CODEC.decode(record, table, t, m, kind)
+    except FormatError as exc:
+        return "format", str(exc)
+    problem = check_labels(ids, values, indptr, vocab_size=vocab_size, value_kind=kind, rounds=rounds)
+    if problem is not None:
+        return "rules", problem
+    return "ok", (ids.tobytes(), values.view(np.uint8).tobytes(), indptr.tobytes())
+
+
+def inline_outcome(record, table, t, m, kind, vocab_size, rounds):
+    try:
+        ids, values, indptr = CODEC.decode(record, table, t, m, kind, vocab_size=vocab_size, rounds=rounds)
+    except LabelRuleError as exc:
+        return "rules", exc.problem
+    except FormatError as exc:
+        return "format", str(exc)
+    return "ok", (ids.tobytes(), values.view(np.uint8).tobytes(), indptr.tobytes())
+
+
+def mixed_chunk(seed, kind):
+    """Sequences and their encoded chunk. ``kind``: "implied" (every count sum is 50: IMPLIED_LAST), "coded"
+    (one position's counts sum to 49, so every count is stored, and other positions obey rounds = 50) or
+    "prob" (any float16 bit pattern: NaN, negative, > 1 included)."""
+    rng = np.random.default_rng(seed)
+    value_kind = "prob" if kind == "prob" else "count"
+    seqs = [make_sequence(rng, 20, vocab_size=128_256, value_kind=value_kind, max_labels=16) for _ in range(3)]
+    if kind == "coded":
+        ids, counts, indptr = seqs[0]
+        counts = counts.copy()
+        counts[np.flatnonzero(counts >= 2)[0]] -= 1
+        seqs[0] = (ids, counts, indptr)
+    if kind == "prob":  # one sequence with valid probabilities
+        ids, _, indptr = seqs[1]
+        seqs[1] = (ids, np.full(ids.size, 0.01, np.float16), indptr)
+    encoded = CODEC.encode_chunk(chunk_of(seqs, value_kind, 128_256))
+    assert bool(encoded.table[2] & K.FLAG_IMPLIED_LAST) == (kind == "implied")
+    return seqs, encoded, value_kind
+
+
+def test_capability_is_optional():
+    assert Codec.checks_label_rules is False and RawCodec.checks_label_rules is False
+    assert CompactCodec.checks_label_rules is True
+    seqs, encoded = small_encoded()
+    with pytest.raises(InputError, match="rounds is required"):
+        CODEC.decode(records_of(encoded)[0], encoded.table, len(seqs[0][2]) - 1, len(seqs[0][0]), "count",
+                     vocab_size=128_256)
+
+
+@pytest.mark.parametrize("kind", ["implied", "coded", "prob"])
+def test_inline_checks_agree_with_check_labels(kind):
+    """Every vocabulary and rounds around the data's own: the inline checks accept exactly what check_labels
+    accepts, and name the same first problem when they reject."""
+    seqs, encoded, value_kind = mixed_chunk(7, kind)
+    max_id = int(max(s[0].max() for s in seqs if s[0].size))
+    seen = {"ok": 0, "rules": 0}
+    for record, seq in zip(records_of(encoded), seqs, strict=True):
+        t, m = len(seq[2]) - 1, len(seq[0])
+        for vocab_size in (max_id, max_id + 1, 128_256, 2**32 + 5):
+            for rounds in ((49, 50, 51) if value_kind == "count" else (None,)):
+                generic = generic_outcome(record, encoded.table, t, m, value_kind, vocab_size, rounds)
+                assert inline_outcome(record, encoded.table, t, m, value_kind, vocab_size, rounds) == generic
+                seen[generic[0]] += 1
+    assert seen["ok"] and seen["rules"], seen
+
+
+@pytest.mark.parametrize("kind", ["implied", "coded", "prob"])
+def test_mutated_records_inline_checks_agree_with_check_labels(kind):
+    """The mutated records of test_mutated_records_are_rejected_or_agree_with_spec, now read with the label
+    rules on: inline checks and decode + check_labels give the same outcome (rules broken, same problem)."""
+    seqs, encoded, value_kind = mixed_chunk(11, kind)
+    vocab_size = int(max(s[0].max() for s in seqs if s[0].size)) + 1  # tight: a grown id breaks the rule
+    rounds = 50 if value_kind == "count" else None
+    rng = np.random.default_rng(12)
+    seen = {"ok": 0, "rules": 0, "format": 0}
+    for trial in range(400):
+        i = trial % len(seqs)
+        record = records_of(encoded)[i].copy()
+        t, m = len(seqs[i][2]) - 1, len(seqs[i][0])
+        mutation = trial % 4
+        if mutation == 0:
+            record[int(rng.integers(0, record.size))] ^= np.uint8(1 << int(rng.integers(0, 8)))
+        elif mutation == 1:
+            record[int(rng.integers(0, record.size))] = rng.integers(0, 256)
+        elif mutation == 2:
+            record = record[: max(0, record.size - 8 * int(rng.integers(1, 4)))]
+        else:
+            t, m = max(0, t + int(rng.integers(-1, 2))), max(0, m + int(rng.integers(-1, 2)))
+        generic = generic_outcome(record, encoded.table, t, m, value_kind, vocab_size, rounds)
+        assert inline_outcome(record, encoded.table, t, m, value_kind, vocab_size, rounds) == generic, trial
+        seen[generic[0]] += 1
+    assert seen["rules"] >= 5 and seen["ok"] >= 5 and seen["format"] >= 100, seen
+
+
+def test_mutated_tables_inline_checks_agree_with_check_labels():
+    """Table bytes changed (count_sum among them): the implied counts change, and so does the rounds rule."""
+    seqs, encoded, _ = mixed_chunk(13, "implied")
+    rng = np.random.default_rng(14)
+    seen = {"ok": 0, "rules": 0, "format": 0}
+    for trial in range(300):
+        table = encoded.table.copy()
+        if trial % 3 == 0:
+            table[4] = rng.integers(0, 256)  # count_sum, low byte
+        elif trial % 3 == 1:
+            table[int(rng.integers(0, table.size))] ^= np.uint8(1 << int(rng.integers(0, 8)))
+        else:
+            table[int(rng.integers(0, min(24, table.size)))] = rng.integers(0, 256)
+        i = trial % len(seqs)
+        record, t, m = records_of(encoded)[i], len(seqs[i][2]) - 1, len(seqs[i][0])
+        generic = generic_outcome(record, table, t, m, "count", 128_256, 50)
+        assert inline_outcome(record, table, t, m, "count", 128_256, 50) == generic, trial
+        seen[generic[0]] += 1
+    assert seen["rules"] >= 10 and seen["ok"] >= 5, seen
+
+
+def _with_metadata(path, **changes):
+    """The file with metadata fields replaced (offsets and checksums redone): labels that were valid under
+    the old vocab_size / rounds can break the new ones, while every record still decodes."""
+    data = path.read_bytes()
+    lay = ff.parse_layout(data)
+    meta = ff.msgpack.unpackb(data[lay.metadata.start : lay.metadata.end])
+    path.write_bytes(ff.relayout_with_metadata(data, lay, ff.msgpack.packb({**meta, **changes})))
+    return path
+
+
+@pytest.mark.parametrize("changes", [{"vocab_size": 700}, {"rounds": 49}, {"vocab_size": 900, "rounds": 51}])
+def test_reader_rejects_rule_breaking_labels_like_raw(tmp_path, changes):
+    """The same labels in a raw and a rans file, both with a vocabulary or rounds their labels break: every
+    read fails or succeeds alike, with the same message (rans checks inline, raw through check_labels)."""
+    rng = np.random.default_rng(21)
+    seqs = [make_sequence(rng, 15, vocab_size=1000, value_kind="count", max_labels=12, empty_prob=0.2)
+            for _ in range(6)]
+    seqs[2] = (np.zeros(0, np.uint32), np.zeros(0, np.uint8), np.zeros(4, np.int64))  # no labels: always valid
+    outcomes = {}
+    for codec in ("raw", "rans"):
+        path = tmp_path / f"{codec}.slbl"
+        with sl.LabelWriter(path, vocab_size=1000, rounds=50, codec=codec, chunk_bytes=600) as w:
+            for s in seqs:
+                w.write(*s)
+        with sl.open_labels(_with_metadata(path, **changes)) as f:
+            result = []
+            for i in range(len(f)):
+                try:
+                    s = f[i]
+                    result.append(("ok", s.ids.tobytes(), s.counts.tobytes(), s.indptr.tobytes()))
+                except FormatError as exc:
+                    result.append(("error", str(exc).replace(str(path), "<file>")))
+            outcomes[codec] = result
+    assert outcomes["rans"] == outcomes["raw"]
+    assert outcomes["rans"][2][0] == "ok"
+    assert sum(r[0] == "error" for r in outcomes["rans"]) >= 3
+
+
+def test_reader_uses_the_inline_checks(tmp_path, monkeypatch):
+    """For rans the reader's generic pass is skipped (the point of the capability); for raw it still runs."""
+    import sparselabels.io.reader as reader
+
+    calls = []
+    original = reader.check_labels
+    monkeypatch.setattr(reader, "check_labels", lambda *a, **k: calls.append(1) or original(*a, **k))
+    ids, counts, indptr = np.array([3, 9], np.uint32), np.array([20, 30], np.uint8), np.array([0, 2])
+    for codec in ("rans", "raw"):
+        with sl.LabelWriter(tmp_path / f"{codec}.slbl", vocab_size=10, rounds=50, codec=codec) as w:
+            w.write(ids, counts, indptr)
+        with sl.open_labels(tmp_path / f"{codec}.slbl") as f:
+            assert f[0].ids.tolist() == [3, 9]
+        assert len(calls) == (0 if codec == "rans" else 1)
 
 
 # ------------------------------------------------------------------------------------------------ bounds, arithmetic

@@ -26,7 +26,6 @@ from numba.cpython.unsafe.numbers import leading_zeros
 
 PROB_BITS = 10
 PROB_SCALE = 1 << PROB_BITS
-FREQ_SHIFT = 8 + PROB_BITS  # expanded slot entry: symbol | (slot - cum) << 8 | freq << FREQ_SHIFT
 RANS_LOW = 1 << 15  # states live in [2^15, 2^31): the encoder's reciprocal division is exact there
 RANS_HIGH = 1 << 31
 # No symbol may have more than 3/4 of the probability (cost: ~0.002 bytes per position on the N=50 workload).
@@ -74,6 +73,7 @@ ERR_RANS_END = 11
 ERR_RAW_END = 12
 ERR_PADDING = 13
 ERR_VALUE_KIND = 14
+ERR_LABEL_RULES = 15  # an id >= vocab_size or counts not summing to rounds (inline label checks)
 ERR_TABLE = 20  # table errors are ERR_TABLE + detail
 
 
@@ -518,14 +518,20 @@ def encode_records(ids, values, lpp, seq_positions, seq_labels, is_count, implie
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
 def parse_table(table):
-    """Check and expand a chunk table. Returns (err, flags, count_sum, gap_base, count_base, l_base, slots).
+    """Check and expand a chunk table. Returns (err, flags, count_sum, gap_ctx, count_ctx, l_ctx, dec).
 
-    ``slots`` is uint32[num_models * PROB_SCALE]: per slot ``symbol | (slot - cum) << 8 | freq << FREQ_SHIFT``;
-    ``gap_base[row * 8 + lclass]``, ``count_base[lclass]`` and ``l_base`` are offsets of a context's model in
-    ``slots`` (-1: the context has no model)."""
+    ``dec`` (uint8, a multiple of 4 bytes) holds one block per model at a 4-aligned offset ``o``: the symbol of
+    each of the PROB_SCALE slots (``dec[o + slot]``, one byte each), then, as uint32 at ``o + PROB_SCALE``, one
+    ``freq | cum << 16`` word per symbol ``0 .. first + n - 1``. ``gap_ctx[row * 8 + lclass]``, ``count_ctx
+    [lclass]`` and ``l_ctx`` are the offsets ``o`` of a context's model (-1: the context has no model).
+
+    Why this layout: decoding is latency-bound on loads from these blocks. At about 1.1 KiB per model (a
+    uint32 per slot, symbol and arithmetic in one load, takes 4 KiB) the ~120 models of a 16 MiB chunk of
+    LM-like labels take ~140 KiB: reads that switch between chunks find their tables in L2 rather than L3,
+    and more of the models one read uses stay in L1 (tools/bench_codec.py, random reads)."""
     gap_model = np.full((NUM_ROWS, NUM_LCLASSES), UNUSED, dtype=np.int64)
     count_model = np.full(NUM_LCLASSES, UNUSED, dtype=np.int64)
-    empty = np.zeros(0, dtype=np.uint32)
+    empty = np.zeros(0, dtype=np.uint8)
     nob = np.zeros(0, dtype=np.int64)
     n = table.shape[0]
     if n < TABLE_FIXED_BYTES:
@@ -560,9 +566,13 @@ def parse_table(table):
         if m != UNUSED and m >= num_models:
             return ERR_TABLE + 5, 0, 0, nob, nob, 0, empty
         count_model[c] = m
-    slots = np.zeros(num_models * PROB_SCALE, dtype=np.uint32)
+    # first pass: check every model, keep its frequencies (at most one per table byte)
+    freq = np.empty(n, dtype=np.int64)
+    freq_start = np.empty(num_models + 1, dtype=np.int64)
+    first_symbol = np.empty(num_models, dtype=np.int64)
     max_symbol = np.zeros(num_models, dtype=np.int64)
     zero_used = np.zeros(num_models, dtype=np.bool_)
+    nf = 0
     for m in range(num_models):
         if at + 3 > n:
             return ERR_TABLE + 1, 0, 0, nob, nob, 0, empty
@@ -571,6 +581,8 @@ def parse_table(table):
         at += 3
         if count < 1 or first + count > 256:
             return ERR_TABLE + 6, 0, 0, nob, nob, 0, empty
+        first_symbol[m] = first
+        freq_start[m] = nf
         c = 0
         for j in range(count):
             # LEB128, 1 or 2 bytes (values <= PROB_SCALE < 2^14), canonical
@@ -591,39 +603,63 @@ def parse_table(table):
                 return ERR_TABLE + 8, 0, 0, nob, nob, 0, empty
             if f > MAX_FREQ:
                 return ERR_TABLE + 11, 0, 0, nob, nob, 0, empty
-            sym = first + j
-            base = m * PROB_SCALE
-            for slot in range(c, c + f):
-                slots[base + slot] = np.uint32(sym | ((slot - c) << 8) | (f << FREQ_SHIFT))
+            freq[nf] = f
+            nf += 1
             if f > 0:
-                max_symbol[m] = sym
-                if sym == 0:
+                max_symbol[m] = first + j
+                if first + j == 0:
                     zero_used[m] = True
             c += f
         if c != PROB_SCALE:
             return ERR_TABLE + 8, 0, 0, nob, nob, 0, empty
+    freq_start[num_models] = nf
     if n - at >= 8 or n % 8 != 0:
         return ERR_TABLE + 9, 0, 0, nob, nob, 0, empty
     for j in range(at, n):
         if table[j] != 0:
             return ERR_TABLE + 9, 0, 0, nob, nob, 0, empty
+    # second pass: the decoding blocks, back to back; every byte is written (the slots of a model are
+    # covered exactly, as its frequencies sum to PROB_SCALE)
+    offset = np.empty(num_models + 1, dtype=np.int64)
+    offset[0] = 0
+    for m in range(num_models):
+        num_symbols = first_symbol[m] + freq_start[m + 1] - freq_start[m]
+        offset[m + 1] = offset[m] + PROB_SCALE + 4 * num_symbols
+    dec = np.empty(offset[num_models], dtype=np.uint8)
+    for m in range(num_models):
+        o = offset[m]
+        info_at = o + PROB_SCALE
+        for j in range(4 * first_symbol[m]):  # symbols below first: frequency 0, cum 0
+            dec[info_at + j] = 0
+        cum = 0
+        for j in range(freq_start[m + 1] - freq_start[m]):
+            sym = first_symbol[m] + j
+            f = freq[freq_start[m] + j]
+            dec[o + cum : o + cum + f] = sym  # a memset: much faster than a loop of byte stores
+            w = f | (cum << 16)
+            i = info_at + 4 * sym
+            dec[i] = w & 0xFF
+            dec[i + 1] = (w >> 8) & 0xFF
+            dec[i + 2] = (w >> 16) & 0xFF
+            dec[i + 3] = (w >> 24) & 0xFF
+            cum += f
     # alphabet rules: gap models emit buckets 0..31; count models emit counts 1..255
-    gap_base = np.full(NUM_ROWS * NUM_LCLASSES, -1, dtype=np.int64)
-    count_base = np.full(NUM_LCLASSES, -1, dtype=np.int64)
+    gap_ctx = np.full(NUM_ROWS * NUM_LCLASSES, -1, dtype=np.int64)
+    count_ctx = np.full(NUM_LCLASSES, -1, dtype=np.int64)
     for r in range(NUM_ROWS):
         for c in range(NUM_LCLASSES):
             m = gap_model[r, c]
             if m != UNUSED:
                 if max_symbol[m] > 31:
                     return ERR_TABLE + 10, 0, 0, nob, nob, 0, empty
-                gap_base[r * NUM_LCLASSES + c] = m * PROB_SCALE
+                gap_ctx[r * NUM_LCLASSES + c] = offset[m]
     for c in range(NUM_LCLASSES):
         m = count_model[c]
         if m != UNUSED:
             if zero_used[m]:
                 return ERR_TABLE + 10, 0, 0, nob, nob, 0, empty
-            count_base[c] = m * PROB_SCALE
-    return 0, flags, count_sum, gap_base, count_base, l_model * PROB_SCALE, slots
+            count_ctx[c] = offset[m]
+    return 0, flags, count_sum, gap_ctx, count_ctx, offset[l_model], dec
 
 
 # ------------------------------------------------------------------------------------------------ decoder
@@ -639,17 +675,51 @@ def _u32_at(buf, at):
     )
 
 
+@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _rans_get(x, ctx, dec, info):
+    """Decode one symbol with the model at ``ctx`` (a parse_table offset): returns (symbol, new state)."""
+    slot = x & (PROB_SCALE - 1)
+    s = np.int64(dec[_at(ctx + slot)])
+    fc = np.int64(info[_at((ctx >> 2) + (PROB_SCALE >> 2) + s)])
+    return s, (fc & 0xFFFF) * (x >> PROB_BITS) + slot - (fc >> 16)
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _renorm(x, w, last, words16):
+    """Renormalisation without a branch (a mispredicted one costs more than it saves): the next word is loaded
+    from a clamped address and selected when x < 2^15. An overrun is caught after the position."""
+    word = np.int64(words16[_at(min(w, last))])
+    low = x < RANS_LOW
+    return ((x << 16) | word) if low else x, w + np.int64(low)
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _raw_bits(words64, raw_base, rp, nbits):
+    """``nbits`` (<= 32) bits of the raw stream from bit ``rp`` (the caller checked ``rp + nbits <= 64 W``).
+
+    Loads the word holding bit ``rp`` and the one holding bit ``rp + 63`` (index ``<= raw_base + W``: within the
+    record, as stream 0 follows the raw words); the second's bits are masked off unless the read spans both."""
+    sh = np.uint64(rp & 63)
+    lo = words64[_at(raw_base + (rp >> 6))] >> sh
+    hi = (words64[_at(raw_base + ((rp + 63) >> 6))] << np.uint64(1)) << (np.uint64(63) - sh)
+    return np.int64((lo | hi) & ((np.uint64(1) << np.uint64(nbits)) - np.uint64(1)))
+
+
 @nb.njit(cache=True, nogil=True, error_model="numpy")
-def decode_record(record, num_positions, num_labels, is_count, flags, count_sum, gap_base, count_base, l_base,
-                  slots, ids, counts, indptr):
+def decode_record(record, words16, words64, num_positions, num_labels, is_count, flags, count_sum, gap_ctx,
+                  count_ctx, l_ctx, dec, info, id_limit, rounds, ids, counts, indptr):
     """Decode one record into ids[num_labels], counts[num_labels] (count kind) and indptr[num_positions + 1].
 
+    ``words16``/``words64``: the record viewed as little-endian uint16/uint64 (its size is a multiple of 8).
+    ``dec``/``info``: parse_table's blocks as uint8/uint32. Label rules, checked inline: an id ``>= id_limit``
+    fails (id_limit = 2^32 checks only the format's range), and with ``rounds >= 0`` a non-empty position whose
+    counts do not sum to ``rounds`` fails (ERR_LABEL_RULES); ascending ids and counts >= 1 hold by construction.
     Returns (err, values_at): err 0 on success; values_at is where the float16 values start (prob kind)."""
     implied = (flags & FLAG_IMPLIED_LAST) != 0
     if implied and not is_count:
         return ERR_VALUE_KIND, 0
     size = record.shape[0]
-    if size < RECORD_HEADER_BYTES or size % 8 != 0:
+    if size < RECORD_HEADER_BYTES or size % 8 != 0 or words64.shape[0] * 8 != size:
         return ERR_RECORD_SIZE, 0
     raw_words = _u32_at(record, 0)
     words0 = _u32_at(record, 4)
@@ -671,118 +741,111 @@ def decode_record(record, num_positions, num_labels, is_count, flags, count_sum,
     for j in range(values_at + 2 * num_labels, raw_at):
         if record[j] != 0:
             return ERR_PADDING, 0
-    # raw bits as 64-bit words, plus one zero word so that a read may look one word ahead
-    raw = np.zeros(raw_words + 1, dtype=np.uint64)
-    for w in range(raw_words):
-        a = raw_at + 8 * w
-        v = np.uint64(0)
-        for j in range(8):
-            v |= np.uint64(record[a + j]) << np.uint64(8 * j)
-        raw[w] = v
     x0 = _u32_at(record, s0)
     x1 = _u32_at(record, s1)
     if not (RANS_LOW <= x0 < RANS_HIGH and RANS_LOW <= x1 < RANS_HIGH):
         return ERR_RANS_STATE, 0
+    raw_base = raw_at >> 3
     err, k, x0, x1, w0, w1, rp = _decode_positions(
-        record, raw, s0 + 4, s1, s1 + 4, end, x0, x1, num_positions, num_labels, is_count, implied, count_sum,
-        gap_base, count_base, l_base, slots, ids, counts, indptr,
+        words16, words64, raw_base, raw_words, (s0 + 4) >> 1, s1 >> 1, (s1 + 4) >> 1, end >> 1, x0, x1,
+        num_positions, num_labels, is_count, implied, count_sum, gap_ctx, count_ctx, l_ctx, dec, info, id_limit,
+        rounds, ids, counts, indptr,
     )
     if err:
         return err, 0
     if k != num_labels:
         return ERR_LABELS_SHORT, 0
-    if x0 != RANS_LOW or x1 != RANS_LOW or w0 != s1 or w1 != end:
+    if x0 != RANS_LOW or x1 != RANS_LOW or w0 != s1 >> 1 or w1 != end >> 1:
         return ERR_RANS_END, 0
     # every raw word is used, and the unused high bits of the last one are zero
     if (rp + 63) // 64 != raw_words:
         return ERR_RAW_END, 0
-    if rp % 64 != 0 and (raw[rp >> 6] >> np.uint64(rp & 63)) != np.uint64(0):
+    if rp % 64 != 0 and (words64[_at(raw_base + (rp >> 6))] >> np.uint64(rp & 63)) != np.uint64(0):
         return ERR_RAW_END, 0
     return 0, values_at
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
-def _decode_positions(record, raw, w0, end0, w1, end1, x0, x1, num_positions, num_labels, is_count, implied,
-                      count_sum, gap_base, count_base, l_base, slots, ids, counts, indptr):
+def _decode_positions(words16, words64, raw_base, raw_words, w0, end0, w1, end1, x0, x1, num_positions,
+                      num_labels, is_count, implied, count_sum, gap_ctx, count_ctx, l_ctx, dec, info, id_limit,
+                      rounds, ids, counts, indptr):
     """The hot loop of decode_record; returns (err, labels, x0, x1, w0, w1, raw bit position).
 
-    Renormalisation is branch-free: the next word is always loaded (from a clamped address) and used only
-    when the state fell below 2^16; a stream that runs past its end is caught after each position."""
-    raw_limit = 64 * (raw.shape[0] - 1)
+    Stream positions ``w0``/``w1`` are in 16-bit words. A stream that runs past its end is caught after each
+    position (reads meanwhile are clamped to its last word). Speed: decoding is a chain of dependent loads
+    (state -> slot -> symbol -> state; id -> context -> model), so a label's gap (stream 0) and its count
+    (stream 1) are decoded in the same loop iteration, where the CPU overlaps the two chains."""
+    raw_limit = 64 * raw_words
     rp = np.int64(0)
-    last0 = end0 - 2
-    last1 = end1 - 2
-    mask = PROB_SCALE - 1
+    last0 = end0 - 1
+    last1 = end1 - 1
     k = np.int64(0)
+    # with IMPLIED_LAST every non-empty position's counts sum to count_sum: one comparison for the whole record
+    sum_ok = rounds < 0 or not implied or count_sum == rounds
     indptr[0] = 0
     for p in range(num_positions):
-        e = slots[_at(l_base + (x0 & mask))]
-        x0 = np.int64(e >> FREQ_SHIFT) * (x0 >> PROB_BITS) + np.int64((e >> 8) & mask)
-        r = min(w0, last0)
-        sm = (x0 - RANS_LOW) >> 63
-        x0 = (x0 << (sm & 16)) | ((np.int64(record[_at(r)]) | (np.int64(record[_at(r + 1)]) << 8)) & sm)
-        w0 += sm & 2
-        n = np.int64(e & 0xFF)
+        n, x0 = _rans_get(x0, l_ctx, dec, info)
+        x0, w0 = _renorm(x0, w0, last0, words16)
         if n == L_ESCAPE:
             if rp + 16 > raw_limit:
                 return ERR_RAW_OVERRUN, k, x0, x1, w0, w1, rp
-            q = rp >> 6
-            sh = np.uint64(rp & 63)
-            v = (raw[_at(q)] >> sh) | ((raw[_at(q + 1)] << np.uint64(1)) << (np.uint64(63) - sh))
-            n = np.int64(v & np.uint64(0xFFFF))
+            n = _raw_bits(words64, raw_base, rp, 16)
             rp += 16
             if n < L_ESCAPE:
                 return ERR_L_ESCAPE, k, x0, x1, w0, w1, rp
         if n > num_labels - k:
             return ERR_LABELS_OVERRUN, k, x0, x1, w0, w1, rp
         if n > 0:
+            if not sum_ok:
+                return ERR_LABEL_RULES, k, x0, x1, w0, w1, rp
             lc = lclass_of(n)
-            cb = count_base[_at(lc)]
-            ncoded = n - 1 if implied else n
-            if is_count and ncoded > 0 and cb < 0:
+            gb = gap_ctx[_at(lc)]  # row 0
+            cur = np.int64(-1)
+            # labels with a coded count: gap and count in one iteration; then those without (the implied last
+            # count, or every label of kind prob)
+            ncoded = (n - 1 if implied else n) if is_count else 0
+            cb = count_ctx[_at(lc)]
+            if ncoded > 0 and cb < 0:
                 return ERR_NO_MODEL, k, x0, x1, w0, w1, rp
-            prev = np.int64(-1)
-            gb = gap_base[_at(lc)]  # row 0
             csum = np.int64(0)
-            for i in range(n):
+            for i in range(ncoded):
                 if gb < 0:
                     return ERR_NO_MODEL, k, x0, x1, w0, w1, rp
-                e = slots[_at(gb + (x0 & mask))]
-                x0 = np.int64(e >> FREQ_SHIFT) * (x0 >> PROB_BITS) + np.int64((e >> 8) & mask)
-                r = min(w0, last0)
-                sm = (x0 - RANS_LOW) >> 63
-                x0 = (x0 << (sm & 16)) | ((np.int64(record[_at(r)]) | (np.int64(record[_at(r + 1)]) << 8)) & sm)
-                w0 += sm & 2
-                b = np.int64(e & 0xFF)
+                b, x0 = _rans_get(x0, gb, dec, info)
+                x0, w0 = _renorm(x0, w0, last0, words16)
                 if rp + b > raw_limit:
                     return ERR_RAW_OVERRUN, k, x0, x1, w0, w1, rp
-                q = rp >> 6
-                sh = np.uint64(rp & 63)
-                v = (raw[_at(q)] >> sh) | ((raw[_at(q + 1)] << np.uint64(1)) << (np.uint64(63) - sh))
+                cur += (np.int64(1) << b) + _raw_bits(words64, raw_base, rp, b)
                 rp += b
-                cur = prev + (np.int64(1) << b) + np.int64(v & ((np.uint64(1) << np.uint64(b)) - np.uint64(1)))
-                if cur > 0xFFFFFFFF:
-                    return ERR_ID_RANGE, k, x0, x1, w0, w1, rp
+                if cur >= id_limit:
+                    return ERR_ID_RANGE if cur > 0xFFFFFFFF else ERR_LABEL_RULES, k, x0, x1, w0, w1, rp
                 ids[_at(k + i)] = cur
-                prev = cur
-                gb = gap_base[_at((1 + bit_length(cur)) * NUM_LCLASSES + lc)]
-                if is_count:
-                    if i < ncoded:
-                        e = slots[_at(cb + (x1 & mask))]
-                        x1 = np.int64(e >> FREQ_SHIFT) * (x1 >> PROB_BITS) + np.int64((e >> 8) & mask)
-                        r = min(w1, last1)
-                        sm = (x1 - RANS_LOW) >> 63
-                        x1 = (x1 << (sm & 16)) | (
-                            (np.int64(record[_at(r)]) | (np.int64(record[_at(r + 1)]) << 8)) & sm
-                        )
-                        w1 += sm & 2
-                        c = np.int64(e & 0xFF)
-                        csum += c
-                    else:
-                        c = count_sum - csum
-                        if c < 1 or c > 255:
-                            return ERR_COUNT_RANGE, k, x0, x1, w0, w1, rp
-                    counts[_at(k + i)] = c
+                gb = gap_ctx[_at((1 + bit_length(cur)) * NUM_LCLASSES + lc)]
+                c, x1 = _rans_get(x1, cb, dec, info)
+                x1, w1 = _renorm(x1, w1, last1, words16)
+                csum += c
+                counts[_at(k + i)] = c
+            for i in range(ncoded, n):
+                if gb < 0:
+                    return ERR_NO_MODEL, k, x0, x1, w0, w1, rp
+                b, x0 = _rans_get(x0, gb, dec, info)
+                x0, w0 = _renorm(x0, w0, last0, words16)
+                if rp + b > raw_limit:
+                    return ERR_RAW_OVERRUN, k, x0, x1, w0, w1, rp
+                cur += (np.int64(1) << b) + _raw_bits(words64, raw_base, rp, b)
+                rp += b
+                if cur >= id_limit:
+                    return ERR_ID_RANGE if cur > 0xFFFFFFFF else ERR_LABEL_RULES, k, x0, x1, w0, w1, rp
+                ids[_at(k + i)] = cur
+                gb = gap_ctx[_at((1 + bit_length(cur)) * NUM_LCLASSES + lc)]
+            if is_count:
+                if implied:
+                    c = count_sum - csum
+                    if c < 1 or c > 255:
+                        return ERR_COUNT_RANGE, k, x0, x1, w0, w1, rp
+                    counts[_at(k + n - 1)] = c
+                elif rounds >= 0 and csum != rounds:
+                    return ERR_LABEL_RULES, k, x0, x1, w0, w1, rp
             k += n
         if w0 > end0 or w1 > end1:
             return ERR_RANS_OVERRUN, k, x0, x1, w0, w1, rp

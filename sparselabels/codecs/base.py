@@ -12,7 +12,8 @@ length and every value it reads before it uses it to index anything, and raise
 :class:`~sparselabels.errors.FormatError` (never crash, hang or allocate more than ``O(num_positions +
 num_labels)``) on anything inconsistent. The caller adds the file, chunk and sequence to the message.
 Semantic checks that do not depend on the codec (ids ascending and below the vocabulary, counts summing to
-``rounds``) are done by the caller on the decoded arrays.
+``rounds``) are done by the caller on the decoded arrays, unless the codec declares ``checks_label_rules``: it
+then checks them itself while decoding (cheaper than a second pass) when given ``vocab_size`` and ``rounds``.
 """
 
 from __future__ import annotations
@@ -23,9 +24,22 @@ from typing import ClassVar
 
 import numpy as np
 
+from sparselabels.errors import FormatError
+from sparselabels.format.checks import LabelProblem
 from sparselabels.format.values import VALUE_DTYPES, VALUE_KINDS
 
-__all__ = ["VALUE_DTYPES", "VALUE_KINDS", "ChunkInput", "Codec", "EncodedChunk", "padded"]
+__all__ = ["VALUE_DTYPES", "VALUE_KINDS", "ChunkInput", "Codec", "EncodedChunk", "LabelRuleError", "padded"]
+
+
+class LabelRuleError(FormatError):
+    """A record that decodes, but to labels breaking the rules; raised by codecs that check them inline.
+
+    ``problem`` is what :func:`~sparselabels.format.checks.check_labels` reports for the decoded labels, so the
+    reader's message is the same whichever side checked."""
+
+    def __init__(self, problem: LabelProblem) -> None:
+        super().__init__(problem.describe())
+        self.problem = problem
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,10 @@ class Codec(abc.ABC):
     #: allocate more than a small multiple of the record's size.
     max_positions_per_byte: ClassVar[int] = 8
     max_labels_per_byte: ClassVar[int] = 8
+    #: Optional capability. True: ``decode`` also accepts ``vocab_size`` and ``rounds`` keywords and, when they
+    #: are given, guarantees every label rule of spec/FORMAT.md (the ones ``check_labels`` enforces) for what it
+    #: returns, raising :class:`LabelRuleError` otherwise; the reader then skips its own label-rule pass.
+    checks_label_rules: ClassVar[bool] = False
 
     @abc.abstractmethod
     def encode_chunk(self, chunk: ChunkInput) -> EncodedChunk:

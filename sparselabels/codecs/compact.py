@@ -9,7 +9,8 @@ Rice with a per-position parameter ~14.2. rANS (rather than Huffman) keeps the s
 labels-per-position symbols near their entropy (a count of 1 carries ~0.5 bit, Huffman would spend 1).
 Models are per chunk (a few hundred bytes), chosen per chunk from a few context granularities by their
 exact total size, so small chunks fall back to coarser contexts. Records are independent (random access
-reads one record plus its chunk's table); parsed tables are cached by content.
+reads one record plus its chunk's table); parsed tables are compact (~1.1 KiB per model) and cached by
+content. Reads check the label rules while decoding (``checks_label_rules``) instead of in a second pass.
 
 The normative byte layout is spec/codecs/rans.md; the kernels are in ``_compact_kernels``.
 """
@@ -22,8 +23,11 @@ from collections import OrderedDict
 import numpy as np
 
 from sparselabels.codecs import _compact_kernels as K
-from sparselabels.codecs.base import VALUE_DTYPES, ChunkInput, Codec, EncodedChunk
-from sparselabels.errors import FormatError
+from sparselabels.codecs.base import VALUE_DTYPES, ChunkInput, Codec, EncodedChunk, LabelRuleError
+from sparselabels.errors import FormatError, InputError
+from sparselabels.format.checks import check_labels
+
+_ID_LIMIT = 1 << 32  # ids are u32: the format's own range, checked whether or not label rules are
 
 _ERRORS = {
     K.ERR_RECORD_SIZE: "record size does not match its raw-bit and rANS word counts",
@@ -63,6 +67,7 @@ class CompactCodec(Codec):
     # see MAX_FREQ in _compact_kernels: every valid record of B bytes holds <= 21.65 B positions and labels
     max_positions_per_byte = 22
     max_labels_per_byte = 22
+    checks_label_rules = True
 
     def __init__(self, cache_size: int = 64) -> None:
         self._cache: OrderedDict[bytes, tuple] = OrderedDict()
@@ -109,32 +114,63 @@ class CompactCodec(Codec):
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-        err, flags, count_sum, gap_model, count_model, l_model, slots = K.parse_table(
+        err, flags, count_sum, gap_ctx, count_ctx, l_ctx, dec = K.parse_table(
             np.ascontiguousarray(table, dtype=np.uint8)
         )
         if err:
             raise FormatError(f"rans chunk table: {_TABLE_ERRORS.get(err - K.ERR_TABLE, 'invalid')}")
-        parsed = (flags, count_sum, gap_model, count_model, l_model, slots)
+        parsed = (flags, count_sum, gap_ctx, count_ctx, l_ctx, dec, dec.view("<u4"))
         with self._lock:
             self._cache[key] = parsed
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return parsed
 
-    def decode(self, record, table, num_positions, num_labels, value_kind):
+    def decode(self, record, table, num_positions, num_labels, value_kind, *, vocab_size=None, rounds=None):
+        """See Codec.decode. With ``vocab_size`` (and ``rounds`` for counts) the label rules are checked inline
+        (ids below the vocabulary, each position's counts summing to ``rounds``; ascending ids and counts >= 1
+        hold by construction, spec/codecs/rans.md section 4), without a second pass over the labels."""
         if value_kind not in VALUE_DTYPES:
             raise FormatError(f"unknown value kind {value_kind!r}")
-        flags, count_sum, gap_model, count_model, l_model, slots = self._parsed(table)
+        check = vocab_size is not None
         is_count = value_kind == "count"
+        if check and is_count and rounds is None:
+            raise InputError("rounds is required to check the label rules of counts")
+        ids, values, indptr, err = self._decode(record, table, num_positions, num_labels, is_count,
+                                                vocab_size if check else None, rounds if check and is_count else None)
+        if err == K.ERR_LABEL_RULES:
+            # the slow path, only for a bad record: decode without the inline checks and let the generic
+            # check name the first problem, exactly as a codec without the capability would have it named
+            ids, values, indptr, err = self._decode(record, table, num_positions, num_labels, is_count, None, None)
+            problem = None if err else check_labels(ids, values, indptr, vocab_size=vocab_size,
+                                                    value_kind=value_kind, rounds=rounds)
+            if problem is not None:
+                raise LabelRuleError(problem)
+            if not err:  # the inline checks and check_labels disagree: a bug, but never read back such labels
+                raise FormatError("rans record: labels break the label rules")
+        if err:
+            raise FormatError(f"rans record: {_ERRORS.get(err, 'invalid')}")
+        if check and not is_count:  # probabilities are stored verbatim: the generic pass judges them
+            problem = check_labels(ids, values, indptr, vocab_size=vocab_size, value_kind=value_kind, rounds=rounds)
+            if problem is not None:
+                raise LabelRuleError(problem)
+        return ids, values, indptr
+
+    def _decode(self, record, table, num_positions, num_labels, is_count, vocab_size, rounds):
+        """(ids, values, indptr, kernel error code); ``vocab_size``/``rounds`` None: that check is off."""
+        flags, count_sum, gap_ctx, count_ctx, l_ctx, dec, info = self._parsed(table)
         ids = np.empty(num_labels, dtype=np.uint32)
         counts = np.empty(num_labels if is_count else 0, dtype=np.uint8)
         indptr = np.empty(num_positions + 1, dtype=np.int64)
+        record = np.ascontiguousarray(record, dtype=np.uint8)
+        if record.shape[0] % 8:
+            return ids, counts, indptr, K.ERR_RECORD_SIZE
+        words64 = record.view("<u8")  # the kernel reads raw bits and stream words through these views
+        id_limit = _ID_LIMIT if vocab_size is None else min(int(vocab_size), _ID_LIMIT)
         err, values_at = K.decode_record(
-            record, num_positions, num_labels, is_count, flags, count_sum, gap_model, count_model, l_model,
-            slots, ids, counts, indptr,
+            record, words64.view("<u2"), words64, num_positions, num_labels, is_count, flags, count_sum, gap_ctx,
+            count_ctx, l_ctx, dec, info, id_limit, -1 if rounds is None else int(rounds), ids, counts, indptr,
         )
-        if err:
-            raise FormatError(f"rans record: {_ERRORS.get(err, 'invalid')}")
-        if is_count:
-            return ids, counts, indptr
-        return ids, record[values_at : values_at + 2 * num_labels].view(VALUE_DTYPES["prob"]), indptr
+        if is_count or err:
+            return ids, counts, indptr, err
+        return ids, record[values_at : values_at + 2 * num_labels].view(VALUE_DTYPES["prob"]), indptr, err

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from sparselabels.codecs import get_codec
+from sparselabels.codecs.base import LabelRuleError
 from sparselabels.errors import ChecksumError, FormatError, InputError
 from sparselabels.format import metadata as meta_format
 from sparselabels.format.checks import check_labels
@@ -367,11 +368,16 @@ class LabelFile(Labels):
             )
         if check and crc32(record, crc32(table)) != int(col["record_crc32"][index]):
             raise ChecksumError(f"file {self.path!r}, sequence {index}: record CRC-32 mismatch")
+        # a codec that checks the label rules while decoding (Codec.checks_label_rules) saves the second pass
+        inline = check and self.codec.checks_label_rules
+        rules = {"vocab_size": self.vocab_size, "rounds": self.rounds} if inline else {}
         try:
-            ids, values, indptr = self.codec.decode(record, table, num_pos, num_lab, self.value_kind)
+            ids, values, indptr = self.codec.decode(record, table, num_pos, num_lab, self.value_kind, **rules)
+        except LabelRuleError as exc:
+            raise FormatError(f"file {self.path!r}, sequence {index}, {exc.problem.describe()}") from None
         except FormatError as exc:
             raise FormatError(f"file {self.path!r}, sequence {index}: {exc}") from None
-        if check:
+        if check and not inline:
             problem = check_labels(ids, values, indptr, vocab_size=self.vocab_size, value_kind=self.value_kind,
                                    rounds=self.rounds)
             if problem is not None:

@@ -1,0 +1,142 @@
+"""Print the README's benchmark tables as Markdown, from the JSON the benchmarks wrote to tools/results/.
+
+The README quotes only measured numbers; regenerating its tables from the JSON keeps them in step:
+
+    python tools/readme_tables.py codec     # or: io, loader, fidelity, fuzz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _load(name: str) -> dict:
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def _when(d: dict) -> str:
+    m = d["machine"]
+    return f"{m['date'][:10]}, {m['cpu']}, {m['cores']} cores"
+
+
+def codec() -> str:
+    d = _load("bench_codec")
+    lines = [f"<!-- tools/results/bench_codec.json: {_when(d)} -->",
+             "| method | bytes/position (whole file) | vs raw | encode M pos/s | decode M pos/s "
+             "| one random sequence, warm | cold |", "|---|---|---|---|---|---|---|"]
+    names = {"raw": "raw", "rans": "**rans**", "paper-3B": "paper's 3 bytes per label (computed, no index)",
+             "zstd-3": "zstd level 3 over the raw arrays, per 16 MiB chunk", "zstd-19": "zstd level 19, likewise"}
+    for r in d["rows"]:
+        warm = cold = "-"
+        if "random_read_warm_us" in r:
+            warm = f"{r['random_read_warm_us']:.0f} us"
+            cold = f"{r['random_read_cold_us']:.0f} us"
+            if r["method"] != "raw":
+                warm += f" ({r['random_read_warm_vs_raw']:.2f}x raw)"
+                cold += f" ({r['random_read_cold_vs_raw']:.2f}x raw)"
+        elif r["method"].startswith("zstd"):
+            warm = "whole chunk"
+        enc = f"{r['encode_Mpos_s']:.3g}" if "encode_Mpos_s" in r else "-"
+        dec = f"{r['decode_Mpos_s']:.3g}" if "decode_Mpos_s" in r else "-"
+        lines.append(f"| {names.get(r['method'], r['method'])} | {r['bytes_per_position']:.2f} | "
+                     f"{r['size_vs_raw']:.2f} | {enc} | {dec} | {warm} | {cold} |")
+    return "\n".join(lines)
+
+
+def loader() -> str:
+    d = _load("bench_loader")
+    base = d["baseline"]
+    lines = [f"<!-- tools/results/bench_loader.json: {_when(d)} -->",
+             "| reader | positions/s | x HF datasets |", "|---|---|---|"]
+    for name in ("raw", "rans"):
+        c = d["codecs"][name]
+        lines.append(f"| sparselabels {name}, 1 process | {c['single_process']['positions_per_s'] / 1e6:.2f} M | "
+                     f"{c['ratio_single_vs_baseline']:.1f} |")
+    for name in ("raw", "rans"):
+        c = d["codecs"][name]
+        lines.append(f"| sparselabels {name}, 2 DataLoader workers | {c['workers']['positions_per_s'] / 1e6:.2f} M | "
+                     f"{c['ratio_workers_vs_baseline']:.1f} |")
+    numpy_format = base["variants"]["numpy format"]["positions_per_s"]
+    lines.append(f"| HF datasets, Python lists (numpy format: {numpy_format / 1e3:.1f} K) | "
+                 f"{base['positions_per_s'] / 1e3:.0f} K | 1 |")
+    return "\n".join(lines)
+
+
+def io() -> str:
+    d = _load("bench_io")
+    lib, npy = d["rows"]
+    lines = [f"<!-- tools/results/bench_io.json: {_when(d)} -->",
+             "| | bytes/position | write M pos/s | write MB/s | random read M pos/s | random read, cold |",
+             "|---|---|---|---|---|---|",
+             f"| sparselabels raw (validated, CRC-checked, fsynced) | {lib['bytes/pos']:.1f} | "
+             f"{lib['write Mpos/s']:.2f} | {lib['write MB/s']:.0f} | {lib['read rand Mpos/s']:.1f} | "
+             f"{lib['read rand cold Mpos/s']:.1f} |",
+             f"| sparselabels raw, reads without checks (`read(i, check=False)`) | | | | "
+             f"{lib['read rand unchecked Mpos/s']:.1f} | |",
+             f"| np.save / np.load(mmap) slicing (no checks at all) | {npy['bytes/pos']:.1f} | "
+             f"{npy['write Mpos/s']:.2f} | {npy['write MB/s']:.0f} | {npy['read rand Mpos/s']:.1f} | "
+             f"{npy['read rand cold Mpos/s']:.1f} |"]
+    return "\n".join(lines)
+
+
+def fidelity() -> str:
+    d = _load("gradient_fidelity")
+    lines = [f"<!-- tools/results/gradient_fidelity.json: {_when(d)} -->",
+             "| method | labels/position | angle to full KD | norm ratio | paper |", "|---|---|---|---|---|"]
+    for r in d["results"]:
+        if "ghost" in r["method"]:
+            continue
+        paper = f"{r['paper_angle']:.0f} deg, {r['paper_ratio']}" if r["paper_angle"] != "" else "-"
+        lines.append(f"| {r['method']} | {r['labels/pos']:.1f} | {r['angle_deg']:.1f} +- {r['angle_std']:.1f} deg | "
+                     f"{r['norm_ratio']:.3f} | {paper} |")
+    return "\n".join(lines)
+
+
+def fuzz() -> str:
+    d = _load("fuzz_format")
+    outcomes = ["identical", "valid-different", "rejected-open", "rejected-read", "rejected-validate"]
+    bugs = ["crash", "hang", "memory", "wrong-exception", "inconsistent", "spread"]
+    lines = [f"<!-- tools/results/fuzz_format.json: {_when(d)} -->",
+             "| mutation | codec | " + " | ".join(outcomes) + " | bugs (" + ", ".join(bugs) + ") |",
+             "|---|---|" + "---|" * (len(outcomes) + 1)]
+    mutations = list(next(iter(d["table"].values())))
+    totals: dict[str, dict[str, int]] = {}
+    for mutation in mutations:
+        for codec_name, table in sorted(d["table"].items()):
+            counts = table.get(mutation, {})
+            total = totals.setdefault(codec_name, {})
+            for key, value in counts.items():
+                total[key] = total.get(key, 0) + value
+            cells = [f"{counts.get(o, 0):,}" for o in outcomes]
+            lines.append(f"| {mutation} | {codec_name} | " + " | ".join(cells) +
+                         f" | {sum(counts.get(b, 0) for b in bugs)} |")
+    for codec_name, total in sorted(totals.items()):
+        cells = [f"**{total.get(o, 0):,}**" for o in outcomes]
+        lines.append(f"| **total** | **{codec_name}** | " + " | ".join(cells) +
+                     f" | **{sum(total.get(b, 0) for b in bugs)}** |")
+    silent = {c: sum(v.values()) for c, v in d["silent_at_default_verify"].items()}
+    lines.append("")
+    mutants = d["cases_per_codec"] * len(d["codecs"])
+    lines.append(f"{mutants:,} mutants in {d['seconds']:.0f} s; read back other content at the default verify "
+                 f"level (caught by validate): {silent}")
+    return "\n".join(lines)
+
+
+TABLES = {"codec": codec, "loader": loader, "io": io, "fidelity": fidelity, "fuzz": fuzz}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("table", choices=sorted(TABLES))
+    args = parser.parse_args(argv)
+    print(TABLES[args.table]())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

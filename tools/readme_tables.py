@@ -119,11 +119,14 @@ def fuzz() -> str:
         cells = [f"**{total.get(o, 0):,}**" for o in outcomes]
         lines.append(f"| **total** | **{codec_name}** | " + " | ".join(cells) +
                      f" | **{sum(total.get(b, 0) for b in bugs)}** |")
-    silent = {c: sum(v.values()) for c, v in d["silent_at_default_verify"].items()}
+    silent = "; ".join(
+        f"{c} {sum(v.values())} (" + ", ".join(f"{m} {n}" for m, n in sorted(v.items())) + ")"
+        for c, v in sorted(d["silent_at_default_verify"].items())
+    ) or "none"
     lines.append("")
     mutants = d["cases_per_codec"] * len(d["codecs"])
-    lines.append(f"{mutants:,} mutants in {d['seconds']:.0f} s; read back other content at the default verify "
-                 f"level (caught by validate): {silent}")
+    lines.append(f"{mutants:,} mutants in {d['seconds']:.0f} s; mutants that read back other content at the "
+                 f"default verify level (caught by validate): {silent}.")
     return "\n".join(lines)
 
 

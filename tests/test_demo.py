@@ -130,6 +130,8 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
         assert sl.validate(compact).ok and sl.open_labels(compact).metadata["codec"] == "rans"
         assert row["compact_bytes_per_position"] == pytest.approx(compact.stat().st_size / tokens.size)
         with sl.open_labels(path) as raw, sl.open_labels(compact) as packed:
+            assert raw.metadata["codec"] == "raw"  # the "raw" column of the table is the raw codec
+            assert row["compact_bytes_per_position"] < row["label_bytes_per_position"]
             for a, b in zip(raw, packed, strict=True):
                 assert np.array_equal(a.ids, b.ids) and np.array_equal(a.counts, b.counts)
         assert row["labeling_tokens_per_second"] > 0

@@ -352,8 +352,9 @@ def make_labels(teacher: torch.nn.Module, tokens_path: Path, out: Path, settings
 
     rskd_path = out / "labels-rskd"
     started = time.perf_counter()
+    # Students read the raw codec (fastest to decode); the compact copies below measure what storing costs.
     sl.generate(teacher, tokens_path, rskd_path, rounds=settings.rounds, batch_size=settings.label_batch,
-                dtype="float32", device=str(device), seed=seed, overwrite=True, progress=False,
+                dtype="float32", device=str(device), seed=seed, codec="raw", overwrite=True, progress=False,
                 teacher_name="sparselabels-demo-teacher", metadata={"demo": "sparselabels demo"})
     rskd_seconds = time.perf_counter() - started
 
@@ -365,7 +366,8 @@ def make_labels(teacher: torch.nn.Module, tokens_path: Path, out: Path, settings
     with sl.open_labels(rskd_path) as rskd:
         teacher_fingerprint = rskd.metadata.get("teacher_fingerprint")
     sl.convert(logits_path, topk_path, topk=settings.topk, tokens=tokens_path, teacher="sparselabels-demo-teacher",
-               teacher_fingerprint=teacher_fingerprint, overwrite=True, metadata={"demo": "sparselabels demo"})
+               teacher_fingerprint=teacher_fingerprint, codec="raw", overwrite=True,
+               metadata={"demo": "sparselabels demo"})
     topk_seconds = time.perf_counter() - started
     logits_bytes = logits_path.stat().st_size
     logits_path.unlink()  # S x T x V float32: by far the largest file; the labels are what is kept

@@ -16,7 +16,7 @@ held-out LM loss, calibration (ECE), label bytes per position and labeling speed
 
 Writes label files, loss_curves.png, reliability.png and results.json into --out; the corpus, tokenizer and
 teacher are cached (--cache-dir), so a second run is faster. Measured on 2 CPU cores: 6-10 minutes the first
-time (depending on what else runs), about 4 with the teacher cached. --quick runs tiny models in well under a
+time (depending on what else runs), 3-4 with the teacher cached. --quick runs tiny models in well under a
 minute (a smoke test, its numbers mean nothing)."""
 
 

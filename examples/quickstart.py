@@ -13,7 +13,8 @@ import sparselabels as sl
 
 path = Path(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp()) / "labels.slbl"
 vocab, rounds = 32_000, 50
-with sl.LabelWriter(path, vocab_size=vocab, rounds=rounds, value_kind="count", metadata={"teacher": "random"}) as w:
+with sl.LabelWriter(path, vocab_size=vocab, rounds=rounds, value_kind="count", metadata={"teacher": "random"},
+                    overwrite=True) as w:  # a rerun replaces the file
     for i, length in enumerate((5, 3, 8)):  # stand-in teacher logits for sequences of 5, 3 and 8 positions
         logits = 8 * torch.randn(length, vocab, generator=torch.Generator().manual_seed(i))
         labels = sl.sample_counts(logits, rounds, seed=i)  # N=50 draws per position -> distinct ids + counts

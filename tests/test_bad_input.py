@@ -23,6 +23,7 @@ import pytest
 
 import sparselabels as sl
 from sparselabels.errors import (
+    AlignmentError,
     ChecksumError,
     CompatibilityError,
     FormatError,
@@ -661,6 +662,27 @@ def _(tmp_path):
     assert "argument --max-problems: must be a positive integer, got '0'" in proc.stderr
     proc = _cli("stats", str(_valid_file(tmp_path)), "--max-sequences", "-3")
     assert proc.returncode == 2 and "must be a positive integer, got '-3'" in proc.stderr
+
+
+# -- the dataset ------------------------------------------------------------------------------------------------
+@row("dataset-sequences", "SparseLabelDataset", "tokens with another number of sequences than the labels",
+     AlignmentError, "label sequences but 3 token sequences")
+def _(tmp_path):
+    sl.data.SparseLabelDataset(_valid_file(tmp_path), tokens=np.zeros((3, 2), dtype=np.int32))
+
+
+@row("dataset-lengths", "SparseLabelDataset", "a token sequence of another length than its labels",
+     AlignmentError, "sequence 0 has 2 label positions but 3 tokens")
+def _(tmp_path):
+    sl.data.SparseLabelDataset(_valid_file(tmp_path), tokens=np.zeros((4, 3), dtype=np.int32))
+
+
+@row("dataset-fingerprint", "SparseLabelDataset[i]",
+     "tokens of the right length but not the ones the labels were computed from (stored input fingerprints)",
+     AlignmentError, "sequence 0: the tokens' input fingerprint is …, the labels were computed from input")
+def _(tmp_path):
+    ds = sl.data.SparseLabelDataset(_valid_file(tmp_path, fingerprints=True), tokens=np.zeros((4, 2), dtype=np.int32))
+    ds[0]
 
 
 # -- the sampler and the loss -------------------------------------------------------------------------------------

@@ -67,7 +67,24 @@ def test_merge_command_and_errors(tmp_path, capsys):
     with sl.open_labels(tmp_path / "m.slbl") as f:
         assert len(f) == 10
     assert main(["merge", "--copy", str(tmp_path / "m.slbl"), str(a)]) == 2
-    assert "exists" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "m.slbl exists; pass --overwrite to replace it" in err  # the flag, not the keyword argument
+    assert main(["merge", "--copy", "--overwrite", str(tmp_path / "m.slbl"), str(a)]) == 0
+
+
+def test_errors_name_the_commands_own_flags(tmp_path, capsys):
+    """A leftover .partial: convert has --overwrite but no --resume, so only the switch it has becomes a flag."""
+    import numpy as np
+
+    logits = tmp_path / "logits.npy"
+    np.save(logits, np.random.default_rng(0).standard_normal((2, 3, 40)).astype(np.float32))
+    out = tmp_path / "c.slbl"
+    (tmp_path / "c.slbl.partial").write_bytes(b"an interrupted file")
+    assert main(["convert", str(logits), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "pass resume=True to continue it or --overwrite to start again" in err
+    assert main(["convert", str(logits), "--out", str(out), "--overwrite"]) == 0
+    assert sl.validate(out).ok
 
 
 def test_console_script_runs(tmp_path):

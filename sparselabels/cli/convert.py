@@ -26,7 +26,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", help="dense teacher outputs: .npy, .h5/.hdf5 or .safetensors")
     p.add_argument("--out", required=True, help="output label file")
-    p.add_argument("--kind", default="logits", choices=("logits", "logprobs"), help="what the input holds")
+    p.add_argument("--kind", default="logits", choices=("logits", "logprobs"),
+                   help="what the input holds (default logits)")
     p.add_argument("--key", default=None, help="HDF5 dataset or safetensors tensor name (default: the only one)")
     p.add_argument("--seq-len", type=int, default=None, help="2-D input: positions per sequence")
     p.add_argument("--lengths", default=None, help=".npy of per-sequence lengths (int), or comma-separated lengths")

@@ -38,13 +38,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cli_wording(message: str, args: argparse.Namespace) -> str:
+    """Library messages name keyword arguments (``overwrite=True``); a command that has the same switch as a flag
+    names the flag instead (``--overwrite``)."""
+    for name in ("overwrite", "resume"):
+        if hasattr(args, name):
+            message = message.replace(f"{name}=True", f"--{name}")
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except SparseLabelsError as exc:
-        print(f"sparselabels {args.command}: error: {exc}", file=sys.stderr)
+        print(f"sparselabels {args.command}: error: {cli_wording(str(exc), args)}", file=sys.stderr)
         return 2
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         print(f"sparselabels {args.command}: error: {exc}", file=sys.stderr)

@@ -379,7 +379,9 @@ def _run(teacher: Teacher, src, out: Path, world: distributed.World, sampling: S
     distributed.check_no_foreign_shards(out, world.size)
     shard = out / distributed.shard_name(world.rank, world.size)
     if shard.exists() and not (run.resume or run.overwrite):
-        raise SparseLabelsError(f"{shard} exists; resume to keep the finished shards or overwrite to start again")
+        raise SparseLabelsError(
+            f"{shard} exists; pass resume=True to keep the finished shards or overwrite=True to start again"
+        )
     if shard.exists() and run.resume:
         _check_complete_shard(shard, meta, sampling, run.codec, seq_hi - seq_lo)
     else:

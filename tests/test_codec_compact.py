@@ -71,20 +71,7 @@ def make_sequence(rng, num_positions, *, vocab_size, value_kind, max_labels, rou
             else (cat if cat.dtype == np.float16 else cat.astype(np.float16)), np.array(indptr, dtype=np.int64))
 
 
-def chunk_of(sequences, value_kind, vocab_size):
-    ids = np.concatenate([s[0] for s in sequences]).astype(np.uint32)
-    dtype = np.uint8 if value_kind == "count" else np.float16
-    values = np.concatenate([s[1] for s in sequences]).astype(dtype)
-    lpp = np.concatenate([np.diff(s[2]) for s in sequences]).astype(np.uint32)
-    return ChunkInput(
-        ids=ids,
-        values=values,
-        labels_per_position=lpp,
-        seq_positions=np.array([len(s[2]) - 1 for s in sequences], dtype=np.int64),
-        seq_labels=np.array([len(s[0]) for s in sequences], dtype=np.int64),
-        value_kind=value_kind,
-        vocab_size=vocab_size,
-    )
+chunk_of = ChunkInput.from_sequences
 
 
 def records_of(encoded):

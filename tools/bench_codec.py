@@ -38,20 +38,12 @@ import sparselabels as sl
 from sparselabels import synthetic
 from sparselabels.codecs import get_codec
 from sparselabels.codecs.base import ChunkInput
-
-CHUNK_BYTES = 16 << 20  # the writer's default
+from sparselabels.io.writer import DEFAULT_CHUNK_BYTES as CHUNK_BYTES
 
 
 def cpu_times(fn, repeats: int, warmup: bool = True) -> list[float]:
     """Thread CPU seconds of ``repeats`` calls (after one warm-up call)."""
-    if warmup:
-        fn()
-    out = []
-    for _ in range(repeats):
-        start = time.thread_time()
-        fn()
-        out.append(time.thread_time() - start)
-    return out
+    return benchlib.time_call(fn, repeats=repeats, warmup=int(warmup), clock=time.thread_time)
 
 
 def writer_chunks(sequences, value_kind="count", vocab_size=128_256) -> list[ChunkInput]:
@@ -59,33 +51,13 @@ def writer_chunks(sequences, value_kind="count", vocab_size=128_256) -> list[Chu
     chunks, group, nbytes = [], [], 0
     for seq in sequences:
         group.append(seq)
-        nbytes += 5 * len(seq[0]) + 4 * (len(seq[2]) - 1) + 32
+        nbytes += 5 * len(seq[0]) + 4 * (len(seq[2]) - 1) + 32  # the writer's measure, for 1-byte counts
         if nbytes >= CHUNK_BYTES:
             chunks.append(group)
             group, nbytes = [], 0
     if group:
         chunks.append(group)
-    out = []
-    for group in chunks:
-        out.append(ChunkInput(
-            ids=np.concatenate([s[0] for s in group]),
-            values=np.concatenate([s[1] for s in group]),
-            labels_per_position=np.concatenate([np.diff(s[2]) for s in group]).astype(np.uint32),
-            seq_positions=np.array([len(s[2]) - 1 for s in group], dtype=np.int64),
-            seq_labels=np.array([len(s[0]) for s in group], dtype=np.int64),
-            value_kind=value_kind,
-            vocab_size=vocab_size,
-        ))
-    return out
-
-
-def evict(path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    return [ChunkInput.from_sequences(group, value_kind, vocab_size) for group in chunks]
 
 
 def random_reads(path, order, *, cold: bool) -> tuple[list[float], list[float]]:
@@ -95,7 +67,7 @@ def random_reads(path, order, *, cold: bool) -> tuple[list[float], list[float]]:
         f[int(order[0])]  # warm-up: compile, open
         for i in order:
             if cold:
-                evict(path)
+                benchlib.evict(path)
             start, start_cpu = time.perf_counter(), time.thread_time()
             f[int(i)]
             cpu.append(time.thread_time() - start_cpu)

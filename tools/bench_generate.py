@@ -50,20 +50,14 @@ TARGET_LABELS = 12.0
 GOAL_PCT = 3.0
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn, device, repeats: int) -> tuple[list[float], object]:
     result = fn()  # warm-up (Triton compiles, allocator grows)
-    sync(device)
+    benchlib.cuda_sync(device)
     times = []
-    for _ in range(repeats):
-        sync(device)
+    for _ in range(repeats):  # each iteration ends synchronised, so the next starts on an idle device
         start = time.perf_counter()
         result = fn()
-        sync(device)
+        benchlib.cuda_sync(device)
         times.append(time.perf_counter() - start)
     return times, result
 

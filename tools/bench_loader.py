@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import add_common_args, median, print_table, write_json
+from benchlib import add_common_args, median, print_table, time_call, write_json
 
 import sparselabels as sl
 from sparselabels.codecs import available
@@ -115,13 +115,7 @@ def shared_memory_floor(nbytes: int, repeats: int) -> float:
         storage = torch.UntypedStorage._new_shared(nbytes)
         torch.empty(0, dtype=torch.uint8).set_(storage).fill_(0)
 
-    fill()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fill()
-        times.append(time.perf_counter() - start)
-    return median(times)
+    return median(time_call(fill, repeats=repeats))
 
 
 def worker_throughput(dataset, batches: list[np.ndarray], workers: int) -> float:
@@ -187,7 +181,8 @@ def main(argv: list[str] | None = None) -> dict:
             results[codec] = {"error": str(exc)}
             print(f"codec {codec!r}: cannot write the benchmark file ({exc})")
             continue
-        results[codec] = {"file_bytes": path.stat().st_size, "bytes_per_position": path.stat().st_size / num_positions}
+        size = path.stat().st_size
+        results[codec] = {"file_bytes": size, "bytes_per_position": size / num_positions}
         for check in (True, False):  # check_labels=False: files already validated, skip the label-rule pass
             dataset = SparseLabelDataset(path, check_labels=check)
             datasets_by_codec.setdefault(codec, dataset)

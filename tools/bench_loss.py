@@ -34,7 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchlib import add_common_args, print_table, write_json
+from benchlib import add_common_args, cuda_sync, print_table, write_json
 
 from sparselabels.loss import full_kd_loss_from_logits, sparse_kd_loss, sparse_kd_loss_from_hidden
 from sparselabels.loss.fused import weight_grad_accumulation
@@ -87,12 +87,12 @@ def measure(name: str, fn, inputs: dict, device: torch.device, repeats: int) -> 
     row: dict = {"case": name}
     try:
         value = float(step())  # warm-up (Triton compilation, cuBLAS heuristics) and the value
-        _sync(device)
+        cuda_sync(device)
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
             step()
-            _sync(device)
+            cuda_sync(device)
             times.append(time.perf_counter() - start)
         row["ms"] = 1e3 * statistics.median(times)
         row["ms_min"] = 1e3 * min(times)
@@ -130,11 +130,6 @@ class _LargestTensor(TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 self.elements = max(self.elements, t.numel())
         return out
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchlib import add_common_args, median, print_table, time_call, write_json  # noqa: E402
 
+import sparselabels as sl  # noqa: E402
 from sparselabels.sampling import sample_counts_reference  # noqa: E402
 from sparselabels.sampling.checks import prepare_sampling  # noqa: E402
 from sparselabels.sampling.testing import label_problems, zipf_logits  # noqa: E402
@@ -95,21 +96,13 @@ def time_host_side(labels, vocab: int, rounds: int, measure_wall) -> dict:
     """Device→host transfer of the labels, and LabelWriter.write of them as 2,048-position sequences."""
     out: dict = {"label_bytes": labels.num_labels * 5 + 8 * (labels.num_rows + 1)}
     out["to_host_ms"] = measure_wall(lambda: _sync_numpy(labels))
-    try:
-        import sparselabels as sl
-
-        writer_class = sl.LabelWriter
-    except (ImportError, AttributeError) as error:
-        out["write_ms"] = None
-        out["write_note"] = f"LabelWriter not importable: {error}"
-        return out
     host = labels.to("cpu")
     with tempfile.TemporaryDirectory() as tmp:
         counter = iter(range(1_000_000))
 
         def write() -> None:
             path = Path(tmp) / f"labels_{next(counter)}.slbl"
-            with writer_class(path, vocab_size=vocab, rounds=rounds, value_kind="count", codec="raw") as writer:
+            with sl.LabelWriter(path, vocab_size=vocab, rounds=rounds, value_kind="count", codec="raw") as writer:
                 for start in range(0, host.num_rows, SEQUENCE_POSITIONS):
                     writer.write(*host.rows(start, min(start + SEQUENCE_POSITIONS, host.num_rows)).numpy())
             path.unlink()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -32,8 +33,10 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def time_call(fn: Callable[[], Any], *, repeats: int = 5, min_time: float = 0.0, warmup: int = 1) -> list[float]:
-    """Wall-clock seconds of ``repeats`` calls of ``fn`` (after ``warmup`` untimed calls).
+def time_call(fn: Callable[[], Any], *, repeats: int = 5, min_time: float = 0.0, warmup: int = 1,
+              clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """Seconds of ``repeats`` calls of ``fn`` (after ``warmup`` untimed calls), by ``clock``: wall time by default,
+    ``time.thread_time`` for the CPU time of this thread alone.
 
     With ``min_time`` > 0, keeps repeating until the total timed time reaches it (at least ``repeats`` calls).
     """
@@ -42,12 +45,31 @@ def time_call(fn: Callable[[], Any], *, repeats: int = 5, min_time: float = 0.0,
     times: list[float] = []
     total = 0.0
     while len(times) < repeats or total < min_time:
-        start = time.perf_counter()
+        start = clock()
         fn()
-        elapsed = time.perf_counter() - start
+        elapsed = clock() - start
         times.append(elapsed)
         total += elapsed
     return times
+
+
+def cuda_sync(device) -> None:
+    """Wait for the work queued on ``device`` (nothing to wait for off CUDA), so wall-clock timings cover it."""
+    if getattr(device, "type", None) == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def evict(*paths: str | os.PathLike) -> None:
+    """Drop the files' pages from the page cache, so the next read comes from the disk."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def median(values: Sequence[float]) -> float:

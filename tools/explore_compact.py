@@ -113,13 +113,7 @@ def main() -> None:
     actual = 0
     for lo in range(0, len(seqs), args.chunk_sequences):
         group = seqs[lo : lo + args.chunk_sequences]
-        chunk = ChunkInput(
-            ids=np.concatenate([s[0] for s in group]), values=np.concatenate([s[1] for s in group]),
-            labels_per_position=np.concatenate([np.diff(s[2]) for s in group]).astype(np.uint32),
-            seq_positions=np.array([len(s[2]) - 1 for s in group]), seq_labels=np.array([len(s[0]) for s in group]),
-            value_kind="count", vocab_size=V,
-        )
-        encoded = CompactCodec().encode_chunk(chunk)
+        encoded = CompactCodec().encode_chunk(ChunkInput.from_sequences(group, "count", V))
         actual += encoded.table.size + encoded.records.size
     rows.append({"part": "all", "scheme": "rans (actual records + tables)", "bits_per_label": 8 * actual / M,
                  "bytes_per_position": actual / P})

@@ -1045,7 +1045,7 @@ def run_fuzz(*, cases_per_codec: int, seed: int = 0, workers: int | None = None,
         "seconds": time.perf_counter() - started,
         "table": {codec: {m: dict(c) for m, c in rows.items()} for codec, rows in table.items()},
         "silent_at_default_verify": {codec: dict(c) for codec, c in silent.items()},
-        "bugs": sum(1 for _ in failures),
+        "bugs": len(failures),
         "failures": failures[:200],
     }
 

@@ -59,6 +59,20 @@ class ChunkInput:
     value_kind: str
     vocab_size: int
 
+    @classmethod
+    def from_sequences(cls, sequences, value_kind: str, vocab_size: int) -> ChunkInput:
+        """The chunk of ``(ids, values, indptr)`` sequences, for tests and benchmarks that drive a codec directly
+        (the writer fills its chunks from its own buffers). Nothing is validated here."""
+        return cls(
+            ids=np.concatenate([s[0] for s in sequences]).astype(np.uint32),
+            values=np.concatenate([s[1] for s in sequences]).astype(VALUE_DTYPES[value_kind]),
+            labels_per_position=np.concatenate([np.diff(s[2]) for s in sequences]).astype(np.uint32),
+            seq_positions=np.array([len(s[2]) - 1 for s in sequences], dtype=np.int64),
+            seq_labels=np.array([len(s[0]) for s in sequences], dtype=np.int64),
+            value_kind=value_kind,
+            vocab_size=vocab_size,
+        )
+
 
 @dataclass(frozen=True)
 class EncodedChunk:

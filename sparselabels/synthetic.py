@@ -39,6 +39,7 @@ import numba as nb
 import numpy as np
 
 from sparselabels.errors import InputError
+from sparselabels.io.sequence import split_csr
 
 PAPER_DISTINCT_CURVE = {4: 2.4, 13: 5.0, 50: 12.1, 150: 24.5}
 """Mean distinct ids per position against draws N, read off the RS-KD paper's plot (see shared notes)."""
@@ -343,14 +344,7 @@ def split_sequences(
     ids: np.ndarray, values: np.ndarray, indptr: np.ndarray, seq_lengths: np.ndarray
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Cut concatenated CSR arrays into one ``(ids, values, indptr)`` triple per sequence (views where possible)."""
-    out = []
-    p = 0
-    for length in np.asarray(seq_lengths, dtype=np.int64):
-        ptr = indptr[p : p + int(length) + 1]
-        lo, hi = int(ptr[0]), int(ptr[-1])
-        out.append((ids[lo:hi], values[lo:hi], ptr - lo))
-        p += int(length)
-    return out
+    return split_csr((ids, values, indptr), np.asarray(seq_lengths, dtype=np.int64).tolist())
 
 
 def dense_probs(

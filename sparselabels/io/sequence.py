@@ -8,6 +8,8 @@ import numpy as np
 
 from sparselabels.errors import InputError
 
+CsrLabels = tuple[np.ndarray, np.ndarray, np.ndarray]  # ids, values, indptr of consecutive positions
+
 
 @dataclass(frozen=True)
 class Sequence:
@@ -56,3 +58,29 @@ class Sequence:
                 raise InputError("rounds is needed to turn counts into weights")
             return self.counts.astype(np.float32) / np.float32(rounds)
         return self.counts.astype(np.float32)
+
+
+def concat_csr(parts: list[CsrLabels]) -> CsrLabels:
+    """Join CSR blocks of consecutive rows into one."""
+    if not parts:
+        return np.zeros(0, np.uint32), np.zeros(0, np.uint8), np.zeros(1, np.int64)
+    if len(parts) == 1:
+        return parts[0]
+    ids = np.concatenate([p[0] for p in parts])
+    values = np.concatenate([p[1] for p in parts])
+    indptrs, base = [parts[0][2]], int(parts[0][2][-1])
+    for p in parts[1:]:
+        indptrs.append(p[2][1:] + base)
+        base += int(p[2][-1])
+    return ids, values, np.concatenate(indptrs)
+
+
+def split_csr(csr: CsrLabels, lengths: list[int]) -> list[CsrLabels]:
+    """Cut a CSR block of consecutive rows into consecutive sequences of the given lengths."""
+    ids, values, indptr = csr
+    out, row = [], 0
+    for n in lengths:
+        lo, hi = int(indptr[row]), int(indptr[row + n])
+        out.append((ids[lo:hi], values[lo:hi], indptr[row : row + n + 1] - lo))
+        row += n
+    return out

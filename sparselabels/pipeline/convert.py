@@ -29,8 +29,8 @@ import numpy as np
 from sparselabels.codecs import DEFAULT_CODEC
 from sparselabels.errors import AlignmentError, InputError
 from sparselabels.format.fingerprint import input_fingerprint
+from sparselabels.io.sequence import CsrLabels, concat_csr, split_csr
 from sparselabels.io.writer import LabelWriter
-from sparselabels.pipeline.generate import CsrLabels, concat_csr
 from sparselabels.pipeline.progress import Progress
 
 KINDS = ("logits", "logprobs")
@@ -197,15 +197,14 @@ class Layout:
     def __init__(self, lengths: np.ndarray, three_d: bool) -> None:
         self.lengths = lengths  # int64 [S]
         self.three_d = three_d
-        self._starts = np.zeros(len(lengths), dtype=np.int64)
-        if len(lengths) > 1:
-            np.cumsum(lengths[:-1], out=self._starts[1:])
+        self.offsets = np.zeros(len(lengths) + 1, dtype=np.int64)  # global position of each sequence's first row
+        np.cumsum(lengths, out=self.offsets[1:])
 
     def rows(self, seq: int, t0: int, t1: int) -> tuple[slice, ...]:
         """The index of positions ``t0..t1-1`` of sequence ``seq`` in the source array."""
         if self.three_d:
             return (slice(seq, seq + 1), slice(t0, t1))
-        start = int(self._starts[seq])
+        start = int(self.offsets[seq])
         return (slice(start + t0, start + t1),)
 
 
@@ -367,19 +366,17 @@ def convert(
         if metadata:
             meta["user"] = metadata
         dev = torch.device(device)
-        offsets = np.zeros(len(layout.lengths) + 1, dtype=np.int64)
-        np.cumsum(layout.lengths, out=offsets[1:])
         tolerance = _LOGPROB_TOLERANCE.get(src.itemsize, 1e-3)
         writer = LabelWriter(out, vocab_size=vocab, rounds=None if topk else rounds,
                              value_kind="prob" if topk else "count", codec=codec, metadata=meta, overwrite=overwrite)
         try:
-            with Progress(int(offsets[-1]), enabled=progress, label="convert") as meter:
+            with Progress(int(layout.offsets[-1]), enabled=progress, label="convert") as meter:
                 pending: list[CsrLabels] = []
                 for chunk in plan_chunks(layout.lengths, chunk_rows):
                     blocks = [src.read(layout.rows(p.seq, p.t0, p.t1)).reshape(-1, width) for p in chunk if p.t1 > p.t0]
                     if blocks:
                         rows = torch.cat(blocks).to(dev) if len(blocks) > 1 else blocks[0].to(dev)
-                        row_ids = torch.cat([torch.arange(p.t0, p.t1, dtype=torch.int64) + int(offsets[p.seq])
+                        row_ids = torch.cat([torch.arange(p.t0, p.t1, dtype=torch.int64) + int(layout.offsets[p.seq])
                                              for p in chunk]).to(dev)
                         if kind == "logprobs":
                             check_logprobs(rows[:, :vocab], tolerance, int(row_ids[0]))
@@ -387,18 +384,15 @@ def convert(
                                            vocab_size=vocab, seed=seed)
                     else:
                         csr = concat_csr([])
-                    at = 0
-                    for p in chunk:
-                        n = p.t1 - p.t0
-                        lo, hi = int(csr[2][at]), int(csr[2][at + n])
-                        pending.append((csr[0][lo:hi], csr[1][lo:hi], csr[2][at : at + n + 1] - lo))
-                        at += n
+                    pieces = [p.t1 - p.t0 for p in chunk]
+                    for p, piece in zip(chunk, split_csr(csr, pieces), strict=True):
+                        pending.append(piece)
                         if p.t1 == layout.lengths[p.seq]:  # the sequence is complete
                             ids, values, indptr = concat_csr(pending)
                             pending = []
                             writer.write(ids, values, indptr,
                                          fingerprint=None if fingerprints is None else int(fingerprints[p.seq]))
-                    meter.update(at)
+                    meter.update(sum(pieces))
         except BaseException:
             writer.abort()
             raise

@@ -38,6 +38,7 @@ from sparselabels.errors import CompatibilityError, InputError, SparseLabelsErro
 from sparselabels.format import metadata as meta_format
 from sparselabels.format.fingerprint import input_fingerprint
 from sparselabels.io.reader import LabelFile
+from sparselabels.io.sequence import CsrLabels, concat_csr, split_csr
 from sparselabels.io.writer import DEFAULT_CHUNK_BYTES, LabelWriter
 from sparselabels.pipeline import distributed
 from sparselabels.pipeline.progress import Progress
@@ -57,7 +58,6 @@ class SamplingOptions:
     max_rows: int = DEFAULT_MAX_ROWS
 
 
-CsrLabels = tuple[np.ndarray, np.ndarray, np.ndarray]  # ids, counts, indptr of one sequence
 
 
 # -- one batch ----------------------------------------------------------------------------------------------
@@ -103,32 +103,6 @@ def sample_rows(logits, lengths: list[int], row_starts: list[int], opts: Samplin
                                 seed=opts.seed, row_ids=row_ids[lo:hi].to(device))
         parts.append(sampled.numpy())
     return concat_csr(parts)
-
-
-def concat_csr(parts: list[CsrLabels]) -> CsrLabels:
-    """Join CSR blocks of consecutive rows into one."""
-    if not parts:
-        return np.zeros(0, np.uint32), np.zeros(0, np.uint8), np.zeros(1, np.int64)
-    if len(parts) == 1:
-        return parts[0]
-    ids = np.concatenate([p[0] for p in parts])
-    values = np.concatenate([p[1] for p in parts])
-    indptrs, base = [parts[0][2]], int(parts[0][2][-1])
-    for p in parts[1:]:
-        indptrs.append(p[2][1:] + base)
-        base += int(p[2][-1])
-    return ids, values, np.concatenate(indptrs)
-
-
-def split_csr(csr: CsrLabels, lengths: list[int]) -> list[CsrLabels]:
-    """Cut a CSR block of consecutive rows into consecutive sequences of the given lengths."""
-    ids, values, indptr = csr
-    out, row = [], 0
-    for n in lengths:
-        lo, hi = int(indptr[row]), int(indptr[row + n])
-        out.append((ids[lo:hi], values[lo:hi], indptr[row : row + n + 1] - lo))
-        row += n
-    return out
 
 
 def label_sequences(model, sequences: list[np.ndarray], row_starts: list[int], opts: SamplingOptions,

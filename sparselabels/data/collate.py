@@ -122,9 +122,9 @@ def _fill_targets(ids, values, lut, vocab_size, indptr, ptr_start, label_start, 
                     return _first_bad_id(ids, lo, n, vocab_size, b, t)
                 flat_n[row] = n
                 continue
-            for j in range(lo, lo + n):
-                if np.int64(ids[j]) >= vocab_size:
-                    return _BAD_ID, b, t, np.int64(ids[j])
+            bad_id = _first_bad_id(ids, lo, n, vocab_size, b, t)
+            if bad_id[0] != _OK:
+                return bad_id
             if policy == 0:
                 return _OVERFLOW, b, t, n
             w_all = np.empty(n, dtype=np.float32)

@@ -14,7 +14,6 @@ naming the first bad sequence.
 
 from __future__ import annotations
 
-import operator
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -25,9 +24,8 @@ import torch.utils.data
 from sparselabels.data.tokens import TokenSource, open_tokens
 from sparselabels.errors import AlignmentError, InputError
 from sparselabels.format.fingerprint import input_fingerprint
-from sparselabels.io.reader import LabelFile, Labels
-from sparselabels.io.sequence import Sequence
-from sparselabels.io.shards import LabelShards, open_labels
+from sparselabels.io.reader import Labels
+from sparselabels.io.shards import open_labels
 
 VERIFY_FINGERPRINTS = ("lazy", "all", "off")
 
@@ -121,8 +119,8 @@ class SparseLabelDataset(torch.utils.data.Dataset):
                 f"({bad.size} sequences differ in length; labels position t is the target of input token t, "
                 "so lengths must be equal)"
             )
-        stored = labels.fingerprints
         if verify == "all":
+            stored = labels.fingerprints  # (a shard set concatenates its shards' columns: only when needed)
             if stored is None:
                 raise InputError(f"{where}: verify_fingerprints='all', but the labels store no input fingerprints")
             i = _first_fingerprint_mismatch(tokens, stored)
@@ -143,24 +141,8 @@ class SparseLabelDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def _read(self, index: int) -> Sequence:
-        if self.check_labels:
-            return self.labels[index]
-        n = len(self.labels)
-        index = operator.index(index)
-        if not -n <= index < n:
-            raise IndexError(f"sequence {index} out of range for {n} sequences")
-        index %= n
-        if isinstance(self.labels, LabelFile):
-            return self.labels.read(index, check=False)
-        if isinstance(self.labels, LabelShards):
-            k, local = self.labels.locate_sequence(index)
-            s = self.labels.shard(k).read(local, check=False)
-            return Sequence(s.ids, s.counts, s.indptr, s.fingerprint, index)
-        return self.labels[index]
-
     def __getitem__(self, index: int) -> SparseItem:
-        seq = self._read(index)
+        seq = self.labels.read(index, check=self.check_labels)
         i = int(seq.index) if seq.index is not None else int(index)
         input_ids = None
         if self.tokens is not None:

@@ -24,7 +24,6 @@ the sampler has *yielded* is more than what was *trained on*: pass the count you
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,6 +32,7 @@ import numpy as np
 import torch.utils.data
 
 from sparselabels.errors import InputError
+from sparselabels.sampling.checks import as_int
 
 STATE_VERSION = 1
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -110,22 +110,22 @@ def epoch_order_reference(num_sequences: int, seed: int, epoch: int) -> list[int
 
 
 def _nonneg_int(value: Any, name: str) -> int:
-    if isinstance(value, bool):
-        raise InputError(f"{name} must be an integer, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise InputError(f"{name} must be an integer, got {value!r}") from None
+    value = as_int(value, name)
     if value < 0:
         raise InputError(f"{name} must be >= 0, got {value}")
     return value
 
 
+def per_rank(num_sequences: int, start: int, world_size: int, drop_last: bool) -> int:
+    """How many places each rank takes from ``start`` (the tail is padded unless ``drop_last``)."""
+    remaining = max(num_sequences - start, 0)
+    return remaining // world_size if drop_last else -(-remaining // world_size)
+
+
 def rank_places(num_sequences: int, start: int, rank: int, world_size: int, drop_last: bool) -> np.ndarray:
     """Global places (may exceed ``num_sequences`` in the padded tail) that ``rank`` takes, from ``start``."""
-    remaining = max(num_sequences - start, 0)
-    per_rank = remaining // world_size if drop_last else -(-remaining // world_size)
-    return start + rank + world_size * np.arange(per_rank, dtype=np.int64)
+    count = per_rank(num_sequences, start, world_size, drop_last)
+    return start + rank + world_size * np.arange(count, dtype=np.int64)
 
 
 class ResumableSampler(torch.utils.data.Sampler[int]):
@@ -176,8 +176,7 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
             yield index
 
     def __len__(self) -> int:
-        remaining = max(self.num_sequences - self._resume_at, 0)
-        return remaining // self.world_size if self.drop_last else -(-remaining // self.world_size)
+        return per_rank(self.num_sequences, self._resume_at, self.world_size, self.drop_last)
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch of the next pass. A new epoch starts at its beginning; the epoch just loaded from a
@@ -201,7 +200,7 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
         else:
             epoch, start = self._pass
             local = self._yielded if consumed is None else _nonneg_int(consumed, "consumed")
-            available = len(rank_places(self.num_sequences, start, self.rank, self.world_size, self.drop_last))
+            available = per_rank(self.num_sequences, start, self.world_size, self.drop_last)
             if local > available:
                 raise InputError(f"consumed={local}, but this rank's pass holds only {available} samples")
             place = start + local * self.world_size

@@ -46,8 +46,14 @@ class Labels(abc.ABC):
     @abc.abstractmethod
     def __len__(self) -> int: ...
 
+    def __getitem__(self, index: int) -> Sequence:
+        return self.read(index)
+
     @abc.abstractmethod
-    def __getitem__(self, index: int) -> Sequence: ...
+    def read(self, index: int, *, check: bool = True) -> Sequence:
+        """Sequence ``index`` (negative counts from the end). With ``check`` (the default) the record's CRC-32 is
+        verified before it is decoded and the labels are checked against the label rules, so a damaged file never
+        reads back as different labels; ``check=False`` skips both, for data verified as a whole."""
 
     @property
     @abc.abstractmethod
@@ -342,21 +348,12 @@ class LabelFile(Labels):
             table = _EMPTY
         return record, table
 
-    def __getitem__(self, index: int) -> Sequence:
+    def read(self, index: int, *, check: bool = True) -> Sequence:
         n = len(self)
         index = operator.index(index)
         if not -n <= index < n:
             raise IndexError(f"sequence {index} out of range for {n} sequences in {self.path!r}")
         index %= n
-        return self.read(index)
-
-    def read(self, index: int, *, check: bool = True) -> Sequence:
-        """Decode sequence ``index`` (0 <= index < len).
-
-        With ``check`` (the default) the record's CRC-32 is verified before it is decoded and the decoded labels
-        are checked against the label rules, so a damaged file never reads back as different labels.
-        ``check=False`` skips both, for callers that have verified the file as a whole.
-        """
         record, table = self.record_bytes(index)
         col = self._col
         num_pos = int(col["position_start"][index + 1] - col["position_start"][index])

@@ -252,14 +252,14 @@ class LabelShards(Labels):
         k = bisect.bisect_right(self._seq_starts, index) - 1
         return k, index - int(self._seq_starts[k])
 
-    def __getitem__(self, index: int) -> Sequence:
+    def read(self, index: int, *, check: bool = True) -> Sequence:
         n = len(self)
         index = operator.index(index)
         if not -n <= index < n:
             raise IndexError(f"sequence {index} out of range for {n} sequences")
         index %= n
         k, local = self.locate_sequence(index)
-        s = self.shard(k).read(local)
+        s = self.shard(k).read(local, check=check)
         return Sequence(s.ids, s.counts, s.indptr, s.fingerprint, index)
 
     def _locate(self, position: int) -> tuple[int, int]:

@@ -21,16 +21,6 @@ def check_reduction(reduction: str, allowed: tuple[str, ...] = REDUCTIONS) -> No
         raise InputError(f"reduction must be one of {allowed}, got {reduction!r}")
 
 
-def check_temperature(temperature: float) -> float:
-    try:
-        value = float(temperature)
-    except (TypeError, ValueError):
-        raise InputError(f"temperature must be a positive number, got {temperature!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise InputError(f"temperature must be a positive finite number, got {temperature!r}")
-    return value
-
-
 def check_target_tensors(
     leading_shape: torch.Size,
     target_ids: torch.Tensor,

@@ -39,9 +39,9 @@ from sparselabels.loss.checks import (
     check_reduction,
     check_target_tensors,
     check_target_values,
-    check_temperature,
 )
 from sparselabels.loss.sparse_kd import compute_dtype
+from sparselabels.sampling.checks import check_temperature
 
 BACKENDS = ("auto", "torch", "triton")
 #: Bytes allowed for the one ``[chunk, V]`` buffer when ``chunk_size`` is not given.

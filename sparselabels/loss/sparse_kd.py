@@ -31,8 +31,8 @@ from sparselabels.loss.checks import (
     check_reduction,
     check_target_tensors,
     check_target_values,
-    check_temperature,
 )
+from sparselabels.sampling.checks import check_temperature
 
 
 def sparse_kd_loss(

@@ -13,7 +13,7 @@ from typing import Any
 import msgpack
 
 from sparselabels._version import __version__
-from sparselabels.errors import FormatError, InputError
+from sparselabels.errors import CompatibilityError, FormatError, InputError
 from sparselabels.format.layout import MAX_METADATA_BYTES, VERSION_MAJOR, VERSION_MINOR
 from sparselabels.format.values import VALUE_KINDS
 
@@ -63,6 +63,16 @@ def build(*, vocab_size: int, value_kind: str, rounds: int | None, codec: str, e
     except FormatError as exc:
         raise InputError(str(exc).replace("metadata:", "metadata argument:", 1)) from None
     return meta
+
+
+def check_same_settings(stored: dict, requested: dict, *, where: str, stored_in: str) -> None:
+    """Resuming continues a file only under the settings it was started with (the writer's version may differ)."""
+    for key in sorted(set(stored) | set(requested)):
+        if key != "library_version" and stored.get(key) != requested.get(key):
+            raise CompatibilityError(
+                f"{where}: cannot resume: {key} is {stored.get(key)!r} in {stored_in} but {requested.get(key)!r} "
+                "was requested"
+            )
 
 
 def encode(meta: dict) -> bytes:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from sparselabels.codecs import DEFAULT_CODEC, ChunkInput, get_codec
-from sparselabels.errors import CompatibilityError, FormatError, InputError, SparseLabelsError
+from sparselabels.errors import FormatError, InputError, SparseLabelsError
 from sparselabels.format import metadata as meta_format
 from sparselabels.format.checks import check_labels
 from sparselabels.format.layout import (
@@ -285,7 +285,8 @@ class LabelWriter:
         if crc32(meta_bytes) != header.metadata_crc32:
             raise FormatError(f"{self.partial_path}: cannot resume: metadata CRC-32 mismatch")
         stored = meta_format.decode(meta_bytes)
-        self._check_same_settings(stored)
+        meta_format.check_same_settings(stored, self.metadata, where=str(self.partial_path),
+                                        stored_in="the partial file")
         self.metadata, self._meta_bytes = stored, meta_bytes
         # The padding after the metadata carries nothing and no CRC covers it; rewrite it rather than keep a
         # damaged one that would make the finished file unreadable.
@@ -341,16 +342,6 @@ class LabelWriter:
             return False
         return not (np.any(positions > sizes * self.codec.max_positions_per_byte)
                     or np.any(labels > sizes * self.codec.max_labels_per_byte))
-
-    def _check_same_settings(self, stored: dict) -> None:
-        for key in sorted(set(stored) | set(self.metadata)):
-            if key == "library_version":
-                continue
-            if stored.get(key) != self.metadata.get(key):
-                raise CompatibilityError(
-                    f"{self.partial_path}: cannot resume: {key} is {stored.get(key)!r} in the partial file but "
-                    f"{self.metadata.get(key)!r} was requested"
-                )
 
     # -- writing -------------------------------------------------------------------------------------------
     @property

@@ -98,7 +98,7 @@ def export_hdf5(labels: str | os.PathLike, out: str | os.PathLike, *, compressio
                 h5.attrs["format_version"] = EXPORT_VERSION
                 h5.attrs["metadata_json"] = json.dumps(meta, default=_json_default, sort_keys=True)
                 for key, value in meta.items():
-                    if isinstance(value, str | int | float | bool) and not isinstance(value, bytes):
+                    if isinstance(value, str | int | float | bool):
                         h5.attrs[key] = value
                 h5.attrs["rounds"] = int(meta.get("rounds") or 0)
                 ids = _Appender(_dataset(h5, "ids", num_lab, np.uint32, chunk, compression, compression_level), chunk)

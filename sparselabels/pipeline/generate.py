@@ -42,7 +42,7 @@ from sparselabels.io.sequence import CsrLabels, concat_csr, split_csr
 from sparselabels.io.writer import DEFAULT_CHUNK_BYTES, LabelWriter
 from sparselabels.pipeline import distributed
 from sparselabels.pipeline.progress import Progress
-from sparselabels.pipeline.teacher import Teacher, load_teacher
+from sparselabels.pipeline.teacher import Teacher, load_teacher, resolve_device
 
 LABEL_CONVENTION = "next-token: position t holds the teacher's distribution of the token after input token t"
 ROW_IDS = "global position: cumulative length of the preceding sequences + t"
@@ -248,10 +248,7 @@ def _check_complete_shard(path: Path, expected_meta: dict, sampling: SamplingOpt
     expected = meta_format.build(vocab_size=sampling.vocab_size, value_kind="count", rounds=sampling.rounds,
                                  codec=codec, extra=expected_meta)
     with LabelFile(path) as f:
-        for key in sorted(set(expected) | set(f.metadata)):
-            if key != "library_version" and f.metadata.get(key) != expected.get(key):
-                raise CompatibilityError(f"{path}: cannot resume: {key} is {f.metadata.get(key)!r} in the finished "
-                                         f"shard but {expected.get(key)!r} was requested")
+        meta_format.check_same_settings(f.metadata, expected, where=str(path), stored_in="the finished shard")
         if len(f) != num_sequences:
             raise CompatibilityError(f"{path}: holds {len(f)} sequences but this rank's slice has {num_sequences}")
 
@@ -320,8 +317,6 @@ def generate(
         raise InputError("resume and overwrite exclude each other")
     run = RunOptions(batch_size, dtype, codec, resume, overwrite, progress, flush_every, chunk_bytes, write_behind,
                      metadata, log_interval)
-    from sparselabels.pipeline.teacher import resolve_device
-
     world = distributed.init(resolve_device(device).type)
     try:
         teacher = load_teacher(model, dtype=dtype, device=device, tokenizer=tokenizer, vocab_size=vocab_size,

@@ -371,8 +371,6 @@ class KernelOutput:
     info: torch.Tensor  # int64 [R + 2]: 0, then the runs of each row (cumsum'd in place into indptr), any-bad flag
     status: torch.Tensor  # int32 [R]: 0, or bit 1 (NaN/+inf) / bit 2 (no finite logit)
     npad: int
-    config: KernelConfig
-    programs: int
 
 
 @dataclass(frozen=True)
@@ -476,7 +474,7 @@ def launch_sampler(request: SamplingRequest, config: KernelConfig | None = None)
     else:  # the interpreter: a few programs, so that the persistent loop is exercised
         programs = max(1, min(num_rows, 3))
         _sample_rows_kernel[(programs,)](*arguments(programs), **constants, num_warps=cfg.num_warps)
-    return KernelOutput(slot_ids, slot_counts, info, status, npad, cfg, programs)
+    return KernelOutput(slot_ids, slot_counts, info, status, npad)
 
 
 _TRITON_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}

@@ -9,6 +9,8 @@ import argparse
 import json
 import os
 
+from sparselabels.cli.main import positive_int
+
 _DESCRIPTION = """Build a corpus from the Python standard library's sources, train a small teacher on it, label a
 training split with RS-KD (N=50 draws, counts) and with Top-K 12 (probabilities), validate both label files, train
 four identical students (cross-entropy only, Top-K 12, RS-KD, full online KD) for the same steps, and print
@@ -28,7 +30,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test in seconds, not a result")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and sampling (default 0)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print results.json instead of the table")
     return p
 
@@ -42,11 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     from sparselabels.demo.run import run_demo
-    from sparselabels.errors import InputError
 
     if args.threads is not None:
-        if args.threads < 1:
-            raise InputError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()  # config notes and weight-loading bars would bury the demo's own lines
     hf_logging.disable_progress_bar()

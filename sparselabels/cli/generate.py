@@ -51,6 +51,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sparselabels.pipeline.distributed import env_world
     from sparselabels.pipeline.generate import generate
 
     out = generate(args.model, args.tokens, args.out, rounds=args.rounds, temperature=args.temperature,
@@ -59,8 +60,6 @@ def run(args: argparse.Namespace) -> int:
                    vocab_size=args.vocab_size, tokenizer=args.tokenizer, column=args.column,
                    teacher_name=args.teacher_name, flush_every=args.flush_every,
                    chunk_bytes=args.chunk_bytes, log_interval=args.log_interval)
-    import os
-
-    if os.environ.get("RANK", "0") == "0":
+    if env_world()[0] == 0:  # one "wrote" line per run, not one per rank
         print(f"wrote {out}")
     return 0

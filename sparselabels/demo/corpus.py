@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 import sysconfig
 import zlib
@@ -216,6 +217,4 @@ def _save(corpus: Corpus, entry: Path) -> None:
     try:
         staging.rename(entry)
     except OSError:  # another process finished the same entry first; theirs is identical
-        for path in staging.iterdir():
-            path.unlink()
-        staging.rmdir()
+        shutil.rmtree(staging)

@@ -80,7 +80,11 @@ class Evaluation:
 
     loss: float
     reliability: Reliability
-    predictions: int
+
+    @property
+    def predictions(self) -> int:
+        """Next-token predictions evaluated (one confidence each)."""
+        return self.reliability.total
 
     @property
     def ece(self) -> float:
@@ -98,7 +102,7 @@ def evaluate(model: torch.nn.Module, batches: Sequence[torch.Tensor], *, bins: i
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    total_loss, total = 0.0, 0
+    total_loss = 0.0
     confidences, hits = [], []
     for batch in batches:
         ids = batch.to(device)
@@ -106,10 +110,10 @@ def evaluate(model: torch.nn.Module, batches: Sequence[torch.Tensor], *, bins: i
         targets = ids[:, 1:]
         log_probs = torch.log_softmax(logits, dim=-1)
         total_loss += float(-log_probs.gather(-1, targets.unsqueeze(-1)).sum())
-        total += targets.numel()
         top_log_prob, top_id = log_probs.max(dim=-1)
         confidences.append(top_log_prob.exp().reshape(-1).cpu().numpy())
         hits.append((top_id == targets).reshape(-1).cpu().numpy())
     model.train(was_training)
     confidence = np.clip(np.concatenate(confidences).astype(np.float64), 0.0, 1.0)  # exp may round past 1
-    return Evaluation(total_loss / total, reliability(confidence, np.concatenate(hits), bins=bins), total)
+    binned = reliability(confidence, np.concatenate(hits), bins=bins)
+    return Evaluation(total_loss / binned.total, binned)

@@ -19,6 +19,7 @@ import copy
 import hashlib
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -153,6 +154,25 @@ class TrainLog:
     seconds: float = 0.0
 
 
+class Optimizer:
+    """AdamW with linear warm-up and cosine decay over ``settings.steps`` steps (the teacher's and the students'
+    trainer): ``step(loss)`` backpropagates ``loss``, clips the gradient and takes one step."""
+
+    def __init__(self, model: torch.nn.Module, settings: TrainSettings) -> None:
+        self._parameters = list(model.parameters())
+        self._settings = settings
+        self._adamw = torch.optim.AdamW(self._parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+        self._schedule = torch.optim.lr_scheduler.LambdaLR(self._adamw, lambda step: _lr_factor(step, settings))
+
+    def step(self, loss: torch.Tensor) -> None:
+        self._adamw.zero_grad(set_to_none=True)
+        loss.backward()
+        if self._settings.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self._parameters, self._settings.grad_clip)
+        self._adamw.step()
+        self._schedule.step()
+
+
 def train(
     model: PreTrainedModel,
     ids: np.ndarray,
@@ -172,19 +192,13 @@ def train(
         model.to(device)
     where = next(model.parameters()).device
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, settings))
+    optimizer = Optimizer(model, settings)
     batches = random_windows(ids, batch_size=settings.batch_size, seq_len=settings.seq_len, seed=settings.seed)
     log = TrainLog()
     start = time.perf_counter()
     for step in range(settings.steps):
         loss = loss_fn(model, next(batches).to(where), step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if settings.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        optimizer.step()
-        schedule.step()
+        optimizer.step(loss)
         log.losses.append(float(loss.detach()))
         if log_every and (step + 1) % log_every == 0:
             recent = log.losses[-log_every:]
@@ -244,7 +258,7 @@ def train_or_load(
         try:
             staging.rename(entry)
         except OSError:  # someone else finished the same entry first
-            _remove_tree(staging)
+            shutil.rmtree(staging)
     return model, record
 
 
@@ -279,8 +293,3 @@ def _check_ids(ids: np.ndarray, seq_len: int) -> np.ndarray:
         raise InputError(f"need at least seq_len={seq_len} tokens, got {len(ids)}")
     return ids
 
-
-def _remove_tree(path: Path) -> None:
-    for child in sorted(path.rglob("*"), reverse=True):
-        child.rmdir() if child.is_dir() else child.unlink()
-    path.rmdir()

@@ -47,8 +47,8 @@ from sparselabels import _machine
 from sparselabels.demo.corpus import Corpus, load_corpus
 from sparselabels.demo.metrics import ECE_BINS, Evaluation, evaluate
 from sparselabels.demo.models import (
+    Optimizer,
     TrainSettings,
-    _lr_factor,
     build_model,
     count_parameters,
     final_hidden_states,
@@ -490,8 +490,7 @@ def train_student(model: torch.nn.Module, labels: str | os.PathLike, tokens: str
     order seen (equal for students fed the same order).
     """
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, settings))
+    optimizer = Optimizer(model, settings)
     order = hashlib.blake2b(digest_size=8)
     curve: list[tuple[int, float]] = []
     seconds = 0.0
@@ -501,16 +500,10 @@ def train_student(model: torch.nn.Module, labels: str | os.PathLike, tokens: str
         loss = loss_fn(model, batch)
         if not torch.isfinite(loss.detach()):
             raise SparseLabelsError(f"student loss became {float(loss)} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if settings.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        optimizer.step()
-        schedule.step()
+        optimizer.step(loss)
         if step % curve_every == 0 or step == settings.steps:
             seconds += time.perf_counter() - started
-            curve.append((step, evaluate(model, curve_batches).loss))
-            model.train()
+            curve.append((step, evaluate(model, curve_batches).loss))  # evaluate restores train mode
             started = time.perf_counter()
     seconds += time.perf_counter() - started
     model.eval()

@@ -23,3 +23,17 @@ def test_bench_loader_quick(tmp_path):
     assert raw["ratio_single_vs_baseline"] == raw["single_process"]["positions_per_s"] / body["baseline"][
         "positions_per_s"]
     assert set(body["baseline"]["variants"]) == {"python lists", "numpy format"}
+
+
+def test_bench_io_quick_measures_the_raw_codec(tmp_path):
+    """bench_io's rows are named "sparselabels raw": the file it times must be written in the raw codec (not the
+    library's default), and its size must be the raw layout's (~5 bytes per label)."""
+    out = tmp_path / "bench_io.json"
+    tool = TOOL.parent / "bench_io.py"
+    proc = subprocess.run([sys.executable, str(tool), "--quick", "--out", str(out)], capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    body = json.loads(out.read_text())
+    library = body["raw_seconds"]["sparselabels"]
+    assert library["codec"] == "raw"
+    assert library["bytes"] > 5 * body["labels"]

@@ -32,13 +32,14 @@ def bench_library(directory: Path, ids, counts, indptr, lengths, order, repeats:
     path = directory / "labels.slbl"
 
     def write():  # cutting the arrays into sequences is part of what is timed, as for np.save's single call
-        with sl.LabelWriter(path, vocab_size=128256, rounds=50, overwrite=True) as w:
+        with sl.LabelWriter(path, vocab_size=128256, rounds=50, codec="raw", overwrite=True) as w:
             for sequence in synthetic.split_sequences(ids, counts, indptr, lengths):
                 w.write(*sequence)
 
     write_times = benchlib.time_call(write, repeats=repeats, warmup=0)
     size = path.stat().st_size
     f = sl.open_labels(path)
+    codec = f.metadata["codec"]  # recorded: the row is named after it
 
     def read(seq_order, check=True):
         def run():
@@ -49,7 +50,7 @@ def bench_library(directory: Path, ids, counts, indptr, lengths, order, repeats:
             return total
         return run
 
-    result = {"bytes": size, "write_s": write_times}
+    result = {"bytes": size, "codec": codec, "write_s": write_times}
     for name, seq_order in (("sequential", np.arange(lengths.size)), ("random", order)):
         result[f"read_{name}_s"] = benchlib.time_call(read(seq_order), repeats=repeats)
         result[f"read_{name}_unchecked_s"] = benchlib.time_call(read(seq_order, check=False), repeats=repeats)

@@ -11,9 +11,9 @@ import struct
 
 import numpy as np
 
-PROB_BITS = 10
+PROB_BITS = 8
 SCALE = 1 << PROB_BITS
-MAX_FREQ = 768
+MAX_FREQ = 192
 RANS_LOW = 1 << 15
 RANS_HIGH = 1 << 31
 L_ESCAPE = 255

@@ -13,7 +13,9 @@ of 2,048 positions, >= 1M positions (512 sequences) unless ``--quick``. Rows:
 - random access: the time to read one random sequence (``f[i]``, label checks included) from the file,
   warm (memory-mapped, in the page cache; wall and thread CPU time) and cold (positioned reads after
   evicting the file with POSIX_FADV_DONTNEED; wall time), median over the same random sequences for both
-  codecs.
+  codecs. The two codecs read each sequence back to back (taking turns at going first), and
+  ``*_pair_ratio`` is the median of those per-sequence ratios to raw: the machine's speed drifts during a
+  run, and this way the drift hits both codecs alike.
 
     python tools/bench_codec.py            # full size, writes tools/results/bench_codec.json
     python tools/bench_codec.py --quick    # seconds, for smoke tests
@@ -60,24 +62,32 @@ def writer_chunks(sequences, value_kind="count", vocab_size=128_256) -> list[Chu
     return [ChunkInput.from_sequences(group, value_kind, vocab_size) for group in chunks]
 
 
-def random_reads(path, order, *, cold: bool) -> tuple[list[float], list[float]]:
-    """Wall and thread-CPU seconds of reading each sequence of ``order`` once (cold: evicted before each read)."""
-    wall, cpu = [], []
-    with sl.open_labels(path, mmap=not cold) as f:
-        f[int(order[0])]  # warm-up: compile, open
-        for i in order:
-            if cold:
-                benchlib.evict(path)
-            start, start_cpu = time.perf_counter(), time.thread_time()
-            f[int(i)]
-            cpu.append(time.thread_time() - start_cpu)
-            wall.append(time.perf_counter() - start)
-    return wall, cpu
+def random_reads(paths: dict, order, *, cold: bool) -> dict:
+    """Per codec, the wall and thread-CPU seconds of reading each sequence of ``order`` once (cold: the file
+    evicted before each read). The codecs take turns on the same sequence (which one goes first alternates),
+    so a change in machine speed during the run hits both alike."""
+    times = {name: ([], []) for name in paths}
+    files = {name: sl.open_labels(path, mmap=not cold) for name, path in paths.items()}
+    try:
+        for f in files.values():
+            f[int(order[0])]  # warm-up: compile, open
+        names = list(paths)
+        for k, i in enumerate(order):
+            for name in names if k % 2 == 0 else names[::-1]:
+                if cold:
+                    benchlib.evict(paths[name])
+                start, start_cpu = time.perf_counter(), time.thread_time()
+                files[name][int(i)]
+                times[name][1].append(time.thread_time() - start_cpu)
+                times[name][0].append(time.perf_counter() - start)
+    finally:
+        for f in files.values():
+            f.close()
+    return times
 
 
-def bench_codec(name, sequences, chunks, num_positions, tmp, args, order) -> dict:
+def bench_codec(name, sequences, chunks, num_positions, path, args) -> dict:
     codec = get_codec(name)
-    path = Path(tmp) / f"{name}.slbl"
     start = time.perf_counter()
     with sl.LabelWriter(path, vocab_size=128_256, rounds=args.rounds, codec=name, durable=False) as w:
         for s in sequences:
@@ -100,8 +110,6 @@ def bench_codec(name, sequences, chunks, num_positions, tmp, args, order) -> dic
     dec = cpu_times(decode_all, args.repeats)
     with sl.open_labels(path) as f:
         seq_read = cpu_times(lambda: [f.read(i) for i in range(len(f))], 1)
-    warm, warm_cpu = random_reads(path, order, cold=False)
-    cold, _ = random_reads(path, order, cold=True)
     row = {
         "method": name,
         "bytes_per_position": file_bytes / num_positions,
@@ -110,9 +118,6 @@ def bench_codec(name, sequences, chunks, num_positions, tmp, args, order) -> dic
         "decode_Mpos_s": num_positions / statistics.median(dec) / 1e6,
         "read_all_Mpos_s": num_positions / statistics.median(seq_read) / 1e6,
         "writer_wall_Mpos_s": num_positions / write_wall / 1e6,
-        "random_read_warm_us": statistics.median(warm) * 1e6,
-        "random_read_warm_cpu_us": statistics.median(warm_cpu) * 1e6,
-        "random_read_cold_us": statistics.median(cold) * 1e6,
     }
     return row
 
@@ -163,8 +168,20 @@ def main() -> None:
     order = np.random.default_rng(0).integers(0, len(sequences), size=args.random_reads)
     rows = []
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMPDIR")) as tmp:
-        for name in ("raw", "rans"):
-            rows.append(bench_codec(name, sequences, chunks, num_positions, tmp, args, order))
+        paths = {name: Path(tmp) / f"{name}.slbl" for name in ("raw", "rans")}
+        for name, path in paths.items():
+            rows.append(bench_codec(name, sequences, chunks, num_positions, path, args))
+        warm = random_reads(paths, order, cold=False)
+        cold = random_reads(paths, order, cold=True)
+    for row in rows:
+        wall, cpu = warm[row["method"]]
+        row["random_read_warm_us"] = statistics.median(wall) * 1e6
+        row["random_read_warm_cpu_us"] = statistics.median(cpu) * 1e6
+        row["random_read_cold_us"] = statistics.median(cold[row["method"]][0]) * 1e6
+        # the median of per-sequence ratios: each pair was read back to back, so drift cancels
+        for key, times in (("warm", warm), ("cold", cold)):
+            row[f"random_read_{key}_pair_ratio"] = statistics.median(
+                np.array(times[row["method"]][0]) / np.array(times["raw"][0]))
     rows.append({
         "method": "paper-3B",
         "bytes_per_position": 3 * num_labels / num_positions,
@@ -181,8 +198,9 @@ def main() -> None:
     benchlib.print_table(
         rows,
         ["method", "bytes_per_position", "size_vs_raw", "encode_Mpos_s", "decode_Mpos_s", "read_all_Mpos_s",
-         "random_read_warm_us", "random_read_warm_vs_raw", "random_read_warm_cpu_us", "random_read_warm_cpu_vs_raw",
-         "random_read_cold_us", "random_read_cold_vs_raw"],
+         "random_read_warm_us", "random_read_warm_vs_raw", "random_read_warm_pair_ratio",
+         "random_read_warm_cpu_us", "random_read_warm_cpu_vs_raw",
+         "random_read_cold_us", "random_read_cold_vs_raw", "random_read_cold_pair_ratio"],
         title=(f"{num_positions:,} positions, {num_labels / num_positions:.2f} labels/position, N={args.rounds}; "
                "throughput per core (thread CPU time), random reads in wall time (median)"),
     )

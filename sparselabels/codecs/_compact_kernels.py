@@ -24,15 +24,17 @@ import numba as nb
 import numpy as np
 from numba.cpython.unsafe.numbers import leading_zeros
 
-PROB_BITS = 10
+# 8-bit probabilities: a model's slot table is 256 bytes, so the ~100 models a read uses mostly stay in L1
+# (decoding ~14% faster than with 10 bits, for ~0.08 bytes per position more; tools/bench_codec.py)
+PROB_BITS = 8
 PROB_SCALE = 1 << PROB_BITS
 RANS_LOW = 1 << 15  # states live in [2^15, 2^31): the encoder's reciprocal division is exact there
 RANS_HIGH = 1 << 31
 # No symbol may have more than 3/4 of the probability (cost: ~0.002 bytes per position on the N=50 workload).
-# Then decoding one symbol shrinks the rANS state by a factor >= 1/0.7735 (x' < 0.75 x + 768, x >= 2^15), i.e.
-# it consumes >= 0.37 bit, so stream 0 (one symbol per position and per label) holds at most 21.65 symbols per
-# byte: a record of B bytes holds at most 22 B positions and 22 B labels (CompactCodec.max_*_per_byte).
-MAX_FREQ = 768
+# Then decoding one symbol shrinks the rANS state by a factor >= 1/0.7559 (x' < 0.75 x + 192, x >= 2^15), i.e.
+# it consumes >= 0.40 bit, so stream 0 (one symbol per position and per label) holds at most 19.9 symbols per
+# byte: a record of B bytes holds at most 20 B positions and 20 B labels (CompactCodec.max_*_per_byte).
+MAX_FREQ = 192
 NUM_ROWS = 34  # row 0: first label of a position; rows 1..33: 1 + bit_length(previous id)
 NUM_LCLASSES = 8
 L_ESCAPE = 255
@@ -525,10 +527,9 @@ def parse_table(table):
     ``freq | cum << 16`` word per symbol ``0 .. first + n - 1``. ``gap_ctx[row * 8 + lclass]``, ``count_ctx
     [lclass]`` and ``l_ctx`` are the offsets ``o`` of a context's model (-1: the context has no model).
 
-    Why this layout: decoding is latency-bound on loads from these blocks. At about 1.1 KiB per model (a
-    uint32 per slot, symbol and arithmetic in one load, takes 4 KiB) the ~120 models of a 16 MiB chunk of
-    LM-like labels take ~140 KiB: reads that switch between chunks find their tables in L2 rather than L3,
-    and more of the models one read uses stay in L1 (tools/bench_codec.py, random reads)."""
+    Why this layout: decoding is latency-bound on loads from these blocks. At ~0.35 KiB per model (a uint32
+    per slot, symbol and arithmetic in one load, takes 1 KiB and decodes slower) the ~120 models of a 16 MiB
+    chunk of LM-like labels take ~45 KiB, so most loads of a read hit L1 (tools/bench_codec.py, random reads)."""
     gap_model = np.full((NUM_ROWS, NUM_LCLASSES), UNUSED, dtype=np.int64)
     count_model = np.full(NUM_LCLASSES, UNUSED, dtype=np.int64)
     empty = np.zeros(0, dtype=np.uint8)

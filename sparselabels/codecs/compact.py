@@ -9,7 +9,7 @@ Rice with a per-position parameter ~14.2. rANS (rather than Huffman) keeps the s
 labels-per-position symbols near their entropy (a count of 1 carries ~0.5 bit, Huffman would spend 1).
 Models are per chunk (a few hundred bytes), chosen per chunk from a few context granularities by their
 exact total size, so small chunks fall back to coarser contexts. Records are independent (random access
-reads one record plus its chunk's table); parsed tables are compact (~1.1 KiB per model) and cached by
+reads one record plus its chunk's table); parsed tables are compact (~0.35 KiB per model) and cached by
 content. Reads check the label rules while decoding (``checks_label_rules``) instead of in a second pass.
 
 The normative byte layout is spec/codecs/rans.md; the kernels are in ``_compact_kernels``.
@@ -64,9 +64,9 @@ class CompactCodec(Codec):
     """Context-modelled rANS over id gaps and counts: ~21 bytes per position at N=50, lossless."""
 
     name = "rans"
-    # see MAX_FREQ in _compact_kernels: every valid record of B bytes holds <= 21.65 B positions and labels
-    max_positions_per_byte = 22
-    max_labels_per_byte = 22
+    # see MAX_FREQ in _compact_kernels: every valid record of B bytes holds <= 19.9 B positions and labels
+    max_positions_per_byte = 20
+    max_labels_per_byte = 20
     checks_label_rules = True
 
     def __init__(self, cache_size: int = 64) -> None:

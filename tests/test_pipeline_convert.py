@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 
 import h5py
@@ -215,3 +216,96 @@ def test_cli_convert(tmp_path):
     assert done.returncode == 0, done.stderr
     with sl.open_labels(tmp_path / "o.slbl") as f:
         assert len(f) == 2 and f.num_positions == 9 and f.value_kind == "prob"
+
+
+# -- resume ----------------------------------------------------------------------------------------------------
+
+
+_CONVERT_MODULE = importlib.import_module("sparselabels.pipeline.convert")  # the package exports convert()
+_REAL_OPEN_DENSE = _CONVERT_MODULE.open_dense
+
+
+class _FailingSource:
+    """A dense source that raises after ``reads`` reads, as a crash in the middle of a conversion would."""
+
+    def __init__(self, src, reads: int) -> None:
+        self._src, self.reads_left, self.rows_read = src, reads, 0
+
+    def __getattr__(self, name):
+        return getattr(self._src, name)
+
+    def read(self, index):
+        if self.reads_left == 0:
+            raise RuntimeError("simulated crash")
+        self.reads_left -= 1
+        block = self._src.read(index)
+        self.rows_read += int(np.prod(block.shape[:-1]))
+        return block
+
+
+def _open_counting(monkeypatch, reads: int | None):
+    """Make convert read through a _FailingSource (``reads=None``: never fails); return the list of sources."""
+    opened = []
+
+    def open_dense(path, *, key=None):
+        src = _FailingSource(_REAL_OPEN_DENSE(path, key=key), -1 if reads is None else reads)
+        opened.append(src)
+        return src
+
+    monkeypatch.setattr(_CONVERT_MODULE, "open_dense", open_dense)
+    return opened
+
+
+@pytest.mark.parametrize("topk", [None, 4])
+def test_resume_after_a_crash_gives_the_uninterrupted_bytes(tmp_path, monkeypatch, topk):
+    path = save("npy", tmp_path / "in", logits_3d(12, 9, 300))
+    args = dict(seed=5, chunk_rows=10, chunk_bytes=500, topk=topk)  # small chunks: several are flushed
+    whole = convert(path, tmp_path / "whole.slbl", **args).read_bytes()
+    opened = _open_counting(monkeypatch, reads=7)
+    out = tmp_path / "labels.slbl"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        convert(path, out, **args)
+    assert not out.exists()
+    _open_counting(monkeypatch, reads=None)
+    with pytest.raises(sl.SparseLabelsError, match=r"pass resume=True"):
+        convert(path, out, **args)  # neither resume nor overwrite: the partial file is not touched
+    opened = _open_counting(monkeypatch, reads=None)
+    convert(path, out, resume=True, **args)
+    assert out.read_bytes() == whole
+    rows_read = opened[-1].rows_read  # the sequences kept from the partial file are not read again
+    assert 0 < rows_read < 12 * 9 and rows_read % 9 == 0, rows_read
+
+
+def test_resume_of_a_finished_file_checks_it_and_keeps_it(tmp_path):
+    path = save("npy", tmp_path / "in", logits_3d(3, 5, 64))
+    out = convert(path, tmp_path / "labels.slbl", seed=1)
+    before = out.read_bytes()
+    assert convert(path, out, seed=1, resume=True) == out
+    assert out.read_bytes() == before
+    with pytest.raises(sl.CompatibilityError, match="seed"):
+        convert(path, out, seed=2, resume=True)
+    with pytest.raises(InputError, match="exclude"):
+        convert(path, out, seed=1, resume=True, overwrite=True)
+
+
+def test_resume_refuses_a_partial_file_of_other_settings(tmp_path, monkeypatch):
+    path = save("npy", tmp_path / "in", logits_3d(6, 9, 300))
+    _open_counting(monkeypatch, reads=3)
+    out = tmp_path / "labels.slbl"
+    with pytest.raises(RuntimeError):
+        convert(path, out, seed=1, chunk_rows=10, chunk_bytes=2_000)
+    _open_counting(monkeypatch, reads=None)
+    with pytest.raises(sl.CompatibilityError, match="seed"):
+        convert(path, out, seed=2, chunk_rows=10, chunk_bytes=2_000, resume=True)
+
+
+def test_cli_convert_resume(tmp_path):
+    import subprocess
+
+    path = save("npy", tmp_path / "in", logits_3d(2, 6, 40))
+    base = [*cli(), "convert", str(path), "--out", str(tmp_path / "o.slbl"), "--no-progress"]
+    assert subprocess.run(base, env=subprocess_env(), capture_output=True).returncode == 0
+    again = subprocess.run(base, env=subprocess_env(), capture_output=True, text=True)
+    assert again.returncode != 0 and "pass --overwrite" in again.stderr
+    resumed = subprocess.run([*base, "--resume"], env=subprocess_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr

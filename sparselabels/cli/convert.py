@@ -45,6 +45,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--teacher-fingerprint", default=None, help="teacher fingerprint to record")
     p.add_argument("--tokenizer-fingerprint", default=None, help="tokenizer fingerprint to record")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--resume", action="store_true",
+                   help="continue after a crash or kill: keep what --out's partial file holds, label the rest "
+                        "(the result is the file an uninterrupted run writes)")
     p.add_argument("--no-progress", action="store_true", help="print no progress")
     return p
 
@@ -68,6 +71,6 @@ def run(args: argparse.Namespace) -> int:
                   seed=args.seed, topk=args.topk, vocab_size=args.vocab_size, codec=args.codec, device=args.device,
                   chunk_rows=args.chunk_rows, tokens=args.tokens, column=args.column, teacher=args.teacher,
                   teacher_fingerprint=args.teacher_fingerprint, tokenizer_fingerprint=args.tokenizer_fingerprint,
-                  overwrite=args.overwrite, progress=not args.no_progress)
+                  overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress)
     print(f"wrote {out}")
     return 0

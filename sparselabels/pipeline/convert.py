@@ -27,14 +27,15 @@ from typing import Any
 import numpy as np
 
 from sparselabels.codecs import DEFAULT_CODEC
-from sparselabels.errors import AlignmentError, InputError
+from sparselabels.errors import AlignmentError, CompatibilityError, InputError
 from sparselabels.format.fingerprint import input_fingerprint
 from sparselabels.io.sequence import CsrLabels, concat_csr, split_csr
-from sparselabels.io.writer import LabelWriter
+from sparselabels.io.writer import DEFAULT_CHUNK_BYTES, LabelWriter
 from sparselabels.pipeline.progress import Progress
+from sparselabels.pipeline.resume import check_finished
 
 KINDS = ("logits", "logprobs")
-DEFAULT_CHUNK_BYTES = 256 << 20  # of float32 rows handed to the sampler at a time
+DEFAULT_ROW_BYTES = 256 << 20  # of float32 rows handed to the sampler at a time
 _LOGPROB_TOLERANCE = {2: 0.05, 4: 1e-3, 8: 1e-6}  # |logsumexp| allowed, by bytes per input element
 
 
@@ -321,6 +322,8 @@ def convert(
     teacher_fingerprint: str | None = None,
     tokenizer_fingerprint: str | None = None,
     overwrite: bool = False,
+    resume: bool = False,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     progress: bool = False,
     metadata: dict | None = None,
 ) -> Path:
@@ -330,7 +333,11 @@ def convert(
     form sequences (module docstring). ``vocab_size``: ignore padded columns at or beyond it. ``tokens``: the
     input token sequences (anything ``open_tokens`` reads); their lengths must match and their fingerprints are
     stored. ``teacher``/``teacher_fingerprint``/``tokenizer_fingerprint`` are recorded as given.
-    ``chunk_rows`` bounds the rows in memory (default: about 256 MiB of float32).
+    ``chunk_rows`` bounds the rows in memory (default: about 256 MiB of float32). ``resume=True`` continues after
+    a crash or kill: the sequences in the verified chunks of ``out``'s partial file are kept and the rest are
+    labeled again; sampling depends only on the seed and each row's global index, so the file is byte for byte
+    the one an uninterrupted run writes (an ``out`` already finished is checked against these arguments and
+    kept). ``chunk_bytes``: input bytes per chunk of the label file (LabelWriter).
     """
     import torch
 
@@ -340,6 +347,8 @@ def convert(
         raise InputError(f"topk must be a positive integer, got {topk!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+    if resume and overwrite:
+        raise InputError("resume and overwrite exclude each other")
     src = open_dense(source, key=key)
     try:
         layout = make_layout(src.shape, seq_len=seq_len, lengths=lengths)
@@ -349,7 +358,7 @@ def convert(
             raise InputError(f"vocab_size must be an integer in 1..{width} (the input's last dimension), "
                              f"got {vocab_size!r}")
         if chunk_rows is None:
-            chunk_rows = max(1, DEFAULT_CHUNK_BYTES // (4 * width))
+            chunk_rows = max(1, DEFAULT_ROW_BYTES // (4 * width))
         if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
             raise InputError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
         fingerprints = _token_fingerprints(tokens, column, layout.lengths)
@@ -367,12 +376,27 @@ def convert(
             meta["user"] = metadata
         dev = torch.device(device)
         tolerance = _LOGPROB_TOLERANCE.get(src.itemsize, 1e-3)
-        writer = LabelWriter(out, vocab_size=vocab, rounds=None if topk else rounds,
-                             value_kind="prob" if topk else "count", codec=codec, metadata=meta, overwrite=overwrite)
+        settings = {"vocab_size": vocab, "rounds": None if topk else rounds,
+                    "value_kind": "prob" if topk else "count", "codec": codec}
+        num_sequences = len(layout.lengths)
+        if resume and Path(out).exists():
+            check_finished(Path(out), **settings, metadata=meta, num_sequences=num_sequences,
+                           expected_from="the input")
+            return Path(out)
+        writer = LabelWriter(out, **settings, metadata=meta, overwrite=overwrite, resume=resume,
+                             chunk_bytes=chunk_bytes)
         try:
-            with Progress(int(layout.offsets[-1]), enabled=progress, label="convert") as meter:
+            done = writer.num_sequences  # kept from a partial file when resuming
+            if done > num_sequences:
+                raise CompatibilityError(f"{writer.partial_path} holds {done} sequences but the input has only "
+                                         f"{num_sequences}")
+            with Progress(int(layout.offsets[-1]), done=int(layout.offsets[done]), enabled=progress,
+                          label="convert") as meter:
                 pending: list[CsrLabels] = []
-                for chunk in plan_chunks(layout.lengths, chunk_rows):
+                for planned in plan_chunks(layout.lengths, chunk_rows):
+                    chunk = [p for p in planned if p.seq >= done]
+                    if not chunk:
+                        continue
                     blocks = [src.read(layout.rows(p.seq, p.t0, p.t1)).reshape(-1, width) for p in chunk if p.t1 > p.t0]
                     if blocks:
                         rows = torch.cat(blocks).to(dev) if len(blocks) > 1 else blocks[0].to(dev)

@@ -35,13 +35,12 @@ import numpy as np
 
 from sparselabels.codecs import DEFAULT_CODEC
 from sparselabels.errors import CompatibilityError, InputError, SparseLabelsError
-from sparselabels.format import metadata as meta_format
 from sparselabels.format.fingerprint import input_fingerprint
-from sparselabels.io.reader import LabelFile
 from sparselabels.io.sequence import CsrLabels, concat_csr, split_csr
 from sparselabels.io.writer import DEFAULT_CHUNK_BYTES, LabelWriter
 from sparselabels.pipeline import distributed
 from sparselabels.pipeline.progress import Progress
+from sparselabels.pipeline.resume import check_finished
 from sparselabels.pipeline.teacher import Teacher, load_teacher, resolve_device
 
 LABEL_CONVENTION = "next-token: position t holds the teacher's distribution of the token after input token t"
@@ -242,17 +241,6 @@ def _metadata(teacher: Teacher, sampling: SamplingOptions, run: RunOptions, *, s
     return meta
 
 
-def _check_complete_shard(path: Path, expected_meta: dict, sampling: SamplingOptions, codec: str,
-                          num_sequences: int) -> None:
-    """A finished shard found by a resumed run must be the one this run would write."""
-    expected = meta_format.build(vocab_size=sampling.vocab_size, value_kind="count", rounds=sampling.rounds,
-                                 codec=codec, extra=expected_meta)
-    with LabelFile(path) as f:
-        meta_format.check_same_settings(f.metadata, expected, where=str(path), stored_in="the finished shard")
-        if len(f) != num_sequences:
-            raise CompatibilityError(f"{path}: holds {len(f)} sequences but this rank's slice has {num_sequences}")
-
-
 def _agree(world: distributed.World, **values: Any) -> None:
     """Every rank must see the same token source and teacher; say which rank differs if not."""
     gathered = distributed.all_gather(world, values)
@@ -352,7 +340,9 @@ def _run(teacher: Teacher, src, out: Path, world: distributed.World, sampling: S
             f"{shard} exists; pass resume=True to keep the finished shards or overwrite=True to start again"
         )
     if shard.exists() and run.resume:
-        _check_complete_shard(shard, meta, sampling, run.codec, seq_hi - seq_lo)
+        check_finished(shard, vocab_size=sampling.vocab_size, value_kind="count", rounds=sampling.rounds,
+                       codec=run.codec, metadata=meta, num_sequences=seq_hi - seq_lo,
+                       expected_from="this rank's slice")
     else:
         _write_shard(teacher, src, shard, world, sampling, run, meta, offsets, range(seq_lo, seq_hi))
     distributed.barrier(world)

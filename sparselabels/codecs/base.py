@@ -102,6 +102,14 @@ class Codec(abc.ABC):
     #: returns, raising :class:`LabelRuleError` otherwise; the reader then skips its own label-rule pass.
     checks_label_rules: ClassVar[bool] = False
 
+    @classmethod
+    def over_capacity(cls, positions: np.ndarray, labels: np.ndarray, record_sizes: np.ndarray) -> np.ndarray:
+        """Which records claim more positions or labels than their size can hold (bool mask): the bound the
+        reader checks on an index and the writer on chunks it keeps when resuming."""
+        sizes = np.asarray(record_sizes, dtype=np.int64)
+        return (np.asarray(positions) > sizes * cls.max_positions_per_byte) | (
+            np.asarray(labels) > sizes * cls.max_labels_per_byte)
+
     @abc.abstractmethod
     def encode_chunk(self, chunk: ChunkInput) -> EncodedChunk:
         """Encode the sequences of one chunk. Inputs are already validated; output is deterministic."""

@@ -279,10 +279,7 @@ class LabelFile(Labels):
             bad = np.flatnonzero(rec_off[last] + rec_size[last] != chunk_offset[1:])
             if bad.size:
                 raise self._fail(f"index: records of chunk {bad[0]} do not end where the next chunk starts")
-            too_many = (self._lengths > rec_size * self.codec.max_positions_per_byte) | (
-                label_counts > rec_size * self.codec.max_labels_per_byte
-            )
-            bad = np.flatnonzero(too_many)
+            bad = np.flatnonzero(self.codec.over_capacity(self._lengths, label_counts, rec_size))
             if bad.size:
                 raise self._fail(
                     f"index: sequence {bad[0]} claims {self._lengths[bad[0]]} positions and {label_counts[bad[0]]} "

@@ -340,8 +340,7 @@ class LabelWriter:
         positions, labels, sizes = (counts[:, k].astype(np.int64) for k in range(3))
         if np.any(sizes % 8) or sum(sizes.tolist()) != header.records_size:
             return False
-        return not (np.any(positions > sizes * self.codec.max_positions_per_byte)
-                    or np.any(labels > sizes * self.codec.max_labels_per_byte))
+        return not np.any(self.codec.over_capacity(positions, labels, sizes))
 
     # -- writing -------------------------------------------------------------------------------------------
     @property

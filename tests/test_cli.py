@@ -73,7 +73,8 @@ def test_merge_command_and_errors(tmp_path, capsys):
 
 
 def test_errors_name_the_commands_own_flags(tmp_path, capsys):
-    """A leftover .partial: convert has --overwrite but no --resume, so only the switch it has becomes a flag."""
+    """A leftover .partial: each command names the switches it has as flags and leaves the others as keywords
+    (convert has --resume and --overwrite, merge only --overwrite)."""
     import numpy as np
 
     logits = tmp_path / "logits.npy"
@@ -81,10 +82,15 @@ def test_errors_name_the_commands_own_flags(tmp_path, capsys):
     out = tmp_path / "c.slbl"
     (tmp_path / "c.slbl.partial").write_bytes(b"an interrupted file")
     assert main(["convert", str(logits), "--out", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert "pass resume=True to continue it or --overwrite to start again" in err
+    assert "pass --resume to continue it or --overwrite to start again" in capsys.readouterr().err
     assert main(["convert", str(logits), "--out", str(out), "--overwrite"]) == 0
     assert sl.validate(out).ok
+    merged = tmp_path / "m.slbl"
+    (tmp_path / "m.slbl.partial").write_bytes(b"an interrupted file")
+    assert main(["merge", str(merged), str(out), "--copy"]) == 2
+    assert "pass resume=True to continue it or --overwrite to start again" in capsys.readouterr().err
+    assert main(["merge", str(merged), str(out), "--copy", "--overwrite"]) == 0
+    assert sl.validate(merged).ok
 
 
 def test_console_script_runs(tmp_path):

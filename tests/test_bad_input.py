@@ -598,7 +598,7 @@ def _(tmp_path):
 
 
 @row("merge-corrupt-chunk", "merge(copy=True)", "an input chunk whose checksum fails", ChecksumError,
-     "payload CRC-32 mismatch; not copying a corrupt chunk")
+     "payload CRC-32 mismatch (sequences …); not copying a corrupt chunk")
 def _(tmp_path):
     path = _edit(_valid_file(tmp_path), _record_edit(8, b"\x08", fix_crc=False))
     sl.merge(tmp_path / "out.slbl", [path], copy=True)

@@ -608,7 +608,7 @@ def test_reciprocal_encoding_equals_division():
         assert np.array_equal(got, expected), f
 
 
-@pytest.mark.parametrize("tool", ["bench_codec.py", "explore_compact.py"])
+@pytest.mark.parametrize("tool", ["bench_codec.py", "explore_compact.py", "explore_decoder.py"])
 def test_benchmark_tools_smoke(tmp_path, tool):
     import json
     import subprocess
@@ -619,8 +619,12 @@ def test_benchmark_tools_smoke(tmp_path, tool):
     out = tmp_path / "r.json"
     subprocess.run([sys.executable, str(root / "tools" / tool), "--quick", "--out", str(out)], check=True,
                    cwd=root, capture_output=True, timeout=600)
-    rows = {row.get("method", row.get("scheme")): row for row in json.loads(out.read_text())["rows"]}
+    result = json.loads(out.read_text())
+    rows = {row.get("method", row.get("scheme", row.get("variant"))): row for row in result["rows"]}
     assert rows
     if tool == "bench_codec.py":
         assert rows["rans"]["bytes_per_position"] < rows["paper-3B"]["bytes_per_position"] < rows["raw"][
             "bytes_per_position"]
+    if tool == "explore_decoder.py":  # the speed-only decoders do about the real decoder's amount of work
+        assert rows["library"]["labels"] == result["labels_in_workload"]
+        assert all(0.5 < row["labels"] / result["labels_in_workload"] < 2 for row in rows.values()), rows

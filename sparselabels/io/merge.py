@@ -11,10 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
 from sparselabels.errors import ChecksumError, CompatibilityError, FormatError
-from sparselabels.format.layout import CHUNK_HEADER_SIZE, FLAG_FINGERPRINTS, ChunkHeader, crc32
+from sparselabels.format.layout import FLAG_FINGERPRINTS
 from sparselabels.format.metadata import REQUIRED_KEYS
 from sparselabels.io.reader import LabelFile
 from sparselabels.io.shards import (
@@ -24,7 +22,7 @@ from sparselabels.io.shards import (
     open_labels,
     write_manifest,
 )
-from sparselabels.io.validate import chunk_disagreement
+from sparselabels.io.validate import checked_chunk
 from sparselabels.io.writer import LabelWriter
 
 
@@ -98,28 +96,16 @@ def _merge_copy(out: Path, files: list[Path], *, codec: str | None, overwrite: b
 def _copy_chunks(f: LabelFile, writer: LabelWriter) -> None:
     """Append ``f``'s chunks to ``writer`` unchanged but for their headers, checking each payload's CRC."""
     writer.flush()  # chunks stay whole: a pending partial chunk of an earlier input goes first
-    offsets = f.index_column("chunk_offset").astype(np.int64)
-    source = f._source
-    assert source is not None
     for c in range(f.num_chunks):
-        start = int(offsets[c])
-        where = f"file {f.path!r}, chunk {c}"
-        header = ChunkHeader.unpack(source.view(start, CHUNK_HEADER_SIZE, "chunk header"), where)
-        problem = chunk_disagreement(f, c, header)
-        if problem is not None:
-            raise FormatError(f"{where}: {problem}; not copying an inconsistent chunk")
-        at = start + CHUNK_HEADER_SIZE
-        entries = source.view(at, header.entries_size, "chunk entries")
-        table = source.view(at + header.entries_size, header.table_size, "chunk table")
-        records = source.view(at + header.entries_size + header.table_size, header.records_size, "chunk records")
-        crc = crc32(records, crc32(table, crc32(entries)))
-        if crc != header.payload_crc32:
-            raise ChecksumError(f"{where}: payload CRC-32 mismatch; not copying a corrupt chunk")
-        problem = chunk_disagreement(f, c, header, entries)
-        if problem is not None:
-            raise FormatError(f"{where}: {problem}; not copying an inconsistent chunk")
-        entries_2d = entries.view("<u8").reshape(header.num_sequences, -1)
-        writer._emit_chunk(entries_2d, table, records, header.flags, payload_crc=crc)
+        try:
+            chunk = checked_chunk(f, c)
+        except ChecksumError as exc:
+            raise ChecksumError(f"{exc}; not copying a corrupt chunk") from None
+        except FormatError as exc:
+            raise FormatError(f"{exc}; not copying an inconsistent chunk") from None
+        header = chunk.header
+        entries_2d = chunk.entries.view("<u8").reshape(header.num_sequences, -1)
+        writer._emit_chunk(entries_2d, chunk.table, chunk.records, header.flags, payload_crc=chunk.payload_crc32)
 
 
 def _reencode(f: LabelFile, writer: LabelWriter) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sparselabels.errors import FormatError, InputError, SparseLabelsError
+from sparselabels.errors import ChecksumError, FormatError, InputError, SparseLabelsError
 from sparselabels.format.layout import CHUNK_HEADER_SIZE, ChunkHeader, crc32
 from sparselabels.io.reader import LabelFile
 
@@ -112,32 +112,50 @@ def chunk_disagreement(f: LabelFile, c: int, header: ChunkHeader, entries: np.nd
     return None
 
 
-def _check_chunks(f: LabelFile, report: ValidationReport, max_problems: int) -> None:
+@dataclass(frozen=True)
+class CheckedChunk:
+    """A chunk's parts as uint8 views, after ``checked_chunk``'s checks."""
+
+    header: ChunkHeader
+    entries: np.ndarray
+    table: np.ndarray
+    records: np.ndarray
+    payload_crc32: int
+
+
+def checked_chunk(f: LabelFile, c: int) -> CheckedChunk:
+    """Chunk ``c`` of ``f``, checked as validate reports it and merge copies it: the header parses and agrees
+    with the index, the payload CRC-32 matches (ChecksumError otherwise), the entries agree with the index.
+    Raises FormatError naming the file and chunk."""
     col = f._col
     source = f._source
     assert source is not None
+    where = f"file {f.path!r}, chunk {c}"
+    start = int(col["chunk_offset"][c])
+    first, last = int(col["chunk_first_sequence"][c]), int(col["chunk_first_sequence"][c + 1])
+    header = ChunkHeader.unpack(source.view(start, CHUNK_HEADER_SIZE, "chunk header"), where)
+    problem = chunk_disagreement(f, c, header)
+    if problem is not None:
+        raise FormatError(f"{where}: {problem}")
+    payload = source.view(start + CHUNK_HEADER_SIZE, header.payload_size, "chunk payload")
+    crc = _crc_of(payload)
+    if crc != header.payload_crc32:
+        raise ChecksumError(f"{where}: payload CRC-32 mismatch (sequences {first}..{last - 1})")
+    e, t = header.entries_size, header.table_size
+    problem = chunk_disagreement(f, c, header, payload[:e])
+    if problem is not None:
+        raise FormatError(f"{where}: {problem}")
+    return CheckedChunk(header, payload[:e], payload[e : e + t], payload[e + t :], crc)
+
+
+def _check_chunks(f: LabelFile, report: ValidationReport, max_problems: int) -> None:
     for c in range(f.num_chunks):
         if len(report.problems) >= max_problems:
             return
-        where = f"file {f.path!r}, chunk {c}"
-        start = int(col["chunk_offset"][c])
-        first, last = int(col["chunk_first_sequence"][c]), int(col["chunk_first_sequence"][c + 1])
         try:
-            header = ChunkHeader.unpack(source.view(start, CHUNK_HEADER_SIZE, "chunk header"), where)
+            checked_chunk(f, c)
         except FormatError as exc:
             report.problems.append(str(exc))
-            continue
-        problem = chunk_disagreement(f, c, header)
-        if problem is not None:
-            report.problems.append(f"{where}: {problem}")
-            continue
-        payload = source.view(start + CHUNK_HEADER_SIZE, header.payload_size, "chunk payload")
-        if _crc_of(payload) != header.payload_crc32:
-            report.problems.append(f"{where}: payload CRC-32 mismatch (sequences {first}..{last - 1})")
-            continue
-        problem = chunk_disagreement(f, c, header, payload[: header.entries_size])
-        if problem is not None:
-            report.problems.append(f"{where}: {problem}")
 
 
 def _check_max_problems(max_problems: int) -> None:

@@ -12,7 +12,9 @@ Row ids for the sampler are global positions (cumulative lengths + t), exactly a
 same logits with the same seed give the same labels whichever way they reach the library, and the result does
 not depend on ``chunk_rows``. Log-probs are logits up to a per-row constant (softmax is unchanged, at any
 temperature); ``kind="logprobs"`` only adds a check that every row's probabilities sum to 1, to catch
-mislabelled inputs. ``topk=K`` writes Top-K probability labels (``value_kind="prob"``) for baselines.
+mislabelled inputs. ``topk=K`` writes Top-K probability labels (``value_kind="prob"``) for baselines. The same
+determinism makes ``resume=True`` exact: a rerun after a crash keeps the sequences already in the partial
+file and labels the rest, and the file is the one an uninterrupted run writes.
 """
 
 from __future__ import annotations

@@ -72,27 +72,40 @@ def _low_bits(v, n):
     return np.int64(v & ((np.uint64(1) << np.uint64(n)) - np.uint64(1)))
 
 
+@nb.njit(inline="always")
+def _position(x, w, last, words16, l_ctx, dec, info):
+    """A position's label count (capped) from stream state ``x``, and its lclass."""
+    n, x = _get(x, l_ctx, dec, info)
+    x, w = _renorm(x, w, last, words16)
+    n = min(n, MAX_L)
+    return n, lclass_of(max(n, 1)), x, w
+
+
+@nb.njit(inline="always")
+def _raw_and_count(raw, rp, raw_end, b, x, w, last, words16, cb, dec, info):
+    """A label's tail: the gap's ``b`` raw bits (and the advanced bit position), and its count symbol."""
+    bits = _low_bits(_peek(raw, rp), b)
+    c, x = _get(x, cb, dec, info)
+    x, w = _renorm(x, w, last, words16)
+    return bits, min(rp + b, raw_end), c, x, w
+
+
 @nb.njit(nogil=True)
 def current(words16, raw, raw_end, T, gap_ctx, count_ctx, l_ctx, dec, info, ids, counts, gaps_only):
     last = words16.shape[0] - 1
     x0, x1, w0, w1, rp, k = np.int64(LOW + 7), np.int64(LOW + 9), np.int64(8), np.int64(last // 2), np.int64(0), 0
     for _ in range(T):
-        n, x0 = _get(x0, l_ctx, dec, info)
-        x0, w0 = _renorm(x0, w0, last, words16)
-        n = min(n, MAX_L)
+        n, lc, x0, w0 = _position(x0, w0, last, words16, l_ctx, dec, info)
         if k + n > ids.shape[0]:
             break
-        lc = lclass_of(max(n, 1))
         gb, cb, cur = gap_ctx[lc], count_ctx[lc], np.int64(-1)
         for _ in range(n):
             b, x0 = _get(x0, gb, dec, info)
             x0, w0 = _renorm(x0, w0, last, words16)
             cur += np.int64(1) << b
             if not gaps_only:
-                cur += _low_bits(_peek(raw, rp), b)
-                rp = min(rp + b, raw_end)
-                c, x1 = _get(x1, cb, dec, info)
-                x1, w1 = _renorm(x1, w1, last, words16)
+                bits, rp, c, x1, w1 = _raw_and_count(raw, rp, raw_end, b, x1, w1, last, words16, cb, dec, info)
+                cur += bits
                 counts[_at(k)] = c
             ids[_at(k)] = cur
             gb = gap_ctx[_at(min(1 + bit_length(cur), K.NUM_ROWS - 1) * K.NUM_LCLASSES + lc)]
@@ -107,12 +120,9 @@ def four_chains(words16, raw, raw_end, T, gap_ctx, count_ctx, l_ctx, dec, info, 
     xa, xb, xc, xd = np.int64(LOW + 7), np.int64(LOW + 9), np.int64(LOW + 11), np.int64(LOW + 13)
     wa, wb, wc, wd, rp, k = np.int64(8), q, 2 * q, 3 * q, np.int64(0), 0
     for _ in range(T):
-        n, xa = _get(xa, l_ctx, dec, info)
-        xa, wa = _renorm(xa, wa, last, words16)
-        n = min(n, MAX_L)
+        n, lc, xa, wa = _position(xa, wa, last, words16, l_ctx, dec, info)
         if k + n > ids.shape[0]:
             break
-        lc = lclass_of(max(n, 1))
         gb, cb, cur = gap_ctx[lc], count_ctx[lc], np.int64(-1)
         for i in range(0, n, 2):  # labels i (state b) and i + 1 (state a); the context is the previous bucket
             b0, xb = _get(xb, gb, dec, info)
@@ -125,20 +135,17 @@ def four_chains(words16, raw, raw_end, T, gap_ctx, count_ctx, l_ctx, dec, info, 
                 xa, wa = _renorm(xa, wa, last, words16)
                 gb = gap_ctx[_at((1 + b1) * K.NUM_LCLASSES + lc)]
             if not gaps_only:
-                cur += _low_bits(_peek(raw, rp), b0)
-                rp = min(rp + b0, raw_end)
-                c0, xc = _get(xc, cb, dec, info)
-                xc, wc = _renorm(xc, wc, last, words16)
+                bits, rp, c0, xc, wc = _raw_and_count(raw, rp, raw_end, b0, xc, wc, last, words16, cb, dec, info)
+                cur += bits
                 counts[_at(k)] = c0
             ids[_at(k)] = cur
             k += 1
             if two:
                 cur += np.int64(1) << b1
                 if not gaps_only:
-                    cur += _low_bits(_peek(raw, rp), b1)
-                    rp = min(rp + b1, raw_end)
-                    c1, xd = _get(xd, cb, dec, info)
-                    xd, wd = _renorm(xd, wd, last, words16)
+                    bits, rp, c1, xd, wd = _raw_and_count(raw, rp, raw_end, b1, xd, wd, last, words16, cb, dec,
+                                                          info)
+                    cur += bits
                     counts[_at(k)] = c1
                 ids[_at(k)] = cur
                 k += 1

@@ -261,7 +261,7 @@ def test_resume_after_a_crash_gives_the_uninterrupted_bytes(tmp_path, monkeypatc
     path = save("npy", tmp_path / "in", logits_3d(12, 9, 300))
     args = dict(seed=5, chunk_rows=10, chunk_bytes=500, topk=topk)  # small chunks: several are flushed
     whole = convert(path, tmp_path / "whole.slbl", **args).read_bytes()
-    opened = _open_counting(monkeypatch, reads=7)
+    _open_counting(monkeypatch, reads=7)
     out = tmp_path / "labels.slbl"
     with pytest.raises(RuntimeError, match="simulated crash"):
         convert(path, out, **args)

@@ -57,8 +57,6 @@ class SamplingOptions:
     max_rows: int = DEFAULT_MAX_ROWS
 
 
-
-
 # -- one batch ----------------------------------------------------------------------------------------------
 def teacher_logits(model, sequences: list[np.ndarray], device) -> Any:
     """Logits ``[B, T, V]`` for the sequences right-padded (with id 0) to the longest, ``T``."""

@@ -608,7 +608,8 @@ def test_reciprocal_encoding_equals_division():
         assert np.array_equal(got, expected), f
 
 
-@pytest.mark.parametrize("tool", ["bench_codec.py", "explore_compact.py", "explore_decoder.py"])
+@pytest.mark.parametrize("tool", ["bench_codec.py", "explore_compact.py", "explore_decoder.py",
+                                  "explore_precision.py"])
 def test_benchmark_tools_smoke(tmp_path, tool):
     import json
     import subprocess
@@ -620,7 +621,8 @@ def test_benchmark_tools_smoke(tmp_path, tool):
     subprocess.run([sys.executable, str(root / "tools" / tool), "--quick", "--out", str(out)], check=True,
                    cwd=root, capture_output=True, timeout=600)
     result = json.loads(out.read_text())
-    rows = {row.get("method", row.get("scheme", row.get("variant"))): row for row in result["rows"]}
+    rows = {row.get("method", row.get("scheme", row.get("variant", row.get("prob_bits")))): row
+            for row in result["rows"]}
     assert rows
     if tool == "bench_codec.py":
         assert rows["rans"]["bytes_per_position"] < rows["paper-3B"]["bytes_per_position"] < rows["raw"][
@@ -628,3 +630,6 @@ def test_benchmark_tools_smoke(tmp_path, tool):
     if tool == "explore_decoder.py":  # the speed-only decoders do about the real decoder's amount of work
         assert rows["library"]["labels"] == result["labels_in_workload"]
         assert all(0.5 < row["labels"] / result["labels_in_workload"] < 2 for row in rows.values()), rows
+    if tool == "explore_precision.py":  # every precision round-trips (checked inside); coarser costs bytes
+        assert set(rows) == {10, 9, 8, 7} and rows[result["shipped_prob_bits"]]["decode_vs_shipped"] == 1
+        assert rows[7]["bytes_per_position"] > rows[10]["bytes_per_position"]

@@ -25,7 +25,7 @@ import numpy as np
 from numba.cpython.unsafe.numbers import leading_zeros
 
 # 8-bit probabilities: a model's slot table is 256 bytes, so the ~100 models a read uses mostly stay in L1
-# (decoding ~14% faster than with 10 bits, for ~0.08 bytes per position more; tools/bench_codec.py)
+# (decoding ~13% faster than with 10 bits, for ~0.08 bytes per position more; tools/explore_precision.py)
 PROB_BITS = 8
 PROB_SCALE = 1 << PROB_BITS
 RANS_LOW = 1 << 15  # states live in [2^15, 2^31): the encoder's reciprocal division is exact there

@@ -133,7 +133,7 @@ def bench_zstd(level, chunks, num_positions, args) -> dict:
     comp = zstandard.ZstdCompressor(level=level)
     start = time.thread_time()
     frames = [comp.compress(b) for b in blobs]
-    enc = [time.thread_time() - start]  # slow levels (~40 s a pass at 19) are timed on this one pass
+    enc = [time.thread_time() - start]  # slow levels (~65 s a pass at 19 on 1M positions) are timed on this one pass
     if level < 10:  # fast ones: this pass was the warm-up
         enc = cpu_times(lambda: [comp.compress(b) for b in blobs], max(1, args.repeats // 2), warmup=False)
     dctx = zstandard.ZstdDecompressor()

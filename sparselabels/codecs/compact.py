@@ -7,7 +7,7 @@ depend on the number of labels. Coding the *bit length* of each gap with an entr
 those two things, and the remaining mantissa bits raw, costs ~11.5 bits per id; Elias-gamma costs ~17.8,
 Rice with a per-position parameter ~14.2. rANS (rather than Huffman) keeps the skewed count and
 labels-per-position symbols near their entropy (a count of 1 carries ~0.5 bit, Huffman would spend 1).
-Models are per chunk (1-3 KB), chosen per chunk from a few context granularities by their
+Models are per chunk, chosen per chunk from a few context granularities by their
 exact total size, so small chunks fall back to coarser contexts. Records are independent (random access
 reads one record plus its chunk's table); parsed tables are compact (~0.35 KiB per model) and cached by
 content. Reads check the label rules while decoding (``checks_label_rules``) instead of in a second pass.

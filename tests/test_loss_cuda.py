@@ -1,6 +1,6 @@
 """CUDA tests of sparselabels.loss: the compiled Triton kernel against its PyTorch twin, the fused loss against the
 unfused float64 reference at realistic vocabulary sizes, both weight-gradient accumulation paths, the memory bound
-of the fused path, and input checks on the device. Run on a lent GPU (``tools/gpu_check_loss.sh``)."""
+of the fused path, and input checks on the device. Run on a lent GPU (``tools/gpu_check.sh loss``)."""
 
 from __future__ import annotations
 

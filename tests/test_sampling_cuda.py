@@ -6,7 +6,7 @@
   262,136 ids); temperature and ``vocab_size`` padding; documented dtypes and invariants;
 - errors naming the row, determinism, and independence of a row's draws from the rest of the batch.
 
-Skipped without CUDA. Run on a lent GPU by ``tools/gpu_check_sampler.sh``. The same tests can be dry-run on CPU
+Skipped without CUDA. Run on a lent GPU by ``tools/gpu_check.sh sampler``. The same tests can be dry-run on CPU
 through the interpreter at small sizes, to check the tests themselves:
 ``SAMPLER_CUDA_TESTS_ON_CPU=1 TRITON_INTERPRET=1 python -m pytest -q tests/test_sampling_cuda.py``.
 """

@@ -56,6 +56,9 @@ else:
     TINY = KernelConfig(sub=8, block=32, batch=1)  # many blocks, sub-tiles and pass-2 batches per row
     SMALL = KernelConfig(sub=16, block=64, batch=2)
     FLAT = KernelConfig(sub=32, block=32, batch=8)  # one sub-tile per block, wide batches
+    # pass 1 inside the sampling kernel instead of its own kernel: the same draws
+    TINY_ONE_KERNEL = KernelConfig(sub=8, block=32, batch=1, split=False)
+    SMALL_ONE_KERNEL = KernelConfig(sub=16, block=64, batch=2, split=False)
 
     def test_running_under_the_interpreter():
         assert triton.knobs.runtime.interpret, "TRITON_INTERPRET=1 must be set before triton is imported"
@@ -130,7 +133,11 @@ else:
         x, options = _case(name)
         _assert_same(sample_counts_triton(x, 50, **options), sample_counts_reference(x, 50, **options))
 
-    @pytest.mark.parametrize("config", [TINY, SMALL, FLAT], ids=["tiny", "small", "flat"])
+    @pytest.mark.parametrize(
+        "config",
+        [TINY, SMALL, FLAT, TINY_ONE_KERNEL, SMALL_ONE_KERNEL],
+        ids=["tiny", "small", "flat", "tiny-one-kernel", "small-one-kernel"],
+    )
     @pytest.mark.parametrize("name", ["float16_padding", "minus_inf", "huge_padding", "peaked", "row_stride"])
     def test_kernel_geometry_does_not_change_the_draws(name, config):
         x, options = _case(name)
@@ -200,18 +207,19 @@ else:
         assert torch.equal(again.ids, whole.ids) and torch.equal(again.counts, whole.counts)
 
     @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # NaN rows, on purpose
-    def test_kernel_status_flags_bad_rows_and_the_error_names_them():
+    @pytest.mark.parametrize("config", [SMALL, SMALL_ONE_KERNEL], ids=["split", "one-kernel"])
+    def test_kernel_status_flags_bad_rows_and_the_error_names_them(config):
         x = _logits(6, 300, 40)
         x[1, 17] = float("nan")
         x[3, 299] = float("inf")
         x[4] = float("-inf")
-        out = launch_sampler(prepare_sampling(x, 50, 1.0, None, 1, None), SMALL)
+        out = launch_sampler(prepare_sampling(x, 50, 1.0, None, 1, None), config)
         assert out.status.tolist() == [0, 1, 0, 1, 2, 0]
         assert int(out.info[-1]) == 2  # the any-bad flag is the max status
         runs = out.info[1:-1]
         assert runs[[1, 3, 4]].tolist() == [0, 0, 0] and bool((runs[[0, 2, 5]] > 0).all())
         with pytest.raises(InputError, match=r"logits row 1 has NaN at column 17"):
-            sample_counts_triton(x, 50, seed=1, config=SMALL)
+            sample_counts_triton(x, 50, seed=1, config=config)
         y = x.reshape(2, 3, 300).clone()
         y[0, 1, 17] = 0.0
         with pytest.raises(InputError, match=r"logits row 3 \(index \(1, 0\)\) has \+inf at column 299"):

@@ -29,6 +29,7 @@ run under the interpreter at a tiny size only to check it agrees with the refere
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import os
 import sys
@@ -171,18 +172,22 @@ def _wall_ms(fn: Callable[[], object]) -> float:
 
 def sweep_configs(rows: int, rounds: int, measure, deadline: float) -> list[dict]:
     """Kernel device time of a few configurations at the target size (CUDA), with what the compiler gave each."""
-    from sparselabels.sampling.triton_kernel import _RESOURCES, KernelConfig, launch_sampler
+    from sparselabels.sampling.triton_kernel import _RESOURCES, default_config, launch_sampler
 
     x = zipf_logits(rows, TARGET_VOCAB, seed=TARGET_VOCAB, device="cuda", dtype=DTYPES[TARGET_DTYPE])
     request = prepare_sampling(x, rounds, 1.0, None, 1234, None)
     read_ms = measure(lambda: x.amax(-1))
+    default = default_config(TARGET_VOCAB, x.element_size())
     configs = [
-        KernelConfig(sub=128, block=4096),  # the default
-        KernelConfig(sub=128, block=4096, pipeline=2),
-        KernelConfig(sub=128, block=8192, pipeline=2),
-        KernelConfig(sub=256, block=4096),
-        KernelConfig(sub=128, block=4096, max_registers=None),
-        KernelConfig(sub=128, block=8192, num_warps=16, max_registers=None),
+        default,
+        dataclasses.replace(default, num_warps=4),  # more programs per SM for the latency-bound sampling kernel
+        dataclasses.replace(default, num_warps=8, max_registers=64),
+        dataclasses.replace(default, num_warps=2),
+        dataclasses.replace(default, stats_warps=8),
+        dataclasses.replace(default, block=8192),
+        dataclasses.replace(default, sub=256),
+        dataclasses.replace(default, split=False),  # pass 1 inside the sampling kernel (one kernel)
+        dataclasses.replace(default, split=False, pipeline=2),
     ]
     out = []
     for config in configs:
@@ -283,10 +288,12 @@ def main() -> None:
                 for r in payload["sweep"]
             ],
             [
+                "split",
                 "sub",
                 "block",
                 "batch",
                 "num_warps",
+                "stats_warps",
                 "pipeline",
                 "max_registers",
                 "kernel_ms",

@@ -48,7 +48,7 @@ for part in "${parts[@]}"; do
     case $part in
         sampler)
             step test_sampling_cuda 110 "${pytest_cmd[@]}" tests/test_sampling_cuda.py
-            step bench_sampler 110 "$PY" tools/bench_sampler.py --time-budget 45 --out "$DEST/bench_sampler.json" ;;
+            step bench_sampler 150 "$PY" tools/bench_sampler.py --time-budget 100 --out "$DEST/bench_sampler.json" ;;
         loss)
             step test_loss_cuda 70 "${pytest_cmd[@]}" tests/test_loss_cuda.py
             step bench_loss 70 "$PY" tools/bench_loss.py --out "$DEST/bench_loss.json" ;;

@@ -16,6 +16,7 @@ backend). ``TRITON_INTERPRET`` is cleared before triton is imported: the interpr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import subprocess
@@ -56,9 +57,12 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
     return {key: int(value) for key, value in re.findall(r"(REG|STACK|LOCAL|SHARED):(\d+)", line)}
 
 
-def report(vocab: int, dtype_name: str, rounds: int = 50) -> dict:
+def report(vocab: int, dtype_name: str, rounds: int = 50, split: bool | None = None) -> dict:
+    """The default configuration, or it with ``split`` set (False: pass 1 inside the sampling kernel)."""
     dtype = DTYPES[dtype_name]
     config = default_config(vocab, torch.empty(0, dtype=dtype).element_size())
+    if split is not None:
+        config = dataclasses.replace(config, split=split)
     start = time.perf_counter()
     compiled = compile_offline(vocab, dtype, rounds=rounds, config=config)
     seconds = time.perf_counter() - start
@@ -77,6 +81,7 @@ def report(vocab: int, dtype_name: str, rounds: int = 50) -> dict:
         "batch": config.batch,
         "num_warps": config.num_warps,
         "pipeline": config.pipeline,
+        "split": config.split,
         "compile_s": seconds,
         "registers": usage["REG"],
         "local_bytes": usage["LOCAL"],
@@ -92,8 +97,8 @@ def main() -> None:
     add_common_args(parser, "sampler_build_report")
     args = parser.parse_args()
     cases = [(128256, "bf16")] if args.quick else [(v, d) for v in (32000, 128256, 262144) for d in DTYPES]
-    rows = [report(vocab, dtype) for vocab, dtype in cases]
-    columns = ["vocab", "dtype", "sub", "block", "compile_s", "registers", "local_bytes", "shared_bytes"]
+    rows = [report(vocab, dtype, split=split) for vocab, dtype in cases for split in (True, False)]
+    columns = ["vocab", "dtype", "split", "sub", "block", "compile_s", "registers", "local_bytes", "shared_bytes"]
     print_table(rows, [*columns, "cp_async", "programs_per_sm"], title="sampling kernel, compiled for sm_90")
     write_json(args.out, {"target": "cuda sm_90 (compiled offline)", "results": rows})
 

@@ -90,7 +90,11 @@ def _sorted_uniforms(row_id, seed_lo, seed_hi, rounds, NPAD: tl.constexpr):
     c1 = zero + (row_id & 0xFFFFFFFF).to(tl.uint32)
     c2 = zero + (row_id >> 32).to(tl.uint32)
     c3 = zero + _STREAM
-    w0, w1, w2, w3 = _philox4x32_10(c0, c1, c2, c3, seed_lo.to(tl.uint32), seed_hi.to(tl.uint32))
+    # the key as vectors: a seed half that is a compile-time int (Triton specializes an int argument equal to 1
+    # unless told not to) has no .to(); adding it to a tensor works either way
+    k0 = (zero.to(tl.int64) + seed_lo).to(tl.uint32)
+    k1 = (zero.to(tl.int64) + seed_hi).to(tl.uint32)
+    w0, w1, w2, w3 = _philox4x32_10(c0, c1, c2, c3, k0, k1)
     even = (lanes % 2) == 0
     hi = tl.where(even, w0, w2).to(tl.int64)
     lo = tl.where(even, w1, w3).to(tl.int64)
@@ -139,6 +143,24 @@ def _sub_tile_stats(x, scale):
 
 
 @triton.jit
+def _sub_tile_stats_kernel(
+    logits_ptr, stride_row, vocab, scale, stats_max_ptr, stats_sum_ptr, SUB: tl.constexpr, BPS: tl.constexpr,
+    NSUB_PAD: tl.constexpr,
+):
+    """Pass 1 on its own (``KernelConfig.split``): one program per (row, block of ``BPS`` sub-tiles) writes the
+    sub-tiles' max and sum of exponentials, so the whole GPU streams the logits as a plain reduction does."""
+    row = tl.program_id(0).to(tl.int64)
+    b = tl.program_id(1)
+    sub_rows = tl.arange(0, BPS)
+    cols = b * (BPS * SUB) + sub_rows[:, None] * SUB + tl.arange(0, SUB)[None, :]
+    x = tl.load(logits_ptr + row * stride_row + cols, mask=cols < vocab, other=float("-inf")).to(tl.float32)
+    m, s, _ = _sub_tile_stats(x, scale)
+    out = row * NSUB_PAD + b * BPS + sub_rows
+    tl.store(stats_max_ptr + out, m)
+    tl.store(stats_sum_ptr + out, s)
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi"])  # one compiled kernel for every seed
 def _sample_rows_kernel(
     logits_ptr,
     stride_row,
@@ -157,6 +179,8 @@ def _sample_rows_kernel(
     cdf_scratch_ptr,
     local_scratch_ptr,
     shift_scratch_ptr,
+    stats_max_ptr,
+    stats_sum_ptr,
     NPAD: tl.constexpr,
     SUB: tl.constexpr,
     BPS: tl.constexpr,
@@ -167,6 +191,7 @@ def _sample_rows_kernel(
     SUB_LEVELS: tl.constexpr,
     SUB_STRIDE0: tl.constexpr,
     PIPELINE: tl.constexpr,
+    STATS_GIVEN: tl.constexpr,
 ):
     BLOCK: tl.constexpr = BPS * SUB
     NSUB_PAD: tl.constexpr = NB_PAD * BPS
@@ -188,22 +213,30 @@ def _sample_rows_kernel(
         row_ptr = logits_ptr + row * stride_row
 
         # ---- pass 1: per-sub-tile max and sum of exponentials, kept in registers ------------------------------
-        sub_max = tl.full([NB_PAD, BPS], float("-inf"), tl.float32)
-        sub_sum = tl.zeros([NB_PAD, BPS], tl.float32)
-        status = 0
-        full_blocks = vocab // BLOCK
-        for b in tl.range(0, full_blocks, num_stages=PIPELINE):
-            x = tl.load(row_ptr + b * BLOCK + block_offsets).to(tl.float32)
+        if STATS_GIVEN:  # written by _sub_tile_stats_kernel (split mode)
+            stat_offsets = row * NSUB_PAD + block_index[:, None] * BPS + sub_rows[None, :]
+            written = (block_index < tl.cdiv(vocab, BLOCK))[:, None]
+            sub_max = tl.load(stats_max_ptr + stat_offsets, mask=written, other=float("-inf"))
+            sub_sum = tl.load(stats_sum_ptr + stat_offsets, mask=written, other=0.0)
+            bad_stats = ((sub_max == float("inf")) | (sub_sum != sub_sum)).to(tl.int32)
+            status = tl.max(tl.max(bad_stats, axis=1), axis=0) * _NONFINITE
+        else:
+            sub_max = tl.full([NB_PAD, BPS], float("-inf"), tl.float32)
+            sub_sum = tl.zeros([NB_PAD, BPS], tl.float32)
+            status = 0
+            full_blocks = vocab // BLOCK
+            for b in tl.range(0, full_blocks, num_stages=PIPELINE):
+                x = tl.load(row_ptr + b * BLOCK + block_offsets).to(tl.float32)
+                m, s, bad = _sub_tile_stats(x, scale)
+                sub_max = tl.where(block_index[:, None] == b, m[None, :], sub_max)
+                sub_sum = tl.where(block_index[:, None] == b, s[None, :], sub_sum)
+                status = status | (bad * _NONFINITE)
+            cols = full_blocks * BLOCK + block_offsets  # the last, partial block (empty when BLOCK divides vocab)
+            x = tl.load(row_ptr + cols, mask=cols < vocab, other=float("-inf")).to(tl.float32)
             m, s, bad = _sub_tile_stats(x, scale)
-            sub_max = tl.where(block_index[:, None] == b, m[None, :], sub_max)
-            sub_sum = tl.where(block_index[:, None] == b, s[None, :], sub_sum)
+            sub_max = tl.where(block_index[:, None] == full_blocks, m[None, :], sub_max)
+            sub_sum = tl.where(block_index[:, None] == full_blocks, s[None, :], sub_sum)
             status = status | (bad * _NONFINITE)
-        cols = full_blocks * BLOCK + block_offsets  # the last, partial block (empty when BLOCK divides vocab)
-        x = tl.load(row_ptr + cols, mask=cols < vocab, other=float("-inf")).to(tl.float32)
-        m, s, bad = _sub_tile_stats(x, scale)
-        sub_max = tl.where(block_index[:, None] == full_blocks, m[None, :], sub_max)
-        sub_sum = tl.where(block_index[:, None] == full_blocks, s[None, :], sub_sum)
-        status = status | (bad * _NONFINITE)
         row_max = tl.max(tl.max(sub_max, axis=1), axis=0)
         status = status | tl.where(row_max == float("-inf"), _NO_FINITE, 0)
 
@@ -298,11 +331,15 @@ class KernelConfig:
     """Tuning knobs. Any valid choice samples the same distribution; ids can differ only at float near-ties.
 
     ``sub``: ids per sub-tile, the unit pass 2 re-reads (power of 2). ``block``: ids per pass-1 step (a multiple
-    of ``sub``, power of 2). ``batch``: sub-tiles re-read together in pass 2. ``pipeline``: pass-1 loads in
-    flight per program (Triton software pipelining: ``cp.async`` into shared memory). ``max_registers``: cap
-    per thread (CUDA; ``None`` lets ptxas choose — it may pick ~190, halving occupancy). ``programs_per_sm``:
-    persistent programs per multiprocessor on CUDA; ``None`` derives it from the compiled kernel's registers
-    and shared memory.
+    of ``sub``, power of 2). ``batch``: sub-tiles re-read together in pass 2. ``split``: pass 1 runs as its own
+    kernel, one program per block of every row, writing the sub-tile statistics (8 bytes per sub-tile) that the
+    sampling kernel then reads; otherwise the sampling kernel streams the row itself, and the per-row work
+    after pass 1 (uniforms, searches, pass 2: latency-bound) leaves the memory system idle for that program.
+    ``stats_warps``: warps of the split pass-1 kernel. ``pipeline``: pass-1 loads in flight per program when not
+    split (Triton software pipelining: ``cp.async`` into shared memory). ``num_warps``, ``max_registers``: of the
+    sampling kernel (CUDA; ``None`` lets ptxas choose — it may pick ~190, halving occupancy).
+    ``programs_per_sm``: persistent programs per multiprocessor on CUDA; ``None`` derives it from the compiled
+    kernel's registers and shared memory.
     """
 
     sub: int
@@ -312,9 +349,11 @@ class KernelConfig:
     pipeline: int = 3
     max_registers: int | None = 128
     programs_per_sm: int | None = None
+    split: bool = True
+    stats_warps: int = 4
 
     def __post_init__(self) -> None:
-        for name in ("sub", "block", "batch", "num_warps"):
+        for name in ("sub", "block", "batch", "num_warps", "stats_warps"):
             value = getattr(self, name)
             if value < 1 or value & (value - 1):
                 raise InputError(f"KernelConfig.{name} must be a power of 2, got {value}")
@@ -444,6 +483,16 @@ def launch_sampler(request: SamplingRequest, config: KernelConfig | None = None)
     info = torch.zeros(num_rows + 2, dtype=torch.int64, device=device)
     status = torch.empty(num_rows, dtype=torch.int32, device=device)
     seed = request.seed
+    if cfg.split:  # pass 1 for every row first, as its own kernel
+        stats_max = torch.empty((num_rows, nsub_pad), dtype=torch.float32, device=device)
+        stats_sum = torch.empty((num_rows, nsub_pad), dtype=torch.float32, device=device)
+        grid = (num_rows, triton.cdiv(vocab, cfg.block))
+        _sub_tile_stats_kernel[grid](
+            x, x.stride(0), vocab, scale, stats_max, stats_sum, SUB=cfg.sub, BPS=constants["BPS"],
+            NSUB_PAD=nsub_pad, num_warps=cfg.stats_warps,
+        )
+    else:
+        stats_max = stats_sum = torch.empty(1, dtype=torch.float32, device=device)  # unused
 
     def arguments(programs: int) -> tuple:
         return (
@@ -464,6 +513,8 @@ def launch_sampler(request: SamplingRequest, config: KernelConfig | None = None)
             torch.empty((programs, nsub_pad), dtype=torch.float64, device=device),  # top-level CDF
             torch.empty((programs, cfg.batch * cfg.sub), dtype=torch.float64, device=device),  # pass-2 CDFs
             torch.empty((programs, npad), dtype=torch.int32, device=device),  # lane shifts
+            stats_max,
+            stats_sum,
         )
 
     if x.is_cuda:
@@ -497,17 +548,26 @@ def geometry(vocab: int, rounds: int, cfg: KernelConfig) -> dict[str, int]:
         "SUB_LEVELS": sub_levels,
         "SUB_STRIDE0": sub_stride0,
         "PIPELINE": cfg.pipeline,
+        "STATS_GIVEN": cfg.split,
     }
 
 
 def compile_offline(
-    vocab: int, dtype: torch.dtype, *, rounds: int = 50, config: KernelConfig | None = None, arch: int = 90
+    vocab: int,
+    dtype: torch.dtype,
+    *,
+    rounds: int = 50,
+    config: KernelConfig | None = None,
+    arch: int = 90,
+    ones: tuple[str, ...] = (),
 ):
     """Compile the sampling kernel for an NVIDIA GPU of compute capability ``arch`` on a machine without one.
 
     Catches what the interpreter cannot (type and shape errors of compiled Triton) and shows what the compiler
     made of it (``.asm['cubin']`` for cuobjdump). The argument types mirror ``launch_sampler``'s call, with the
-    16-byte divisibility a contiguous ``[R, V]`` tensor with V % 16 == 0 gets at run time.
+    16-byte divisibility a contiguous ``[R, V]`` tensor with V % 16 == 0 gets at run time. ``ones`` names int
+    arguments to compile as the constant 1, as Triton's launcher does with an int argument equal to 1 (a seed of 1,
+    a single row): the kernel body must compile either way.
     """
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -531,15 +591,20 @@ def compile_offline(
         "cdf_scratch_ptr": "*fp64",
         "local_scratch_ptr": "*fp64",
         "shift_scratch_ptr": "*i32",
+        "stats_max_ptr": "*fp32",
+        "stats_sum_ptr": "*fp32",
     }
+    unknown = [name for name in ones if types.get(name) not in ("i32", "i64")]
+    if unknown:
+        raise InputError(f"compile_offline: ones={unknown} are not int arguments of the kernel")
     constants = geometry(vocab, rounds, cfg)
     names = list(types) + list(constants)
-    signature = {**types, **dict.fromkeys(constants, "constexpr")}
+    signature = {**types, **dict.fromkeys(constants, "constexpr"), **dict.fromkeys(ones, "constexpr")}
     divisible = [names.index(n) for n in ("logits_ptr", "stride_row", "vocab", "row_ids_ptr", "slot_ids_ptr")]
     source = ASTSource(
         fn=_sample_rows_kernel,
         signature=signature,
-        constexprs={(names.index(k),): v for k, v in constants.items()},
+        constexprs={(names.index(k),): v for k, v in {**constants, **dict.fromkeys(ones, 1)}.items()},
         attrs={(i,): [["tt.divisibility", 16]] for i in divisible},
     )
     return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=_cuda_options(cfg))

@@ -2,7 +2,7 @@
 
 The README quotes only measured numbers; regenerating its tables from the JSON keeps them in step:
 
-    python tools/readme_tables.py codec     # or: io, loader, fidelity, fuzz
+    python tools/readme_tables.py codec     # or: io, loader, fidelity, fuzz, sampler, loss, generate
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ def _load(name: str) -> dict:
 
 def _when(d: dict) -> str:
     m = d["machine"]
-    return f"{m['date'][:10]}, {m['cpu']}, {m['cores']} cores"
+    gpu = f"{m['gpu']} (torch {m.get('torch')}, triton {m.get('triton')}), " if m.get("gpu") else ""
+    return f"{m['date'][:10]}, {gpu}{m['cpu']}, {m['cores']} cores"
 
 
 def codec() -> str:
@@ -130,7 +131,66 @@ def fuzz() -> str:
     return "\n".join(lines)
 
 
-TABLES = {"codec": codec, "loader": loader, "io": io, "fidelity": fidelity, "fuzz": fuzz}
+def sampler() -> str:
+    d = _load("bench_sampler")
+    lines = [f"<!-- tools/results/bench_sampler.json: {_when(d)} -->",
+             "| V | dtype | read once (`amax`) | kernel | `sample_counts` (all) | softmax + multinomial "
+             "| kernel / read | multinomial / kernel | labels/row | to host | `LabelWriter.write` |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in d["results"]:
+        lines.append(
+            f"| {r['vocab']:,} | {r['dtype']} | {r['read_once_ms']:.3f} ms | {r['kernel_ms']:.3f} ms | "
+            f"{r['sample_counts_ms']:.3f} ms | {r['softmax_multinomial_ms']:.2f} ms | {r['kernel_over_read']:.2f}x | "
+            f"{r['speedup_kernel']:.1f}x | {r['labels_per_row']:.1f} | {r['to_host_ms']:.2f} ms | "
+            f"{r['write_ms']:.2f} ms |")
+    if d.get("sweep"):
+        read_ms = d["sweep"][0]["read_once_ms"]
+        lines += ["", f"Kernel configurations at V = 128,256 bf16 (same run; read once {read_ms:.3f} ms):",
+                  "", "| pass 1 | sampling-kernel warps | pass-2 batch | block | kernel | kernel / read |",
+                  "|---|---|---|---|---|---|"]
+        for r in d["sweep"]:
+            c = r["config"]
+            timing = f"{r['kernel_ms']:.3f} ms | {r['kernel_over_read']:.2f}x" if "kernel_ms" in r else r["error"]
+            lines.append(f"| {'own kernel' if c['split'] else 'in the sampling kernel'} | {c['num_warps']} | "
+                         f"{c['batch']} | {c['block']:,} | {timing} |")
+    return "\n".join(lines)
+
+
+def loss() -> str:
+    d = _load("bench_loss")
+    c = d["config"]
+    lines = [f"<!-- tools/results/bench_loss.json: {_when(d)}; T={c['tokens']:,}, H={c['hidden']:,}, "
+             f"V={c['vocab']:,}, {c['dtype']} -->",
+             "| forward + backward | ms | x cross-entropy | peak extra GiB | x cross-entropy |",
+             "|---|---|---|---|---|"]
+    for r in d["results"]:
+        lines.append(f"| `{r['case']}` | {r['ms']:.1f} | {r['time_vs_ce']:.2f} | {r['peak_extra_gib']:.2f} | "
+                     f"{r['memory_vs_ce']:.2f} |")
+    return "\n".join(lines)
+
+
+def generate() -> str:
+    d = _load("bench_generate")
+    c, med, t = d["config"], d["medians_s"], d["tokens_per_s"]
+    forward = med["forward"]
+    lines = [f"<!-- tools/results/bench_generate.json: {_when(d)}; {c['params'] / 1e9:.2f}B-parameter teacher, "
+             f"batch {c['batch_size']} x {c['seq_len']:,} -->",
+             "| per batch | ms | % of forward |", "|---|---|---|"]
+    for key, name in (("forward", "teacher forward (baseline)"), ("sampling", "`sample_counts`"),
+                      ("d2h", "labels to host"), ("write", "`LabelWriter.write` + fsync (inline)"),
+                      ("multinomial", "softmax + `torch.multinomial` (naive sampler)")):
+        lines.append(f"| {name} | {1e3 * med[key]:.1f} | {100 * med[key] / forward:.1f} |")
+    lines += ["", "| end to end | tokens/s | overhead vs forward only |", "|---|---|---|",
+              f"| forward passes only (baseline) | {t['forward_only']:,.0f} | - |",
+              f"| `generate` (writes on a background thread) | {t['end_to_end']:,.0f} | "
+              f"{d['overhead_pct']['end_to_end']:.1f}% |",
+              f"| `generate`, writes inline | {t['end_to_end_inline_writes']:,.0f} | "
+              f"{100 * (t['forward_only'] / t['end_to_end_inline_writes'] - 1):.1f}% |"]
+    return "\n".join(lines)
+
+
+TABLES = {"codec": codec, "loader": loader, "io": io, "fidelity": fidelity, "fuzz": fuzz, "sampler": sampler,
+          "loss": loss, "generate": generate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,11 @@
 """What the compiler makes of the sampling kernel for a Hopper GPU (sm_90), on a machine without a GPU.
 
-For each benchmark geometry (V in {32,000, 128,256, 262,144} x {bf16, fp32}, default config, 50 rounds): compile
-time, registers per thread, local memory (spills), shared memory, whether pass 1 is software-pipelined
-(``cp.async`` in the PTX), and the programs per multiprocessor that registers, shared memory and threads allow
-(the persistent grid's width). This is how the default configuration was chosen before any GPU time: the target
-is 2 programs per SM (8 warps, <= 128 registers) with no spills.
+For each benchmark geometry (V in {32,000, 128,256, 262,144} x {bf16, fp32}, default config, 50 rounds), with pass 1
+as its own kernel (the default, ``split``) and inside the sampling kernel: compile time, registers per thread,
+local memory and stack (spills), shared memory, whether pass 1 is software-pipelined (``cp.async`` in the PTX;
+one-kernel mode only), and the programs per multiprocessor that registers, shared memory and threads allow (the
+persistent grid's width). It checks a configuration before any GPU time; the default itself was then chosen on an
+H200 by ``tools/bench_sampler.py``'s sweep (4 warps, <= 128 registers: 4 programs per SM).
 
 Registers come from ``cuobjdump --dump-resource-usage`` of Triton's own cubin (the tool ships in triton's NVIDIA
 backend). ``TRITON_INTERPRET`` is cleared before triton is imported: the interpreter cannot compile.

@@ -1,13 +1,16 @@
 """Triton sampler: teacher logits → RS-KD (id, count) labels, reading each logit about once.
 
-Exact inverse-CDF sampling of ``rounds`` draws per row with a two-level (hierarchical) prefix sum, one program
-per row at a time (a persistent grid; each program owns a small scratch area that stays in L2):
+Exact inverse-CDF sampling of ``rounds`` draws per row with a two-level (hierarchical) prefix sum, in two
+kernels: pass 1 streams the logits, one program per (row, block); the sampling kernel then takes one row at a
+time per program (a persistent grid; each program owns a small scratch area that stays in L2):
 
 1. **Pass 1 — sub-tile statistics.** The row's first ``vocab_size`` logits are read in blocks of ``BLOCK``
    ids, each seen as ``BPS`` sub-tiles of ``SUB`` ids. Per sub-tile: its max ``m`` and ``s = Σ 2^((x - m)·c)``
    with ``c = log2(e) / temperature`` (float32; ``s`` is a sum of at most ``SUB`` terms ≤ 1, so it keeps ~7
-   digits). The statistics of all sub-tiles of the row stay in registers; NaN / +inf show up as ``m = +inf``
-   or ``s = NaN`` and set the row's status.
+   digits), written to a ``[rows, sub-tiles]`` array (8 bytes per ``SUB`` logits, ~3% of what is read) that
+   the sampling kernel loads into registers; NaN / +inf show up as ``m = +inf`` or ``s = NaN`` and set the row's
+   status. (``KernelConfig(split=False)`` runs pass 1 inside the sampling kernel instead: one launch, but each
+   program's latency-bound steps 2-4 then leave the memory system idle; 1.4x slower on an H200.)
 2. **Top level.** Sub-tile masses ``T = s · 2^((m - M)·c)`` (``M`` the row max) are prefix-summed in
    **float64**, so each step's rounding is ~1e-16 of the row total: a 256K-id row keeps its tail.
 3. **Uniforms.** The row's ``rounds`` uniforms come from Philox4x32-10 keyed by the seed and counted by
@@ -367,8 +370,9 @@ def default_config(vocab: int, element_size: int) -> KernelConfig:
     """Sub-tiles small enough that pass 2 re-reads a few percent of a row and few enough (<= ~1024 per row) for
     their statistics to stay in registers; 8 KiB of logits per pass-1 program; pass 1 split from the sampling
     kernel, which runs 4 warps at <= 128 registers (4 programs per SM). Chosen on an H200 by the sweep of
-    ``tools/bench_sampler.py`` at R = 8,192, V = 128,256 bf16: split 1.25 ms against 1.59 ms as one kernel, and
-    4 warps 1.13 ms against 1.25 ms with 8 (ptxas spills ~200 bytes of stack at 4 warps; still faster)."""
+    ``tools/bench_sampler.py`` at R = 8,192, V = 128,256 bf16 (``tools/results/bench_sampler.json``): 1.12 ms,
+    against 1.25 ms with 8 warps and 1.60 ms as one kernel (ptxas spills ~200 bytes of stack at 4 warps; still
+    faster)."""
     sub = max(128, _next_pow2(-(-vocab // 1024)))
     block = max(sub, 8192 // element_size)
     return KernelConfig(sub=sub, block=block, num_warps=4)

@@ -1,0 +1,22 @@
+"""The README's benchmark tables are exactly what ``tools/readme_tables.py`` prints from the committed JSON in
+``tools/results/``: a number in the README is a measured number, and a rerun benchmark shows up as a diff here."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("readme_tables", ROOT / "tools" / "readme_tables.py")
+readme_tables = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(readme_tables)
+
+
+@pytest.mark.parametrize("table", sorted(readme_tables.TABLES))
+def test_readme_holds_the_table_the_json_gives(table):
+    markdown = readme_tables.TABLES[table]().strip()
+    assert markdown.count("\n") >= 2  # a header, a rule and at least one row
+    readme = (ROOT / "README.md").read_text()
+    assert markdown in readme, f"README's {table} table differs from `python tools/readme_tables.py {table}`"

@@ -253,6 +253,27 @@ def test_full_kd_matches_reference_and_logit_form():
     torch.testing.assert_close(L.sparse_kd_loss(student, all_ids, teacher, temperature=2.0, mask=mask), expected)
 
 
+@pytest.mark.parametrize(
+    ("mask", "message"),
+    [
+        (torch.ones(3, 4), r"mask must have dtype torch.bool, got torch.float32"),
+        (torch.ones(4, 3, dtype=torch.bool), r"mask must have shape \[3, 4\]"),
+        ([[True] * 4] * 3, r"mask must be a torch.Tensor, got list"),
+    ],
+    ids=["float-mask", "wrong-shape", "not-a-tensor"],
+)
+def test_dense_baselines_check_the_mask_like_the_sparse_loss(mask, message):
+    """A float 0/1 mask would be read as weights and a transposed one would broadcast: both refused."""
+    student = torch.randn(3, 4, 30)
+    teacher_logits = torch.randn(3, 4, 30)
+    with pytest.raises(InputError, match=message):
+        L.full_kd_loss_from_logits(student, teacher_logits, mask=mask)
+    with pytest.raises(InputError, match=message):
+        L.full_kd_loss(student, torch.softmax(teacher_logits, -1), mask=mask)
+    with pytest.raises(InputError, match=message):
+        L.sparse_kd_loss(student, torch.zeros(3, 4, 2, dtype=torch.int64), torch.full((3, 4, 2), 0.5), mask=mask)
+
+
 def test_topk_renormalised_and_raw():
     g = torch.Generator().manual_seed(12)
     student = torch.randn(7, 40, generator=g, dtype=torch.float64)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from sparselabels.errors import InputError
-from sparselabels.loss.checks import check_target_tensors, check_target_values
+from sparselabels.loss.checks import check_position_tensor, check_target_tensors, check_target_values
 from sparselabels.loss.sparse_kd import check_logits, compute_dtype, reduce_positions, sparse_kd_loss
 from sparselabels.sampling.checks import check_temperature
 
@@ -148,5 +148,6 @@ def _check_dense_teacher(student_logits: torch.Tensor, teacher: torch.Tensor, ma
         )
     if teacher.device != student_logits.device:
         raise InputError(f"teacher is on {teacher.device} but student_logits is on {student_logits.device}")
-    if mask is not None and tuple(mask.shape) != tuple(student_logits.shape[:-1]):
-        raise InputError(f"mask must have shape {list(student_logits.shape[:-1])}, got {list(mask.shape)}")
+    if mask is not None:  # the same mask rules as every other loss: bool, the leading shape, the same device
+        check_position_tensor("mask", mask, student_logits.shape[:-1], device=student_logits.device,
+                              source="student_logits", dtype=torch.bool)

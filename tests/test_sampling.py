@@ -516,42 +516,41 @@ def test_bench_sampler_quick_runs_and_writes_json(tmp_path):
         assert payload["interpreter_check"]["equal_to_reference"] is True
 
 
+def _compiled_offline(code: str) -> str:
+    """Run ``code`` in a fresh interpreter without ``TRITON_INTERPRET`` (the interpreter cannot compile); its stdout."""
+    pytest.importorskip("triton")
+    assert importlib.util.find_spec("triton.backends.nvidia") is not None
+    clean = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600, env=clean
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
 @pytest.mark.slow
 def test_kernel_compiles_when_int_arguments_are_specialized_to_one():
     """Triton's launcher turns an int argument equal to 1 into a compile-time constant (seed 1 gave seed_lo == 1
     and failed to compile on the first GPU run: ``'int' object has no attribute 'to'``). The kernel now keeps the
     seed unspecialized, and its body must compile with any of these arguments constant anyway."""
-    pytest.importorskip("triton")
-    assert importlib.util.find_spec("triton.backends.nvidia") is not None
-    code = (
+    out = _compiled_offline(
         "import torch; from sparselabels.sampling.triton_kernel import compile_offline, _sample_rows_kernel;"
         "compile_offline(32000, torch.bfloat16, rounds=1, ones=('seed_lo', 'seed_hi', 'num_rows', 'rounds'));"
         "k = _sample_rows_kernel; print([k.arg_names[i] if isinstance(i, int) else i for i in k.do_not_specialize])"
     )
-    clean = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the interpreter cannot compile
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600, env=clean
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "seed_hi" in result.stdout and "seed_lo" in result.stdout
+    assert "seed_hi" in out and "seed_lo" in out
 
 
 @pytest.mark.slow
 def test_kernel_compiles_for_hopper_with_two_programs_per_sm():
     """Compiled offline for sm_90 (no GPU needed): what the interpreter cannot check — that the kernel compiles,
-    keeps the default geometry within 128 registers without spills, and pipelines its pass-1 loads."""
-    pytest.importorskip("triton")
-    assert importlib.util.find_spec("triton.backends.nvidia") is not None
-    code = (
+    keeps the default geometry within 128 registers and no local memory (split, and as one kernel), and that one
+    kernel pipelines its pass-1 loads."""
+    out = _compiled_offline(
         "import sys, json; sys.path.insert(0, 'tools'); import sampler_build_report as r;"
         "print(json.dumps([r.report(128256, 'bf16', split=split) for split in (True, False)]))"
     )
-    clean = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the interpreter cannot compile
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600, env=clean
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    split, one_kernel = json.loads(result.stdout.strip().splitlines()[-1])
+    split, one_kernel = json.loads(out.strip().splitlines()[-1])
     for report in (split, one_kernel):
         assert report["registers"] <= 128 and report["local_bytes"] == 0
         assert report["programs_per_sm"] >= 2

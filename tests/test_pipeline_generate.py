@@ -449,4 +449,5 @@ def test_bench_generate_quick_smoke(tmp_path):
     result = json.loads((tmp_path / "b.json").read_text())
     assert result["quick"] and result["machine"]["cores"]
     assert result["medians_s"]["forward"] > 0 and result["tokens_per_s"]["end_to_end"] > 0
-    assert set(result["overhead_pct"]) == {"components", "end_to_end", "goal"}
+    assert set(result["overhead_pct"]) == {"components", "end_to_end", "goal", "forward_sampling_no_writes"}
+    assert result["tokens_per_s"]["forward_sampling_no_writes"] > 0

@@ -112,6 +112,8 @@ else:
         if name == "row_stride":
             wide = _logits(5, 1100, 8)
             return wide[:, :1000], {"seed": 2}  # rows 1100 apart
+        if name == "high_bit_seeds":  # both 32-bit halves >= 2**31: passed to the kernel as negative int32
+            return _logits(4, 700, 10), {"seed": (0xDEADBEEF << 32) | 0x80000001}
         raise KeyError(name)
 
     CASES = [
@@ -125,6 +127,7 @@ else:
         "one_column",
         "extreme_finite",
         "row_stride",
+        "high_bit_seeds",
     ]
 
     @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # extreme_finite, on purpose

@@ -17,7 +17,9 @@ Also reported: labels per row, and the fraction of each row that pass 2 reads ag
 draws x sub-tile size / V). Targets (issue 4, V = 128,256 bf16 on an H100/H200): kernel <= 1.25x ``read_once``
 and >= 25x faster than ``softmax_multinomial``; the JSON says whether each was met, for the kernel alone and for
 the whole ``sample_counts`` call. On CUDA, ``--sweep`` (default on) also times a few kernel configurations at
-that size. GPU times are medians of ``triton.testing.do_bench`` (CUDA events, L2 flushed between calls).
+that size. GPU times are medians of ``triton.testing.do_bench`` (CUDA events, L2 flushed between calls), except
+``kernel_ms`` and ``pass1_ms`` (split mode's pass-1 kernel alone), which replay a CUDA graph
+(``do_bench_cudagraph``, no flush; at these sizes the logits are 30x the L2, so no call finds them cached).
 
 On a machine without CUDA the sampler is the PyTorch reference (wall-clock medians), and the Triton kernel is
 run under the interpreter at a tiny size only to check it agrees with the reference (not a timing).
@@ -132,6 +134,8 @@ def bench_case(vocab: int, dtype_name: str, rows: int, rounds: int, device: str,
 
         config = default_config(vocab, x.element_size())
         result["kernel_ms"] = graph_timer(lambda: launch_sampler(request, config))
+        if config.split:  # pass 1 alone: the rest of kernel_ms is the latency-bound sampling kernel
+            result["pass1_ms"] = graph_timer(lambda: run_pass1(request, config))
         result["kernel_launch_ms"] = measure(lambda: launch_sampler(request, config))
         result["sample_counts_ms"] = measure(lambda: run_kernel(request, config))
         labels = run_kernel(request, config)
@@ -143,11 +147,7 @@ def bench_case(vocab: int, dtype_name: str, rows: int, rounds: int, device: str,
         result["sample_counts_over_read"] = result["sample_counts_ms"] / result["read_once_ms"]
         result["speedup_kernel"] = result["softmax_multinomial_ms"] / result["kernel_ms"]
         result["speedup_sample_counts"] = result["softmax_multinomial_ms"] / result["sample_counts_ms"]
-        from sparselabels.sampling.triton_kernel import _RESOURCES
-
-        for key, resources in _RESOURCES.items():
-            if key[1] == x.dtype and dict(key[2])["SUB"] == config.sub and key[3] == config:
-                result["resources"] = resources.__dict__.copy()
+        result["resources"] = compiled_resources(x, vocab, rounds, config)
     else:
         result["reference_ms"] = measure(lambda: sample_counts_reference(x, rounds, seed=1234))
         labels = sample_counts_reference(x, rounds, seed=1234)
@@ -170,9 +170,27 @@ def _wall_ms(fn: Callable[[], object]) -> float:
     return 1e3 * median(time_call(fn, repeats=5, warmup=1))
 
 
+def compiled_resources(x: torch.Tensor, vocab: int, rounds: int, config) -> dict | None:
+    """What the compiler gave the sampling kernel for exactly this dtype, geometry and config (CUDA)."""
+    from sparselabels.sampling.triton_kernel import _RESOURCES, geometry
+
+    constants = tuple(sorted(geometry(vocab, rounds, config).items()))
+    for key, resources in _RESOURCES.items():
+        if key[1] == x.dtype and key[2] == constants and key[3] == config:
+            return resources.__dict__.copy()
+    return None
+
+
+def run_pass1(request, config) -> None:
+    """Split mode's pass-1 kernel alone, as ``launch_sampler`` launches it (CUDA)."""
+    from sparselabels.sampling.triton_kernel import LOG2_E, launch_pass1
+
+    launch_pass1(request.rows.matrix, request.rows.vocab_size, LOG2_E / request.temperature, config)
+
+
 def sweep_configs(rows: int, rounds: int, measure, deadline: float) -> list[dict]:
     """Kernel device time of a few configurations at the target size (CUDA), with what the compiler gave each."""
-    from sparselabels.sampling.triton_kernel import _RESOURCES, default_config, launch_sampler
+    from sparselabels.sampling.triton_kernel import default_config, launch_sampler
 
     x = zipf_logits(rows, TARGET_VOCAB, seed=TARGET_VOCAB, device="cuda", dtype=DTYPES[TARGET_DTYPE])
     request = prepare_sampling(x, rounds, 1.0, None, 1234, None)
@@ -198,9 +216,7 @@ def sweep_configs(rows: int, rounds: int, measure, deadline: float) -> list[dict
         try:
             row["kernel_ms"] = graph_timer(lambda config=config: launch_sampler(request, config))
             row["kernel_over_read"] = row["kernel_ms"] / read_ms
-            for key, resources in _RESOURCES.items():
-                if key[3] == config:
-                    row["resources"] = resources.__dict__.copy()
+            row["resources"] = compiled_resources(x, TARGET_VOCAB, rounds, config)
         except Exception as error:  # a config the compiler rejects is reported, not fatal
             row["error"] = f"{type(error).__name__}: {error}"[:300]
         out.append(row)
@@ -257,7 +273,7 @@ def main() -> None:
             torch.cuda.empty_cache()
     results.sort(key=lambda r: (r["vocab"], list(DTYPES).index(r["dtype"])))
     if HAS_CUDA:
-        columns = ["vocab", "dtype", "read_once_ms", "kernel_ms", "kernel_launch_ms", "sample_counts_ms"]
+        columns = ["vocab", "dtype", "read_once_ms", "pass1_ms", "kernel_ms", "kernel_launch_ms", "sample_counts_ms"]
         columns += ["softmax_multinomial_ms"]
         columns += ["kernel_over_read", "sample_counts_over_read", "speedup_kernel", "speedup_sample_counts"]
     else:

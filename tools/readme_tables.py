@@ -150,7 +150,9 @@ def sampler() -> str:
                   "|---|---|---|---|---|---|"]
         for r in d["sweep"]:
             c = r["config"]
-            timing = f"{r['kernel_ms']:.3f} ms | {r['kernel_over_read']:.2f}x" if "kernel_ms" in r else r["error"]
+            timing = f"{r.get('error', 'failed')} | -"
+            if "kernel_ms" in r:
+                timing = f"{r['kernel_ms']:.3f} ms | {r['kernel_over_read']:.2f}x"
             lines.append(f"| {'own kernel' if c['split'] else 'in the sampling kernel'} | {c['num_warps']} | "
                          f"{c['batch']} | {c['block']:,} | {timing} |")
     return "\n".join(lines)
@@ -161,9 +163,12 @@ def loss() -> str:
     c = d["config"]
     lines = [f"<!-- tools/results/bench_loss.json: {_when(d)}; T={c['tokens']:,}, H={c['hidden']:,}, "
              f"V={c['vocab']:,}, {c['dtype']} -->",
-             "| forward + backward | ms | x cross-entropy | peak extra GiB | x cross-entropy |",
+             "| forward + backward | ms | time x cross-entropy | peak extra GiB | memory x cross-entropy |",
              "|---|---|---|---|---|"]
     for r in d["results"]:
+        if "ms" not in r:  # a case that failed (out of memory, say) is shown with its error
+            lines.append(f"| `{r['case']}` | {r.get('error', 'failed')} | - | - | - |")
+            continue
         lines.append(f"| `{r['case']}` | {r['ms']:.1f} | {r['time_vs_ce']:.2f} | {r['peak_extra_gib']:.2f} | "
                      f"{r['memory_vs_ce']:.2f} |")
     return "\n".join(lines)

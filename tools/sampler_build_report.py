@@ -68,6 +68,9 @@ def report(vocab: int, dtype_name: str, rounds: int = 50, split: bool | None = N
     compiled = compile_offline(vocab, dtype, rounds=rounds, config=config)
     seconds = time.perf_counter() - start
     usage = resource_usage(compiled.asm["cubin"])
+    pass1 = None
+    if config.split:  # split mode's pass-1 kernel compiles too
+        pass1 = resource_usage(compile_offline(vocab, dtype, config=config, kernel="stats").asm["cubin"])["REG"]
     shared = compiled.metadata.shared
     threads = config.num_warps * 32
     programs = min(
@@ -89,6 +92,7 @@ def report(vocab: int, dtype_name: str, rounds: int = 50, split: bool | None = N
         "stack_bytes": usage["STACK"],
         "shared_bytes": shared,
         "cp_async": compiled.asm["ptx"].count("cp.async.cg"),
+        "pass1_registers": pass1,
         "programs_per_sm": programs,
     }
 
@@ -100,7 +104,8 @@ def main() -> None:
     cases = [(128256, "bf16")] if args.quick else [(v, d) for v in (32000, 128256, 262144) for d in DTYPES]
     rows = [report(vocab, dtype, split=split) for vocab, dtype in cases for split in (True, False)]
     columns = ["vocab", "dtype", "split", "sub", "block", "compile_s", "registers", "local_bytes", "shared_bytes"]
-    print_table(rows, [*columns, "cp_async", "programs_per_sm"], title="sampling kernel, compiled for sm_90")
+    columns += ["stack_bytes", "cp_async", "programs_per_sm", "pass1_registers"]
+    print_table(rows, columns, title="sampling kernel (and split mode's pass-1 kernel), compiled for sm_90")
     write_json(args.out, {"target": "cuda sm_90 (compiled offline)", "results": rows})
 
 

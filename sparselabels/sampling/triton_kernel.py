@@ -7,10 +7,11 @@ time per program (a persistent grid; each program owns a small scratch area that
 1. **Pass 1 — sub-tile statistics.** The row's first ``vocab_size`` logits are read in blocks of ``BLOCK``
    ids, each seen as ``BPS`` sub-tiles of ``SUB`` ids. Per sub-tile: its max ``m`` and ``s = Σ 2^((x - m)·c)``
    with ``c = log2(e) / temperature`` (float32; ``s`` is a sum of at most ``SUB`` terms ≤ 1, so it keeps ~7
-   digits), written to a ``[rows, sub-tiles]`` array (8 bytes per ``SUB`` logits, ~3% of what is read) that
-   the sampling kernel loads into registers; NaN / +inf show up as ``m = +inf`` or ``s = NaN`` and set the row's
-   status. (``KernelConfig(split=False)`` runs pass 1 inside the sampling kernel instead: one launch, but each
-   program's latency-bound steps 2-4 then leave the memory system idle; 1.4x slower on an H200.)
+   digits), written to a ``[rows, sub-tiles]`` array (8 bytes per ``SUB`` logits: 3.1% of the bytes read for
+   bf16 with ``SUB = 128``, written once and read once) that the sampling kernel loads into registers; NaN /
+   +inf show up as ``m = +inf`` or ``s = NaN`` and set the row's status. (``KernelConfig(split=False)`` runs
+   pass 1 inside the sampling kernel instead: one launch, but while a program does steps 2-4 for a row it reads
+   no logits; on an H200 that was 1.28x slower at the same warps, 1.60 against 1.25 ms.)
 2. **Top level.** Sub-tile masses ``T = s · 2^((m - M)·c)`` (``M`` the row max) are prefix-summed in
    **float64**, so each step's rounding is ~1e-16 of the row total: a 256K-id row keeps its tail.
 3. **Uniforms.** The row's ``rounds`` uniforms come from Philox4x32-10 keyed by the seed and counted by
@@ -147,23 +148,23 @@ def _sub_tile_stats(x, scale):
 
 @triton.jit
 def _sub_tile_stats_kernel(
-    logits_ptr, stride_row, vocab, scale, stats_max_ptr, stats_sum_ptr, SUB: tl.constexpr, BPS: tl.constexpr,
-    NSUB_PAD: tl.constexpr,
+    logits_ptr, stride_row, vocab, scale, stats_max_ptr, stats_sum_ptr, SUB: tl.constexpr, BPS: tl.constexpr
 ):
     """Pass 1 on its own (``KernelConfig.split``): one program per (row, block of ``BPS`` sub-tiles) writes the
-    sub-tiles' max and sum of exponentials, so the whole GPU streams the logits as a plain reduction does."""
+    sub-tiles' max and sum of exponentials, so the whole GPU streams the logits as a plain reduction does.
+    Row r's statistics start at ``r * cdiv(vocab, BPS * SUB) * BPS`` (every sub-tile of the launched blocks)."""
     row = tl.program_id(0).to(tl.int64)
     b = tl.program_id(1)
     sub_rows = tl.arange(0, BPS)
     cols = b * (BPS * SUB) + sub_rows[:, None] * SUB + tl.arange(0, SUB)[None, :]
     x = tl.load(logits_ptr + row * stride_row + cols, mask=cols < vocab, other=float("-inf")).to(tl.float32)
     m, s, _ = _sub_tile_stats(x, scale)
-    out = row * NSUB_PAD + b * BPS + sub_rows
+    out = row * (tl.cdiv(vocab, BPS * SUB) * BPS) + b * BPS + sub_rows
     tl.store(stats_max_ptr + out, m)
     tl.store(stats_sum_ptr + out, s)
 
 
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi"])  # one compiled kernel for every seed
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi"])  # with the halves passed as int32: one kernel for all seeds
 def _sample_rows_kernel(
     logits_ptr,
     stride_row,
@@ -216,9 +217,10 @@ def _sample_rows_kernel(
         row_ptr = logits_ptr + row * stride_row
 
         # ---- pass 1: per-sub-tile max and sum of exponentials, kept in registers ------------------------------
-        if STATS_GIVEN:  # written by _sub_tile_stats_kernel (split mode)
-            stat_offsets = row * NSUB_PAD + block_index[:, None] * BPS + sub_rows[None, :]
-            written = (block_index < tl.cdiv(vocab, BLOCK))[:, None]
+        if STATS_GIVEN:  # written by _sub_tile_stats_kernel (split mode); loaded into registers
+            blocks = tl.cdiv(vocab, BLOCK)
+            stat_offsets = row * (blocks * BPS) + block_index[:, None] * BPS + sub_rows[None, :]
+            written = (block_index < blocks)[:, None]
             sub_max = tl.load(stats_max_ptr + stat_offsets, mask=written, other=float("-inf"))
             sub_sum = tl.load(stats_sum_ptr + stat_offsets, mask=written, other=0.0)
             bad_stats = ((sub_max == float("inf")) | (sub_sum != sub_sum)).to(tl.int32)
@@ -333,22 +335,22 @@ def _compact_kernel(slot_ids_ptr, slot_counts_ptr, indptr_ptr, ids_ptr, counts_p
 class KernelConfig:
     """Tuning knobs. Any valid choice samples the same distribution; ids can differ only at float near-ties.
 
-    ``sub``: ids per sub-tile, the unit pass 2 re-reads (power of 2). ``block``: ids per pass-1 step (a multiple
-    of ``sub``, power of 2). ``batch``: sub-tiles re-read together in pass 2. ``split``: pass 1 runs as its own
-    kernel, one program per block of every row, writing the sub-tile statistics (8 bytes per sub-tile) that the
-    sampling kernel then reads; otherwise the sampling kernel streams the row itself, and the per-row work
-    after pass 1 (uniforms, searches, pass 2: latency-bound) leaves the memory system idle for that program.
-    ``stats_warps``: warps of the split pass-1 kernel. ``pipeline``: pass-1 loads in flight per program when not
-    split (Triton software pipelining: ``cp.async`` into shared memory). ``num_warps``, ``max_registers``: of the
-    sampling kernel (CUDA; ``None`` lets ptxas choose — it may pick ~190, halving occupancy).
-    ``programs_per_sm``: persistent programs per multiprocessor on CUDA; ``None`` derives it from the compiled
-    kernel's registers and shared memory.
+    ``sub``: ids per sub-tile, the unit pass 2 re-reads (power of 2). ``block``: ids per pass-1 program when
+    split, per pass-1 loop step otherwise (a multiple of ``sub``, power of 2). ``batch``: sub-tiles re-read
+    together in pass 2. ``split``: pass 1 runs as its own kernel, one program per block of every row, writing
+    the sub-tile statistics (8 bytes per sub-tile) that the sampling kernel then reads; otherwise the sampling
+    kernel streams the row itself, and reads no logits while it does the per-row work after pass 1 (uniforms,
+    searches, pass 2). ``stats_warps``: warps of the split pass-1 kernel. ``pipeline``: pass-1 loads in flight
+    per program when not split (Triton software pipelining: ``cp.async`` into shared memory). ``num_warps``,
+    ``max_registers``: of the sampling kernel (CUDA; ``None`` lets ptxas choose — it may pick ~190, halving
+    occupancy). ``programs_per_sm``: persistent programs per multiprocessor on CUDA; ``None`` derives it from
+    the compiled kernel's registers and shared memory.
     """
 
     sub: int
     block: int
     batch: int = 4
-    num_warps: int = 8
+    num_warps: int = 4
     pipeline: int = 3
     max_registers: int | None = 128
     programs_per_sm: int | None = None
@@ -369,13 +371,14 @@ class KernelConfig:
 def default_config(vocab: int, element_size: int) -> KernelConfig:
     """Sub-tiles small enough that pass 2 re-reads a few percent of a row and few enough (<= ~1024 per row) for
     their statistics to stay in registers; 8 KiB of logits per pass-1 program; pass 1 split from the sampling
-    kernel, which runs 4 warps at <= 128 registers (4 programs per SM). Chosen on an H200 by the sweep of
-    ``tools/bench_sampler.py`` at R = 8,192, V = 128,256 bf16 (``tools/results/bench_sampler.json``): 1.12 ms,
-    against 1.25 ms with 8 warps and 1.60 ms as one kernel (ptxas spills ~200 bytes of stack at 4 warps; still
-    faster)."""
+    kernel, which runs 4 warps at <= 128 registers (4 programs per SM; ptxas spills some registers to the stack
+    there and is still faster). Split mode and the warps were chosen on an H200 by ``tools/bench_sampler.py``'s
+    sweep at R = 8,192, V = 128,256 bf16 (``tools/results/bench_sampler.json``, one run): 1.12 ms, against 1.25
+    ms with 8 warps and 1.60 ms as one kernel. Pass-2 batch 8 (1.08 ms) and block 8,192 (1.11 ms) were a little
+    faster in that run, within what one run can tell apart; not adopted."""
     sub = max(128, _next_pow2(-(-vocab // 1024)))
     block = max(sub, 8192 // element_size)
-    return KernelConfig(sub=sub, block=block, num_warps=4)
+    return KernelConfig(sub=sub, block=block)
 
 
 def _next_pow2(n: int) -> int:
@@ -453,10 +456,12 @@ def kernel_resources(args: tuple, constants: dict, cfg: KernelConfig, device: to
         by_threads = 2048 // threads  # Hopper (and Ampere): 2,048 threads per multiprocessor
         programs = max(1, min(by_registers, by_shared, by_threads))
         resources = KernelResources(compiled.n_regs, compiled.n_spills, compiled.metadata.shared, programs)
-    except Exception as error:  # triton's introspection API moved: size the grid as checked offline instead
-        message = f"sampler: could not read the kernel's occupancy ({error!r}); using 2 programs per SM"
+    except Exception as error:  # triton's introspection API moved: size the grid from the config instead
+        threads = cfg.num_warps * 32
+        programs = max(1, min(2048 // threads, 65536 // (threads * (cfg.max_registers or 255))))
+        message = f"sampler: could not read the kernel's occupancy ({error!r}); using {programs} programs per SM"
         warnings.warn(message, RuntimeWarning, stacklevel=3)
-        resources = KernelResources(-1, -1, -1, 2)
+        resources = KernelResources(-1, -1, -1, programs)
     if cfg.programs_per_sm is not None:
         resources = KernelResources(resources.registers, resources.spills, resources.shared_bytes, cfg.programs_per_sm)
     _RESOURCES[key] = resources
@@ -490,13 +495,7 @@ def launch_sampler(request: SamplingRequest, config: KernelConfig | None = None)
     status = torch.empty(num_rows, dtype=torch.int32, device=device)
     seed = request.seed
     if cfg.split:  # pass 1 for every row first, as its own kernel
-        stats_max = torch.empty((num_rows, nsub_pad), dtype=torch.float32, device=device)
-        stats_sum = torch.empty((num_rows, nsub_pad), dtype=torch.float32, device=device)
-        grid = (num_rows, triton.cdiv(vocab, cfg.block))
-        _sub_tile_stats_kernel[grid](
-            x, x.stride(0), vocab, scale, stats_max, stats_sum, SUB=cfg.sub, BPS=constants["BPS"],
-            NSUB_PAD=nsub_pad, num_warps=cfg.stats_warps,
-        )
+        stats_max, stats_sum = launch_pass1(x, vocab, scale, cfg)
     else:
         stats_max = stats_sum = torch.empty(1, dtype=torch.float32, device=device)  # unused
 
@@ -508,8 +507,8 @@ def launch_sampler(request: SamplingRequest, config: KernelConfig | None = None)
             vocab,
             request.rounds,
             request.row_ids,
-            seed & 0xFFFFFFFF,
-            seed >> 32,
+            _as_int32(seed & 0xFFFFFFFF),
+            _as_int32(seed >> 32),
             scale,
             slot_ids,
             slot_counts,
@@ -534,6 +533,25 @@ def launch_sampler(request: SamplingRequest, config: KernelConfig | None = None)
     return KernelOutput(slot_ids, slot_counts, info, status, npad)
 
 
+def _as_int32(half: int) -> int:
+    """A seed half (0 <= half < 2**32) as the signed int32 with the same bits: Triton types an int argument by
+    its value (i32 below 2**31, else i64), and one type for every seed keeps one compiled kernel."""
+    return half - (1 << 32) if half >= 1 << 31 else half
+
+
+def launch_pass1(x: torch.Tensor, vocab: int, scale: float, cfg: KernelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split mode's pass 1 over the ``[R, >= vocab]`` logits ``x``: the (max, scaled sum) of every sub-tile, as two
+    float32 ``[R, sub-tiles]`` arrays (8 bytes per sub-tile and row, alive until the sampling kernel has run)."""
+    bps = cfg.block // cfg.sub
+    blocks = triton.cdiv(vocab, cfg.block)
+    stats_max = torch.empty((x.shape[0], blocks * bps), dtype=torch.float32, device=x.device)
+    stats_sum = torch.empty_like(stats_max)
+    _sub_tile_stats_kernel[(x.shape[0], blocks)](
+        x, x.stride(0), vocab, scale, stats_max, stats_sum, SUB=cfg.sub, BPS=bps, num_warps=cfg.stats_warps
+    )
+    return stats_max, stats_sum
+
+
 _TRITON_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -553,7 +571,7 @@ def geometry(vocab: int, rounds: int, cfg: KernelConfig) -> dict[str, int]:
         "TOP_STRIDE0": top_stride0,
         "SUB_LEVELS": sub_levels,
         "SUB_STRIDE0": sub_stride0,
-        "PIPELINE": cfg.pipeline,
+        "PIPELINE": 1 if cfg.split else cfg.pipeline,  # split: no pass-1 loop, so no recompile per value
         "STATS_GIVEN": cfg.split,
     }
 
@@ -566,8 +584,10 @@ def compile_offline(
     config: KernelConfig | None = None,
     arch: int = 90,
     ones: tuple[str, ...] = (),
+    kernel: str = "sampling",
 ):
-    """Compile the sampling kernel for an NVIDIA GPU of compute capability ``arch`` on a machine without one.
+    """Compile a sampler kernel for an NVIDIA GPU of compute capability ``arch`` on a machine without one:
+    ``kernel="sampling"`` (the per-row kernel) or ``"stats"`` (split mode's pass 1).
 
     Catches what the interpreter cannot (type and shape errors of compiled Triton) and shows what the compiler
     made of it (``.asm['cubin']`` for cuobjdump). The argument types mirror ``launch_sampler``'s call, with the
@@ -579,41 +599,57 @@ def compile_offline(
     from triton.compiler import ASTSource
 
     cfg = config or default_config(vocab, torch.empty(0, dtype=dtype).element_size())
-    types = {
-        "logits_ptr": "*" + _TRITON_DTYPES[dtype],
-        "stride_row": "i32",
-        "num_rows": "i32",
-        "vocab": "i32",
-        "rounds": "i32",
-        "row_ids_ptr": "*i64",
-        "seed_lo": "i64",
-        "seed_hi": "i64",
-        "scale": "fp32",
-        "slot_ids_ptr": "*i32",
-        "slot_counts_ptr": "*u8",
-        "runs_ptr": "*i64",
-        "status_ptr": "*i32",
-        "any_bad_ptr": "*i64",
-        "cdf_scratch_ptr": "*fp64",
-        "local_scratch_ptr": "*fp64",
-        "shift_scratch_ptr": "*i32",
-        "stats_max_ptr": "*fp32",
-        "stats_sum_ptr": "*fp32",
-    }
+    constants = geometry(vocab, rounds, cfg)
+    if kernel == "sampling":
+        fn, options = _sample_rows_kernel, _cuda_options(cfg)
+        types = {
+            "logits_ptr": "*" + _TRITON_DTYPES[dtype],
+            "stride_row": "i32",
+            "num_rows": "i32",
+            "vocab": "i32",
+            "rounds": "i32",
+            "row_ids_ptr": "*i64",
+            "seed_lo": "i32",
+            "seed_hi": "i32",
+            "scale": "fp32",
+            "slot_ids_ptr": "*i32",
+            "slot_counts_ptr": "*u8",
+            "runs_ptr": "*i64",
+            "status_ptr": "*i32",
+            "any_bad_ptr": "*i64",
+            "cdf_scratch_ptr": "*fp64",
+            "local_scratch_ptr": "*fp64",
+            "shift_scratch_ptr": "*i32",
+            "stats_max_ptr": "*fp32",
+            "stats_sum_ptr": "*fp32",
+        }
+        divisible = ("logits_ptr", "stride_row", "vocab", "row_ids_ptr", "slot_ids_ptr")
+    elif kernel == "stats":
+        fn, options = _sub_tile_stats_kernel, {"num_warps": cfg.stats_warps}
+        types = {
+            "logits_ptr": "*" + _TRITON_DTYPES[dtype],
+            "stride_row": "i32",
+            "vocab": "i32",
+            "scale": "fp32",
+            "stats_max_ptr": "*fp32",
+            "stats_sum_ptr": "*fp32",
+        }
+        constants = {"SUB": constants["SUB"], "BPS": constants["BPS"]}
+        divisible = ("logits_ptr", "stride_row", "vocab", "stats_max_ptr", "stats_sum_ptr")
+    else:
+        raise InputError(f"compile_offline: kernel must be 'sampling' or 'stats', got {kernel!r}")
     unknown = [name for name in ones if types.get(name) not in ("i32", "i64")]
     if unknown:
         raise InputError(f"compile_offline: ones={unknown} are not int arguments of the kernel")
-    constants = geometry(vocab, rounds, cfg)
     names = list(types) + list(constants)
     signature = {**types, **dict.fromkeys(constants, "constexpr"), **dict.fromkeys(ones, "constexpr")}
-    divisible = [names.index(n) for n in ("logits_ptr", "stride_row", "vocab", "row_ids_ptr", "slot_ids_ptr")]
     source = ASTSource(
-        fn=_sample_rows_kernel,
+        fn=fn,
         signature=signature,
         constexprs={(names.index(k),): v for k, v in {**constants, **dict.fromkeys(ones, 1)}.items()},
-        attrs={(i,): [["tt.divisibility", 16]] for i in divisible},
+        attrs={(names.index(n),): [["tt.divisibility", 16]] for n in divisible if n not in ones},
     )
-    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=_cuda_options(cfg))
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
 
 
 def run_kernel(request: SamplingRequest, config: KernelConfig | None = None) -> SampledLabels:

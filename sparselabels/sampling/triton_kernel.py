@@ -600,44 +600,37 @@ def compile_offline(
 
     cfg = config or default_config(vocab, torch.empty(0, dtype=dtype).element_size())
     constants = geometry(vocab, rounds, cfg)
+    arg_types = {  # every runtime argument of both kernels, typed as launch_sampler / launch_pass1 pass them
+        "logits_ptr": "*" + _TRITON_DTYPES[dtype],
+        "stride_row": "i32",
+        "num_rows": "i32",
+        "vocab": "i32",
+        "rounds": "i32",
+        "row_ids_ptr": "*i64",
+        "seed_lo": "i32",
+        "seed_hi": "i32",
+        "scale": "fp32",
+        "slot_ids_ptr": "*i32",
+        "slot_counts_ptr": "*u8",
+        "runs_ptr": "*i64",
+        "status_ptr": "*i32",
+        "any_bad_ptr": "*i64",
+        "cdf_scratch_ptr": "*fp64",
+        "local_scratch_ptr": "*fp64",
+        "shift_scratch_ptr": "*i32",
+        "stats_max_ptr": "*fp32",
+        "stats_sum_ptr": "*fp32",
+    }
     if kernel == "sampling":
         fn, options = _sample_rows_kernel, _cuda_options(cfg)
-        types = {
-            "logits_ptr": "*" + _TRITON_DTYPES[dtype],
-            "stride_row": "i32",
-            "num_rows": "i32",
-            "vocab": "i32",
-            "rounds": "i32",
-            "row_ids_ptr": "*i64",
-            "seed_lo": "i32",
-            "seed_hi": "i32",
-            "scale": "fp32",
-            "slot_ids_ptr": "*i32",
-            "slot_counts_ptr": "*u8",
-            "runs_ptr": "*i64",
-            "status_ptr": "*i32",
-            "any_bad_ptr": "*i64",
-            "cdf_scratch_ptr": "*fp64",
-            "local_scratch_ptr": "*fp64",
-            "shift_scratch_ptr": "*i32",
-            "stats_max_ptr": "*fp32",
-            "stats_sum_ptr": "*fp32",
-        }
         divisible = ("logits_ptr", "stride_row", "vocab", "row_ids_ptr", "slot_ids_ptr")
     elif kernel == "stats":
         fn, options = _sub_tile_stats_kernel, {"num_warps": cfg.stats_warps}
-        types = {
-            "logits_ptr": "*" + _TRITON_DTYPES[dtype],
-            "stride_row": "i32",
-            "vocab": "i32",
-            "scale": "fp32",
-            "stats_max_ptr": "*fp32",
-            "stats_sum_ptr": "*fp32",
-        }
         constants = {"SUB": constants["SUB"], "BPS": constants["BPS"]}
         divisible = ("logits_ptr", "stride_row", "vocab", "stats_max_ptr", "stats_sum_ptr")
     else:
         raise InputError(f"compile_offline: kernel must be 'sampling' or 'stats', got {kernel!r}")
+    types = {name: arg_types[name] for name in fn.arg_names if name in arg_types}  # in the kernel's order
     unknown = [name for name in ones if types.get(name) not in ("i32", "i64")]
     if unknown:
         raise InputError(f"compile_offline: ones={unknown} are not int arguments of the kernel")

@@ -7,6 +7,8 @@ and field; errors about inputs say which sequence, position and field.
 
 from __future__ import annotations
 
+import operator
+
 
 class SparseLabelsError(Exception):
     """Base class of every error raised on purpose by sparselabels."""
@@ -45,3 +47,19 @@ def where(**parts: object) -> str:
         label = key.replace("_", " ")
         out.append(f"{label} {value!r}" if isinstance(value, str) else f"{label} {value}")
     return ", ".join(out)
+
+
+def check_int(name: str, value: object, low: int | None, *, optional: bool = False) -> int | None:
+    """``value`` as an int when it is an integer >= ``low`` (Python or numpy, never bool); else InputError.
+
+    One rule for every integer option, so that 2.5, "3" or True never become 2, 3 or 1 silently."""
+    if optional and value is None:
+        return None
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or (low is not None and number < low):
+        bound = "" if low is None else f" >= {low}"
+        raise InputError(f"{name} must be an integer{bound}{' or None' if optional else ''}, got {value!r}")
+    return number

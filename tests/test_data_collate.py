@@ -219,3 +219,31 @@ def test_batch_is_a_dict_of_views_of_one_storage_and_pickles_whole(tmp_path):
         assert back.keys() == out.keys()
         for key, value in out.items():
             assert back[key].dtype == value.dtype and torch.equal(back[key], value), key
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("pad_to_multiple_of", -8), ("pad_to_multiple_of", 0), ("pad_to_multiple_of", 2.5), ("pad_to", 3.5),
+    ("pad_to", -1), ("max_labels", 2.5), ("max_labels", "3"), ("max_labels", True), ("pad_token_id", 2.7),
+    ("pad_token_id", 1 << 63), ("vocab_size", 64.0), ("rounds", 0), ("pin_memory", 1),
+])
+def test_bad_options_are_named_never_rounded(option, value):
+    """A wrong option raises InputError naming it, at collate and when a collator is built; none is rounded
+    (a negative multiple used to shrink T below the longest sequence, and the kernels wrote past the buffers)."""
+    ids, counts = np.tile(np.arange(10, 14, dtype=np.uint32), 20), np.tile(np.array([47, 1, 1, 1], np.uint8), 20)
+    item = SparseItem(0, ids, counts, np.arange(0, 81, 4), np.full(20, 7), 50, 100)
+    with pytest.raises(InputError, match=option):
+        collate([item, item], **{option: value})
+    with pytest.raises(InputError, match=option):
+        SparseLabelCollator(**{option: value})
+
+
+def test_input_ids_as_lists_and_tensors():
+    rng = np.random.default_rng(5)
+    ids, counts, indptr = random_sequence(rng, 4, vocab_size=VOCAB)
+    tokens = [3, 1, 4, 1]
+    expected = collate([SparseItem(0, ids, counts, indptr, np.array(tokens), 50, VOCAB)])["input_ids"]
+    for given in (tokens, torch.tensor(tokens), np.array(tokens, np.uint16)):
+        out = collate([SparseItem(0, ids, counts, indptr, given, 50, VOCAB)])
+        assert torch.equal(out["input_ids"], expected)
+    with pytest.raises(InputError, match="not integers"):
+        collate([SparseItem(0, ids, counts, indptr, [0.5, 1, 2, 3], 50, VOCAB)])

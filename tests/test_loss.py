@@ -132,6 +132,28 @@ def test_padding_slots_change_nothing():
     assert bool((none_grad[0] == 0).all())
 
 
+def test_minus_inf_logit_at_the_padding_id_adds_nothing():
+    """A student that bans id 0 (logit -inf) while padding slots point at id 0 with weight 0: the loss and its
+    gradient stay finite and equal the dense KL over the real targets (0 * -inf would be NaN)."""
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randn(8, 30, generator=g, dtype=torch.float64)
+    ids, weights = make_targets((8,), 30, 4, generator=g, pad=3)
+    ids = torch.where(weights > 0, ids.clamp(min=1), ids)  # real targets avoid id 0, padding slots use it
+    logits[:, 0] = -math.inf
+    value, (grad,) = grad_of(lambda x: L.sparse_kd_loss(x, ids, weights, reduction="sum"), logits)
+    log_p = torch.log_softmax(logits, -1).gather(1, ids)
+    real = weights > 0
+    expected = torch.where(real, weights * (weights.log() - log_p), torch.zeros_like(weights)).sum()
+    torch.testing.assert_close(value, expected)
+    assert torch.isfinite(grad).all()
+    # the fused loss's chunk function (its CPU path) likewise
+    chunk_logits = logits.clone()
+    rows, _ = fused.chunk_loss_and_grad_torch(chunk_logits, ids, weights, None, torch.ones(8, dtype=torch.float64),
+                                              None, 1.0, -100, True)
+    torch.testing.assert_close(rows.sum(), expected)
+    assert torch.isfinite(chunk_logits).all()
+
+
 def test_mask_selects_positions():
     g = torch.Generator().manual_seed(5)
     logits = torch.randn(4, 6, 25, generator=g, dtype=torch.float64)

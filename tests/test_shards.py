@@ -137,3 +137,67 @@ def test_shard_sets_pickle_and_reopen(tmp_path):
     assert_same(clone[9], seqs[9])
     single = pickle.loads(pickle.dumps(sl.open_labels(paths[0])))
     assert_same(single[2], seqs[2])
+
+
+def test_shard_sets_are_thread_safe_and_evict_without_closing(tmp_path):
+    """Four threads reading at random with max_open=1 (every read may evict the shard another thread is reading):
+    every read matches, none fails (an unlocked cache used to raise KeyError or 'file is closed')."""
+    import threading
+
+    _, seqs = make_shards(tmp_path / "d", count=4, per_shard=5)
+    errors, mismatches = [], []
+    for mmap in (True, False):
+        labels = sl.open_labels(tmp_path / "d", max_open=1, mmap=mmap)
+
+        def work(seed, labels=labels):
+            rng = np.random.default_rng(seed)
+            for i in rng.integers(0, len(seqs), size=300):
+                try:
+                    s = labels[int(i)]
+                except Exception as exc:  # every failure is collected and reported
+                    errors.append(repr(exc))
+                    continue
+                if not (np.array_equal(s.ids, seqs[i][0]) and np.array_equal(s.counts, seqs[i][1])):
+                    mismatches.append(int(i))
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(labels._open) <= 1
+        labels.close()
+    assert errors == [] and mismatches == []
+
+
+def test_directory_sets_keep_at_most_max_open(tmp_path):
+    make_shards(tmp_path / "d", count=6, per_shard=2)
+    with sl.open_labels(tmp_path / "d", max_open=2) as labels:
+        assert len(labels._open) == 2  # the directory's files are opened to count them, then only 2 kept
+        labels[0], labels[11]
+        assert len(labels._open) == 2
+
+
+def test_closed_shard_sets_refuse_reads_and_pickling(tmp_path):
+    import pickle
+
+    make_shards(tmp_path / "d")
+    labels = sl.open_labels(tmp_path / "d")
+    labels.close()
+    with pytest.raises(ValueError, match="closed"):
+        labels[0]
+    with pytest.raises(ValueError, match="closed"):
+        pickle.dumps(labels)
+
+
+def test_max_sequence_positions_reaches_every_shard(tmp_path):
+    _, seqs = make_shards(tmp_path / "d", count=2, per_shard=3)
+    longest = max(len(s[2]) - 1 for s in seqs)
+    sl.write_manifest(tmp_path / "d" / "manifest.json", sorted((tmp_path / "d").glob("*.slbl")))
+    for target in (tmp_path / "d", tmp_path / "d" / "manifest.json", tmp_path / "d" / "shard-00000.slbl"):
+        with sl.open_labels(target, max_sequence_positions=1) as labels, pytest.raises(
+                FormatError, match="max_sequence_positions"):
+            for i in range(len(labels)):
+                labels[i]
+        with sl.open_labels(target, max_sequence_positions=longest) as labels:
+            labels[0]

@@ -120,3 +120,20 @@ def test_fused_triton_backend_equals_unfused():
     torch.testing.assert_close(value, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fh, rh, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(fw, rw, rtol=1e-4, atol=1e-6)
+
+
+def test_chunk_kernel_minus_inf_at_the_padding_id():
+    """Weight-0 padding slots at id 0 whose logit is -inf add exactly 0, in the kernel as in its twin."""
+    g = torch.Generator().manual_seed(31)
+    rows, vocab = 4, 64
+    logits = torch.randn(rows, vocab, generator=g)
+    ids, weights = _targets(rows, vocab, 5, 2, g)
+    ids[:, :5] = ids[:, :5].clamp(min=1)
+    logits[:, 0] = -float("inf")
+    kd_coef = torch.ones(rows)
+    expected_grad, got_grad = logits.clone(), logits.clone()
+    expected = fused.chunk_loss_and_grad_torch(expected_grad, ids, weights, None, kd_coef, None, 1.0, -100, True)
+    got = chunk_loss_and_grad_triton(got_grad, ids, weights, None, kd_coef, None, 1.0, -100, True)
+    assert torch.isfinite(got[0]).all() and torch.isfinite(got_grad).all()
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-5, atol=1e-6)

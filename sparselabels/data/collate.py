@@ -36,7 +36,7 @@ import torch
 from numba import types
 from numba.extending import overload
 
-from sparselabels.errors import InputError
+from sparselabels.errors import InputError, check_int
 
 OVERFLOW_POLICIES = ("error", "drop_smallest", "truncate")
 _POLICY_CODE = {"error": 0, "drop_smallest": 1, "truncate": 2}
@@ -262,6 +262,20 @@ def _common(values: list, name: str, given: Any) -> Any:
     return found if given is None else given
 
 
+def _checked_options(**options: Any) -> dict[str, Any]:
+    """collate's options with every integer checked (a wrong one raises InputError; none is silently rounded)."""
+    if options["on_overflow"] not in OVERFLOW_POLICIES:
+        raise InputError(f"on_overflow must be one of {OVERFLOW_POLICIES}, got {options['on_overflow']!r}")
+    for name, low in (("max_labels", 1), ("vocab_size", 1), ("rounds", 1), ("pad_to", 0), ("pad_to_multiple_of", 1)):
+        options[name] = check_int(name, options[name], low, optional=True)
+    pad = options["pad_token_id"] = check_int("pad_token_id", options["pad_token_id"], None)  # -100 is common
+    if not -(1 << 63) <= pad < 1 << 63:
+        raise InputError(f"pad_token_id {pad} does not fit int64")
+    if not isinstance(options["pin_memory"], bool):
+        raise InputError(f"pin_memory must be True or False, got {options['pin_memory']!r}")
+    return options
+
+
 def _padded_length(longest: int, pad_to: int | None, multiple: int | None) -> int:
     T = longest
     if pad_to is not None:
@@ -293,10 +307,11 @@ def collate(
     ``vocab_size`` (default: the items') is the bound every id is checked against, e.g. the student's
     vocabulary; ``rounds`` is needed only for items that do not carry it. See the module docstring.
     """
-    if on_overflow not in OVERFLOW_POLICIES:
-        raise InputError(f"on_overflow must be one of {OVERFLOW_POLICIES}, got {on_overflow!r}")
-    if max_labels is not None and (isinstance(max_labels, bool) or int(max_labels) < 1):
-        raise InputError(f"max_labels must be a positive integer or None, got {max_labels!r}")
+    options = _checked_options(max_labels=max_labels, on_overflow=on_overflow, vocab_size=vocab_size,
+                               rounds=rounds, pad_to=pad_to, pad_to_multiple_of=pad_to_multiple_of,
+                               pad_token_id=pad_token_id, pin_memory=pin_memory)
+    max_labels, vocab_size, rounds = options["max_labels"], options["vocab_size"], options["rounds"]
+    pad_to, pad_to_multiple_of, pad_token_id = options["pad_to"], options["pad_to_multiple_of"], options["pad_token_id"]
     if len(batch) == 0:
         raise InputError("collate: the batch is empty")
     B = len(batch)
@@ -396,6 +411,13 @@ def collate(
     return out
 
 
+def _as_array(tokens: Any) -> np.ndarray:
+    """Input ids as numpy: arrays as they are, torch tensors (any device) and lists converted."""
+    if isinstance(tokens, torch.Tensor):
+        return tokens.detach().cpu().numpy()
+    return np.asarray(tokens)
+
+
 def _batch_tokens(batch: SequenceABC, lengths: np.ndarray, indices: np.ndarray) -> np.ndarray | None:
     """The items' input ids concatenated as int64 (None when no item has any), lengths checked."""
     token_parts = _item_field(batch, "input_ids", None)
@@ -404,6 +426,7 @@ def _batch_tokens(batch: SequenceABC, lengths: np.ndarray, indices: np.ndarray) 
         return None
     if have != len(batch):
         raise InputError("collate: some items carry input ids and some do not")
+    token_parts = [_as_array(p) for p in token_parts]
     for b, (p, n) in enumerate(zip(token_parts, lengths, strict=True)):
         if p.ndim != 1 or p.shape[0] != n:
             raise InputError(f"collate: sequence {indices[b]}: {p.shape} input ids for {n} label positions")
@@ -421,11 +444,9 @@ class SparseLabelCollator:
     def __init__(self, *, max_labels: int | None = None, on_overflow: str = "error", vocab_size: int | None = None,
                  rounds: int | None = None, pad_to: int | None = None, pad_to_multiple_of: int | None = None,
                  pad_token_id: int = 0, pin_memory: bool = False) -> None:
-        if on_overflow not in OVERFLOW_POLICIES:
-            raise InputError(f"on_overflow must be one of {OVERFLOW_POLICIES}, got {on_overflow!r}")
-        self.options = {"max_labels": max_labels, "on_overflow": on_overflow, "vocab_size": vocab_size,
-                        "rounds": rounds, "pad_to": pad_to, "pad_to_multiple_of": pad_to_multiple_of,
-                        "pad_token_id": pad_token_id, "pin_memory": pin_memory}
+        self.options = _checked_options(max_labels=max_labels, on_overflow=on_overflow, vocab_size=vocab_size,
+                                        rounds=rounds, pad_to=pad_to, pad_to_multiple_of=pad_to_multiple_of,
+                                        pad_token_id=pad_token_id, pin_memory=pin_memory)
 
     def __call__(self, batch: SequenceABC) -> dict[str, torch.Tensor]:
         return collate(batch, **self.options)

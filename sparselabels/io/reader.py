@@ -16,7 +16,7 @@ import numpy as np
 
 from sparselabels.codecs import get_codec
 from sparselabels.codecs.base import LabelRuleError
-from sparselabels.errors import ChecksumError, FormatError, InputError
+from sparselabels.errors import ChecksumError, FormatError, InputError, check_int
 from sparselabels.format import metadata as meta_format
 from sparselabels.format.checks import check_labels
 from sparselabels.format.layout import (
@@ -48,6 +48,17 @@ class Labels(abc.ABC):
 
     def __getitem__(self, index: int) -> Sequence:
         return self.read(index)
+
+    def _sequence_index(self, index: int, where: str = "") -> int:
+        """``index`` as a sequence number in ``0..len-1`` (negative counts from the end); IndexError or TypeError
+        otherwise. Booleans are refused: ``f[True]`` reading sequence 1 hides a bug."""
+        if isinstance(index, bool | np.bool_):
+            raise TypeError(f"sequence index must be an integer, not {type(index).__name__}")
+        n = len(self)
+        index = operator.index(index)
+        if not -n <= index < n:
+            raise IndexError(f"sequence {index} out of range for {n} sequences{where}")
+        return index % n
 
     @abc.abstractmethod
     def read(self, index: int, *, check: bool = True) -> Sequence:
@@ -156,7 +167,7 @@ class LabelFile(Labels):
         self.path = os.fspath(path)
         self._use_mmap = mmap
         self._verify = verify
-        self.max_sequence_positions = int(max_sequence_positions)
+        self.max_sequence_positions = check_int("max_sequence_positions", max_sequence_positions, 1)
         self._source: ByteSource | None = None
         self._open()
 
@@ -306,8 +317,18 @@ class LabelFile(Labels):
 
     @property
     def file_size(self) -> int:
-        assert self._source is not None
-        return self._source.size
+        return self._opened().size
+
+    def _opened(self) -> ByteSource:
+        if self._source is None:
+            raise ValueError(f"file {self.path!r} is closed")
+        return self._source
+
+    def _identity(self) -> tuple[int, ...]:
+        """What must not change between opening a file and reopening it by path (pickling): its size and
+        footer (index checksum and counts)."""
+        f = self.footer
+        return (self._opened().size, f.index_crc32, f.num_sequences, f.num_chunks, f.num_positions, f.num_labels)
 
     @property
     def codec_name(self) -> str:
@@ -333,9 +354,8 @@ class LabelFile(Labels):
     def record_bytes(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(record, table) bytes of sequence ``index``: what the codec decodes."""
         col = self._col
-        src = self._source
-        if src is None:
-            raise ValueError(f"file {self.path!r} is closed")
+        src = self._opened()
+        src.check_unchanged()  # before any index or record page is touched
         record = src.view(int(col["record_offset"][index]), int(col["record_size"][index]), f"sequence {index}")
         if self._has_tables:
             chunk = int(np.searchsorted(col["chunk_first_sequence"], index, side="right")) - 1
@@ -346,11 +366,7 @@ class LabelFile(Labels):
         return record, table
 
     def read(self, index: int, *, check: bool = True) -> Sequence:
-        n = len(self)
-        index = operator.index(index)
-        if not -n <= index < n:
-            raise IndexError(f"sequence {index} out of range for {n} sequences in {self.path!r}")
-        index %= n
+        index = self._sequence_index(index, f" in {self.path!r}")
         record, table = self.record_bytes(index)
         col = self._col
         num_pos = int(col["position_start"][index + 1] - col["position_start"][index])
@@ -387,7 +403,7 @@ class LabelFile(Labels):
     # -- pickling: by path, reopened in the receiving process ---------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "mmap": self._use_mmap, "verify": self._verify,
-                "max_sequence_positions": self.max_sequence_positions}
+                "max_sequence_positions": self.max_sequence_positions, "identity": self._identity()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.path = state["path"]
@@ -396,6 +412,10 @@ class LabelFile(Labels):
         self._verify = "structure"  # the sending process already verified the index
         self._source = None
         self._open()
+        if self._identity() != tuple(state["identity"]):
+            self.close()
+            raise FormatError(f"file {self.path!r} changed after it was opened (size, index checksum or counts "
+                              "differ from the sender's): reopen it rather than read another file's labels")
 
     def __repr__(self) -> str:
         if not hasattr(self, "footer"):

@@ -11,9 +11,9 @@ from __future__ import annotations
 import bisect
 import contextlib
 import json
-import operator
 import os
 import tempfile
+import threading
 from collections import OrderedDict
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -23,7 +23,7 @@ import numpy as np
 from sparselabels.errors import CompatibilityError, FormatError
 from sparselabels.format.layout import FOOTER_SIZE
 from sparselabels.format.metadata import COMPATIBILITY_KEYS
-from sparselabels.io.reader import LabelFile, Labels
+from sparselabels.io.reader import DEFAULT_MAX_SEQUENCE_POSITIONS, LabelFile, Labels
 from sparselabels.io.sequence import Sequence
 
 MANIFEST_FORMAT = "sparselabels-manifest"
@@ -158,19 +158,28 @@ def read_manifest(path: str | os.PathLike) -> dict:
 
 
 class LabelShards(Labels):
-    """Several label files presented as one sequence of sequences, in shard order."""
+    """Several label files presented as one sequence of sequences, in shard order.
+
+    Safe to read from several threads: opening and evicting shards is locked, and an evicted shard is dropped
+    rather than closed, so a read in progress on it finishes (its file closes when the last reader lets go).
+    """
 
     def __init__(self, shards: list[dict], *, root: Path, metadata: dict, mmap: bool = True,
                  verify: str = "index", max_open: int = 64, source: str | None = None,
-                 opened: dict[int, LabelFile] | None = None) -> None:
+                 opened: dict[int, LabelFile] | None = None,
+                 max_sequence_positions: int = DEFAULT_MAX_SEQUENCE_POSITIONS) -> None:
         self._entries = shards
         self._root = root
         self.metadata = metadata
         self._mmap = mmap
         self._verify = verify
         self._max_open = max(1, max_open)
+        self._max_sequence_positions = max_sequence_positions
         self._source = source
+        self._closed = False
+        self._lock = threading.Lock()
         self._open: OrderedDict[int, LabelFile] = OrderedDict(opened or {})
+        self._evict()
         self._seq_starts = np.concatenate(([0], np.cumsum([e["num_sequences"] for e in shards]))).astype(np.int64)
         self._pos_starts = np.concatenate(([0], np.cumsum([e["num_positions"] for e in shards]))).astype(np.int64)
         self._num_labels = sum(e["num_labels"] for e in shards)
@@ -186,7 +195,8 @@ class LabelShards(Labels):
         """Open every file now (their footers and indexes give the counts) and check they agree."""
         opened, entries, metas = {}, [], []
         for i, p in enumerate(paths):
-            f = LabelFile(p, mmap=kwargs.get("mmap", True), verify=kwargs.get("verify", "index"))
+            f = LabelFile(p, mmap=kwargs.get("mmap", True), verify=kwargs.get("verify", "index"),
+                          max_sequence_positions=kwargs.get("max_sequence_positions", DEFAULT_MAX_SEQUENCE_POSITIONS))
             if metas:
                 check_compatible(metas[0], f.metadata, what=f"shard {str(p)!r}", reference_name=str(paths[0]))
             metas.append(f.metadata)
@@ -207,15 +217,30 @@ class LabelShards(Labels):
 
     def shard(self, k: int) -> LabelFile:
         """Shard ``k``, opened (and checked against its manifest entry) on first use."""
-        f = self._open.get(k)
-        if f is not None:
-            self._open.move_to_end(k)
+        with self._lock:
+            if self._closed:
+                raise ValueError(f"{self!r} is closed")
+            f = self._open.get(k)
+            if f is not None:
+                self._open.move_to_end(k)
+                return f
+            f = self._open_shard(k)
+            self._open[k] = f
+            self._evict()
             return f
+
+    def _evict(self) -> None:
+        """Drop the least recently used shards beyond ``max_open`` (not closed: see the class docstring)."""
+        while len(self._open) > self._max_open:
+            self._open.popitem(last=False)
+
+    def _open_shard(self, k: int) -> LabelFile:
         entry = self._entries[k]
         path = self._root / entry["path"]
         where = f"shard {k} ({str(path)!r})"
         try:
-            f = LabelFile(path, mmap=self._mmap, verify=self._verify)
+            f = LabelFile(path, mmap=self._mmap, verify=self._verify,
+                          max_sequence_positions=self._max_sequence_positions)
         except FileNotFoundError:
             raise FormatError(f"{where}: file is missing") from None
         found = {"bytes": f.file_size, "num_sequences": len(f), "num_positions": f.num_positions,
@@ -229,10 +254,6 @@ class LabelShards(Labels):
         except CompatibilityError:
             f.close()
             raise
-        self._open[k] = f
-        while len(self._open) > self._max_open:
-            _, old = self._open.popitem(last=False)
-            old.close()
         return f
 
     # -- Labels --------------------------------------------------------------------------------------------
@@ -253,11 +274,7 @@ class LabelShards(Labels):
         return k, index - int(self._seq_starts[k])
 
     def read(self, index: int, *, check: bool = True) -> Sequence:
-        n = len(self)
-        index = operator.index(index)
-        if not -n <= index < n:
-            raise IndexError(f"sequence {index} out of range for {n} sequences")
-        index %= n
+        index = self._sequence_index(index)
         k, local = self.locate_sequence(index)
         s = self.shard(k).read(local, check=check)
         return Sequence(s.ids, s.counts, s.indptr, s.fingerprint, index)
@@ -283,18 +300,23 @@ class LabelShards(Labels):
         return np.concatenate(parts) if parts else None
 
     def close(self) -> None:
-        for f in self._open.values():
-            f.close()
-        self._open.clear()
+        with self._lock:
+            self._closed = True
+            for f in self._open.values():
+                f.close()
+            self._open.clear()
 
     def __getstate__(self) -> dict[str, Any]:
-        state = {k: v for k, v in self.__dict__.items() if k != "_open"}
+        if self._closed:
+            raise ValueError(f"{self!r} is closed")
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_open", "_lock")}
         state["_verify"] = "structure"
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._open = OrderedDict()
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (f"LabelShards({self._source or str(self._root)!r}, shards={self.num_shards}, sequences={len(self)}, "
@@ -309,15 +331,20 @@ def shard_files(directory: Path) -> list[Path]:
     return files
 
 
-def open_labels(path: str | os.PathLike, *, mmap: bool = True, verify: str = "index",
-                max_open: int = 64) -> Labels:
-    """Open a label file, a manifest (``*.json``) or a directory of shards (its manifest.json if present)."""
+def open_labels(path: str | os.PathLike, *, mmap: bool = True, verify: str = "index", max_open: int = 64,
+                max_sequence_positions: int = DEFAULT_MAX_SEQUENCE_POSITIONS) -> Labels:
+    """Open a label file, a manifest (``*.json``) or a directory of shards (its manifest.json if present).
+
+    ``max_open``: shards kept open at a time; ``mmap``, ``verify`` and ``max_sequence_positions``: as for
+    :class:`LabelFile`, applied to every shard."""
     path = Path(path)
+    shard_options = {"mmap": mmap, "verify": verify, "max_open": max_open,
+                     "max_sequence_positions": max_sequence_positions}
     if path.is_dir():
         manifest = path / MANIFEST_NAME
         if manifest.is_file():
-            return LabelShards.from_manifest(manifest, mmap=mmap, verify=verify, max_open=max_open)
-        return LabelShards.from_files(shard_files(path), mmap=mmap, verify=verify, max_open=max_open)
+            return LabelShards.from_manifest(manifest, **shard_options)
+        return LabelShards.from_files(shard_files(path), **shard_options)
     if path.suffix == ".json":
-        return LabelShards.from_manifest(path, mmap=mmap, verify=verify, max_open=max_open)
-    return LabelFile(path, mmap=mmap, verify=verify)
+        return LabelShards.from_manifest(path, **shard_options)
+    return LabelFile(path, mmap=mmap, verify=verify, max_sequence_positions=max_sequence_positions)

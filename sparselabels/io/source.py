@@ -7,6 +7,7 @@ before touching it, so a hostile offset becomes a FormatError, never an out-of-b
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import stat
@@ -33,6 +34,9 @@ class ByteSource:
     def view(self, offset: int, length: int, what: str) -> np.ndarray:
         raise NotImplementedError
 
+    def check_unchanged(self) -> None:
+        """Raise FormatError if the file is now shorter than when it was opened (no-op where that is safe)."""
+
     def close(self) -> None:
         pass
 
@@ -50,6 +54,16 @@ class MmapSource(ByteSource):
     def view(self, offset: int, length: int, what: str) -> np.ndarray:
         self.check_range(offset, length, what)
         return self._array[offset : offset + length]
+
+    def check_unchanged(self) -> None:
+        """A page of a map past the end of its file kills the process (SIGBUS) when touched, so a file truncated
+        or overwritten in place (``cp`` over it) since it was mapped is refused before a read touches it. (A
+        truncation racing with a read can still crash it: use ``mmap=False`` for files that may change.)"""
+        if self._map is not None and self._map.size() < self.size:
+            raise FormatError(
+                f"file {self.path!r}: now {self._map.size()} bytes, {self.size} when it was opened: truncated or "
+                "overwritten while open; reopen it"
+            )
 
     def close(self) -> None:
         # Views handed out keep the buffer alive; dropping our references lets the map close when they go.
@@ -77,9 +91,13 @@ class PreadSource(ByteSource):
         return out
 
     def close(self) -> None:
-        if self._fd >= 0:
+        if getattr(self, "_fd", -1) >= 0:
             os.close(self._fd)
             self._fd = -1
+
+    def __del__(self) -> None:  # a shard set drops evicted files unclosed (another thread may still read one)
+        with contextlib.suppress(Exception):
+            self.close()
 
 
 def open_source(path: str, *, use_mmap: bool) -> ByteSource:

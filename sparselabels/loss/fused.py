@@ -40,7 +40,7 @@ from sparselabels.loss.checks import (
     check_target_tensors,
     check_target_values,
 )
-from sparselabels.loss.sparse_kd import compute_dtype
+from sparselabels.loss.sparse_kd import compute_dtype, kd_row_losses
 from sparselabels.sampling.checks import check_temperature
 
 BACKENDS = ("auto", "torch", "triton")
@@ -269,7 +269,7 @@ def chunk_loss_and_grad_torch(
     ids = target_ids.long()
     lse_t = torch.logsumexp(z_t, dim=-1)
     total_weight = weights.sum(-1)
-    kd_rows = torch.xlogy(weights, weights).sum(-1) - (weights * z_t.gather(1, ids)).sum(-1) + total_weight * lse_t
+    kd_rows = kd_row_losses(weights, z_t.gather(1, ids), lse_t)
     ce_rows = lse_1 = valid = safe_labels = None
     if labels is not None:
         valid = labels != ignore_index

@@ -86,12 +86,20 @@ def sparse_kd_per_position(
     if temperature != 1.0:
         z = z / temperature
     weights = target_weights.detach().to(z.dtype)
-    lse = torch.logsumexp(z, dim=-1)
-    z_targets = z.gather(-1, target_ids.long())
+    return kd_row_losses(weights, z.gather(-1, target_ids.long()), torch.logsumexp(z, dim=-1))
+
+
+def kd_row_losses(weights: torch.Tensor, z_targets: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """``Σ w log w - Σ w z_id + (Σ w) lse`` per row, from the tempered logits at the target ids and their log-sum-exp.
+
+    A slot or row of weight 0 adds exactly 0, even where the student's logit is -inf (a banned token at the
+    padding id 0): ``0 * -inf`` would be NaN."""
+    zero = torch.zeros((), dtype=weights.dtype, device=weights.device)
+    total = weights.sum(-1)
     return (
         torch.xlogy(weights, weights).sum(-1)
-        - (weights * z_targets).sum(-1)
-        + weights.sum(-1) * lse
+        - torch.where(weights > 0, weights * z_targets, zero).sum(-1)
+        + torch.where(total > 0, total * lse, zero)
     )
 
 

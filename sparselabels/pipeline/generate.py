@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from sparselabels.codecs import DEFAULT_CODEC
-from sparselabels.errors import CompatibilityError, InputError, SparseLabelsError
+from sparselabels.errors import CompatibilityError, InputError, SparseLabelsError, check_int
 from sparselabels.format.fingerprint import input_fingerprint
 from sparselabels.io.sequence import CsrLabels, concat_csr, split_csr
 from sparselabels.io.writer import DEFAULT_CHUNK_BYTES, LabelWriter
@@ -249,11 +249,6 @@ def _agree(world: distributed.World, **values: Any) -> None:
                                          f"{value!r}; every rank must read the same tokens and teacher")
 
 
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
 def generate(
     model,
     tokens,
@@ -298,7 +293,7 @@ def generate(
     """
     for name, value, low in (("batch_size", batch_size, 1), ("flush_every", flush_every, 1),
                              ("chunk_bytes", chunk_bytes, 1), ("max_rows", max_rows, 1), ("seed", seed, 0)):
-        _check_int(name, value, low)
+        check_int(name, value, low)
     if resume and overwrite:
         raise InputError("resume and overwrite exclude each other")
     run = RunOptions(batch_size, dtype, codec, resume, overwrite, progress, flush_every, chunk_bytes, write_behind,

@@ -1,0 +1,75 @@
+"""A LabelFile's life: indexing rules, use after close, pickling by path, and files changed while open."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from labelgen import assert_same, random_sequences
+
+import sparselabels as sl
+from sparselabels.errors import FormatError, InputError
+
+
+def write(path, seed, count, *, rounds=50):
+    seqs = random_sequences(seed, count, vocab_size=500, rounds=rounds)
+    with sl.LabelWriter(path, vocab_size=500, rounds=rounds, chunk_bytes=4096, overwrite=True) as w:
+        for s in seqs:
+            w.write(*s)
+    return seqs
+
+
+def test_indexing_refuses_booleans_and_closed_files(tmp_path):
+    seqs = write(tmp_path / "a.slbl", 1, 4)
+    f = sl.LabelFile(tmp_path / "a.slbl")
+    assert_same(f[-1], seqs[-1])
+    with pytest.raises(TypeError, match="bool"):
+        f[True]
+    with pytest.raises(IndexError, match="out of range"):
+        f[4]
+    f.close()
+    for use in (lambda: f[0], lambda: f.file_size, lambda: pickle.dumps(f)):
+        with pytest.raises(ValueError, match="closed"):
+            use()
+    with pytest.raises(InputError, match="max_sequence_positions"):
+        sl.LabelFile(tmp_path / "a.slbl", max_sequence_positions=2.5)
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_pickled_file_refuses_a_different_file_at_its_path(tmp_path, mmap):
+    """A worker reopening by path must not read another file's labels with the sender's rounds and counts."""
+    path = tmp_path / "a.slbl"
+    seqs = write(path, 1, 6)
+    with sl.LabelFile(path, mmap=mmap) as f:
+        state = pickle.dumps(f)
+        assert_same(pickle.loads(state)[2], seqs[2])  # unchanged: reopens
+        write(path, 2, 6, rounds=20)  # regenerated at the same path (a new inode)
+        with pytest.raises(FormatError, match="changed after it was opened"):
+            pickle.loads(state)
+
+
+def test_file_overwritten_in_place_while_mapped_is_an_error_not_a_crash(tmp_path):
+    """``cp small big`` over an open, mapped file: touching the map past the new end would kill the process
+    (SIGBUS), so the read is refused first. Run in a child so that a regression fails here, not the whole run."""
+    write(tmp_path / "big.slbl", 1, 400)
+    write(tmp_path / "small.slbl", 2, 2)
+    script = textwrap.dedent(f"""
+        import shutil, sparselabels as sl
+        f = sl.LabelFile({str(tmp_path / "big.slbl")!r})
+        f[0]
+        shutil.copyfile({str(tmp_path / "small.slbl")!r}, {str(tmp_path / "big.slbl")!r})
+        try:
+            f[len(f) - 1]
+        except sl.FormatError as exc:
+            print("refused:", exc)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert "refused:" in done.stdout and "truncated or overwritten while open" in done.stdout
+    shutil.copyfile(tmp_path / "small.slbl", tmp_path / "copy.slbl")  # the copy itself is a valid file
+    with sl.LabelFile(tmp_path / "copy.slbl") as g:
+        assert len(g) == 2

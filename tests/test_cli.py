@@ -73,8 +73,8 @@ def test_merge_command_and_errors(tmp_path, capsys):
 
 
 def test_errors_name_the_commands_own_flags(tmp_path, capsys):
-    """A leftover .partial: each command names the switches it has as flags and leaves the others as keywords
-    (convert has --resume and --overwrite, merge only --overwrite)."""
+    """A leftover .partial: each command names the switches it has as flags and offers only those (convert has
+    --resume and --overwrite, merge only --overwrite)."""
     import numpy as np
 
     logits = tmp_path / "logits.npy"
@@ -88,7 +88,8 @@ def test_errors_name_the_commands_own_flags(tmp_path, capsys):
     merged = tmp_path / "m.slbl"
     (tmp_path / "m.slbl.partial").write_bytes(b"an interrupted file")
     assert main(["merge", str(merged), str(out), "--copy"]) == 2
-    assert "pass resume=True to continue it or --overwrite to start again" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "pass --overwrite to start again" in err and "resume" not in err  # merge cannot resume
     assert main(["merge", str(merged), str(out), "--copy", "--overwrite"]) == 0
     assert sl.validate(merged).ok
 
@@ -98,3 +99,85 @@ def test_console_script_runs(tmp_path):
     result = subprocess.run([sys.executable, "-m", "sparselabels.cli.main", "validate", str(path)],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_merge_refuses_what_it_cannot_do_and_cleans_up(tmp_path, capsys):
+    a = make(tmp_path / "a.slbl")
+    assert main(["merge", str(tmp_path / "ab.slbl"), str(a)]) == 2  # a manifest under a label file's name
+    assert "name it *.json, or pass --copy" in capsys.readouterr().err and not (tmp_path / "ab.slbl").exists()
+    assert main(["merge", "--codec", "raw", str(tmp_path / "m.json"), str(a)]) == 2
+    assert "--copy" in capsys.readouterr().err
+    bad = tmp_path / "bad.slbl"
+    data = bytearray(a.read_bytes())
+    data[400] ^= 1  # inside the first chunk's records: copying it fails its checksum
+    bad.write_bytes(bytes(data))
+    assert main(["merge", "--copy", str(tmp_path / "out.slbl"), str(bad)]) == 2
+    assert "CRC" in capsys.readouterr().err
+    assert not (tmp_path / "out.slbl").exists() and not (tmp_path / "out.slbl.partial").exists()
+    assert main(["merge", "--copy", str(tmp_path / "out.slbl"), str(a)]) == 0  # nothing left to block a rerun
+
+
+def test_manifests_refuse_mixed_fingerprints_and_are_world_readable(tmp_path):
+    import os
+    import stat
+
+    import pytest
+
+    with_fp = tmp_path / "f.slbl"
+    with sl.LabelWriter(with_fp, vocab_size=300, rounds=50, metadata={"teacher": "t"}) as w:
+        for i, s in enumerate(random_sequences(2, 3, vocab_size=300)):
+            w.write(*s, fingerprint=i)
+    plain = make(tmp_path / "p.slbl")
+    with pytest.raises(sl.CompatibilityError, match="fingerprints"):
+        sl.merge(tmp_path / "m.json", [with_fp, plain])
+    old = os.umask(0o022)
+    try:
+        manifest = sl.merge(tmp_path / "m.json", [plain, make(tmp_path / "q.slbl")])
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(manifest.stat().st_mode) == 0o644  # as label files are: other users can read a dataset
+
+
+def test_bad_convert_inputs_are_errors_not_tracebacks(tmp_path, capsys):
+    """Each of these used to end in a traceback (h5py OSError, SafetensorError, ValueError, RuntimeError,
+    AssertionError), some after leaving an empty .partial that blocked the next run."""
+    import numpy as np
+    import torch
+
+    logits = tmp_path / "l.npy"
+    np.save(logits, np.random.default_rng(0).standard_normal((2, 3, 40)).astype(np.float32))
+    (tmp_path / "x.h5").write_bytes(b"not an HDF5 file")
+    (tmp_path / "x.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
+    (tmp_path / "x.npy").write_bytes(b"not a npy file")
+    out = tmp_path / "o.slbl"
+    cases = [
+        (["convert", str(tmp_path / "x.h5"), "--out", str(out)], "cannot be opened as HDF5"),
+        (["convert", str(tmp_path / "x.safetensors"), "--out", str(out)], "cannot be opened as safetensors"),
+        (["convert", str(logits), "--out", str(out), "--lengths", str(tmp_path / "x.npy")], "not a readable .npy"),
+        (["convert", str(logits), "--out", str(out), "--device", "bogus"], "device 'bogus'"),
+        (["convert", str(logits), "--out", str(out), "--topk", "1000"], "more than the vocabulary"),
+        (["convert", str(logits), "--out", str(logits), "--overwrite"], "is the input file"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["convert", str(logits), "--out", str(out), "--device", "cuda"], "CUDA is not available"))
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+        assert not out.exists() and not (tmp_path / "o.slbl.partial").exists(), argv
+    assert np.load(logits).shape == (2, 3, 40)  # the input was not replaced
+
+
+def test_a_closed_pipe_is_not_an_error(tmp_path):
+    """`sparselabels stats FILE | head -0`: the reader is gone before the output is written."""
+    import os
+
+    path = make(tmp_path / "a.slbl", n=40)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "sparselabels.cli.main", "stats", str(path)], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141 and done.stderr == "", (done.returncode, done.stderr)

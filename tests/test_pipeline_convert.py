@@ -151,7 +151,7 @@ def test_topk(tmp_path):
 
 def test_logits_given_as_logprobs_are_caught(tmp_path):
     path = save("npy", tmp_path / "in", logits_3d())
-    with pytest.raises(InputError, match=r"row 0: log-probabilities sum to exp\("):
+    with pytest.raises(InputError, match=r"sequence 0, position 0 \(row 0\): log-probabilities sum to exp\("):
         convert(path, tmp_path / "o.slbl", kind="logprobs")
     assert not (tmp_path / "o.slbl").exists()
 
@@ -297,6 +297,35 @@ def test_resume_refuses_a_partial_file_of_other_settings(tmp_path, monkeypatch):
     _open_counting(monkeypatch, reads=None)
     with pytest.raises(sl.CompatibilityError, match="seed"):
         convert(path, out, seed=2, chunk_rows=10, chunk_bytes=2_000, resume=True)
+
+
+def test_resume_refuses_another_sequence_layout(tmp_path, monkeypatch):
+    """The same rows cut into other sequences must not be appended to (or accepted as) the file of the first
+    layout: that silently mixed sequence lengths and dropped positions in a file that validated."""
+    rows = logits_3d(1, 64, 100)[0]
+    path = save("npy", tmp_path / "in", rows)
+    out = convert(path, tmp_path / "done.slbl", seq_len=32)
+    with pytest.raises(sl.CompatibilityError, match="converted_from"):
+        convert(path, out, lengths=[10, 54], resume=True)
+    _open_counting(monkeypatch, reads=2)
+    partial = tmp_path / "partial.slbl"
+    with pytest.raises(RuntimeError):
+        convert(path, partial, seq_len=8, chunk_rows=8, chunk_bytes=500)
+    _open_counting(monkeypatch, reads=None)
+    with pytest.raises(sl.CompatibilityError, match="converted_from"):
+        convert(path, partial, seq_len=16, chunk_rows=8, chunk_bytes=500, resume=True)
+
+
+def test_bad_rows_are_named_by_sequence_and_position(tmp_path):
+    logits = logits_3d(4, 16, 100)
+    logprobs = torch.log_softmax(torch.from_numpy(logits).double(), -1).float().numpy()
+    for kind, values in (("logits", logits), ("logprobs", logprobs)):
+        values[2, 5, 7] = np.nan
+        path = save("npy", tmp_path / kind, values)
+        with pytest.raises(InputError, match=r"sequence 2, position 5 \(row 37\) has NaN at column 7"):
+            convert(path, tmp_path / f"{kind}.slbl", kind=kind, chunk_rows=10)
+    with pytest.raises(InputError, match="is the input file"):
+        convert(path, path, overwrite=True)
 
 
 def test_cli_convert_resume(tmp_path):

@@ -40,7 +40,7 @@ def write_labels(path, *, sequences=7, seed=0, value_kind="count", fingerprints=
 
 def check_export(h5_path, labels_path):
     with sl.open_labels(labels_path) as f, h5py.File(h5_path, "r") as h5:
-        assert h5.attrs["format"] == "sparselabels-hdf5"
+        assert h5.attrs["format"] == "sparselabels-hdf5" and h5.attrs["format_version"] == 1
         assert json.loads(h5.attrs["metadata_json"]) == json.loads(json.dumps(f.metadata))
         assert int(h5.attrs["vocab_size"]) == f.vocab_size and h5.attrs["value_kind"] == f.value_kind
         assert h5["ids"].dtype == np.uint32 and h5["indptr"].dtype == np.int64
@@ -116,3 +116,18 @@ def test_cli_export(tmp_path):
                            "gzip", "--level", "6"], env=subprocess_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     check_export(tmp_path / "a.h5", tmp_path / "a.slbl")
+
+
+def test_metadata_never_overrides_the_export_attributes(tmp_path):
+    """The label file's own format_version and user keys named like the export's attributes used to replace
+    them (and wipe metadata_json); a string with a NUL byte broke the export. All of it stays in metadata_json."""
+    meta = {"format": "chatml", "metadata_json": "x", "note": "a\x00b"}
+    with sl.LabelWriter(tmp_path / "m.slbl", vocab_size=10, rounds=50, metadata=meta) as w:
+        w.write(np.array([3], np.uint32), np.array([50], np.uint8), np.array([0, 1]))
+    out = export_hdf5(tmp_path / "m.slbl", tmp_path / "m.h5")
+    with h5py.File(out, "r") as h5, sl.open_labels(tmp_path / "m.slbl") as f:
+        assert h5.attrs["format"] == "sparselabels-hdf5" and h5.attrs["format_version"] == 1
+        assert int(h5.attrs["rounds"]) == 50 and "note" not in h5.attrs
+        assert json.loads(h5.attrs["metadata_json"]) == json.loads(json.dumps(f.metadata))
+    with pytest.raises(sl.InputError, match="is the input"):
+        export_hdf5(tmp_path / "m.slbl", tmp_path / "m.slbl", overwrite=True)

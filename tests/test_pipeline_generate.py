@@ -187,6 +187,22 @@ def test_shards_of_another_world_size_are_refused(llama, tmp_path):
         run(llama, random_tokens(2, 4), out, resume=True)
 
 
+def test_other_datasets_in_the_output_directory_are_refused(llama, tmp_path):
+    """A directory that already reads as a dataset (other label files, a manifest over them) is not taken over:
+    the run's manifest used to replace the old one silently."""
+    other = tmp_path / "other"
+    other.mkdir()
+    with sl.LabelWriter(other / "a.slbl", vocab_size=300, rounds=50) as w:
+        w.write(np.array([1], np.uint32), np.array([50], np.uint8), np.array([0, 1]))
+    with pytest.raises(CompatibilityError, match=r"a\.slbl, which is not a shard of this run"):
+        run(llama, random_tokens(2, 4), other, overwrite=True)
+    sl.merge(other / "manifest.json", [other / "a.slbl"])
+    (other / "a.slbl").rename(other / "a.data")
+    with pytest.raises(CompatibilityError, match="lists other files"):
+        run(llama, random_tokens(2, 4), other, overwrite=True)
+    assert sorted(p.name for p in other.iterdir()) == ["a.data", "manifest.json"]
+
+
 def test_bad_options(llama, tmp_path):
     tokens = random_tokens(2, 4)
     with pytest.raises(InputError, match="batch_size"):
@@ -197,6 +213,8 @@ def test_bad_options(llama, tmp_path):
         run(llama, tokens, tmp_path / "o", rounds=256)
     with pytest.raises(InputError, match="vocab_size"):
         run(llama, tokens, tmp_path / "o", vocab_size=2000)
+    with pytest.raises(InputError, match="holds no tokenizer files"):  # a typo used to drop the tokenizer
+        run(llama, tokens, tmp_path / "o", tokenizer=tmp_path / "no-such-tokenizer")
     with pytest.raises(InputError, match=r"config\.json"):
         run(tmp_path, tokens, tmp_path / "o")
 

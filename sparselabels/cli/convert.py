@@ -56,7 +56,10 @@ def parse_lengths(value: str | None) -> np.ndarray | None:
     if value is None:
         return None
     if value.endswith(".npy"):
-        return np.load(value, allow_pickle=False)
+        try:
+            return np.load(value, allow_pickle=False)
+        except (ValueError, EOFError) as exc:  # not a .npy file (a missing one raises FileNotFoundError)
+            raise InputError(f"--lengths {value!r}: not a readable .npy file ({exc})") from None
     try:
         return np.array([int(v) for v in value.split(",") if v.strip()], dtype=np.int64)
     except ValueError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from sparselabels._version import __version__
@@ -44,6 +45,11 @@ def cli_wording(message: str, args: argparse.Namespace) -> str:
     for name in ("overwrite", "resume"):
         if hasattr(args, name):
             message = message.replace(f"{name}=True", f"--{name}")
+    if hasattr(args, "codec"):
+        message = message.replace("codec=...", "--codec").replace("copy=True", "--copy")
+    if not hasattr(args, "resume"):  # e.g. merge: a leftover partial file can only be started again
+        message = message.replace("pass resume=True to continue it or --overwrite to start again",
+                                  "pass --overwrite to start again")
     return message
 
 
@@ -51,11 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args._run(args) or 0)
+        code = int(args._run(args) or 0)
+        sys.stdout.flush()  # here, where a closed pipe is caught below, not at interpreter exit
+        return code
     except SparseLabelsError as exc:
         print(f"sparselabels {args.command}: error: {cli_wording(str(exc), args)}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+    except BrokenPipeError:  # `sparselabels info FILE | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:  # missing or unreadable paths, read-only or full file systems, existing outputs
         print(f"sparselabels {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sparselabels.errors import ChecksumError, CompatibilityError, FormatError
-from sparselabels.format.layout import FLAG_FINGERPRINTS
+from sparselabels.errors import ChecksumError, CompatibilityError, FormatError, InputError
 from sparselabels.format.metadata import REQUIRED_KEYS
 from sparselabels.io.reader import LabelFile
 from sparselabels.io.shards import (
     LabelShards,
     check_compatible,
+    check_fingerprints_agree,
     common_metadata,
     open_labels,
     write_manifest,
@@ -49,6 +49,10 @@ def merge(out: str | os.PathLike, inputs: list[str | os.PathLike], *, copy: bool
     writes one label file at ``out``; ``codec`` picks its codec (default: the inputs' common codec).
     """
     out = Path(out)
+    if not copy and out.suffix != ".json":
+        raise InputError(f"{out}: a manifest is JSON; name it *.json, or pass copy=True to write one label file")
+    if not copy and codec is not None:
+        raise InputError("codec applies to copy=True (a manifest keeps its shards as they are)")
     files = input_files(inputs)
     if not files:
         raise CompatibilityError("merge needs at least one input")
@@ -65,9 +69,7 @@ def _merge_copy(out: Path, files: list[Path], *, codec: str | None, overwrite: b
         first = opened[0]
         for f in opened[1:]:
             check_compatible(first.metadata, f.metadata, what=f"input {f.path!r}", reference_name=first.path)
-        fp_flags = {bool(f.footer.flags & FLAG_FINGERPRINTS) for f in opened if len(f)}
-        if len(fp_flags) > 1:
-            raise CompatibilityError("some inputs store input fingerprints and others do not; they cannot be merged")
+        check_fingerprints_agree(f.fingerprints is not None for f in opened if len(f))
         codecs = {f.codec.name for f in opened}
         target = codec or (codecs.pop() if len(codecs) == 1 else None)
         if target is None:
@@ -80,13 +82,18 @@ def _merge_copy(out: Path, files: list[Path], *, codec: str | None, overwrite: b
                 {"file": Path(f.path).name, "num_sequences": len(f), **{k: f.metadata.get(k) for k in differing}}
                 for f in opened
             ]
-        with LabelWriter(out, vocab_size=first.vocab_size, rounds=first.rounds, value_kind=first.value_kind,
-                         codec=target, metadata=merged, overwrite=overwrite) as writer:
+        writer = LabelWriter(out, vocab_size=first.vocab_size, rounds=first.rounds, value_kind=first.value_kind,
+                             codec=target, metadata=merged, overwrite=overwrite)
+        try:
             for f in opened:
                 if f.codec.name == target:
                     _copy_chunks(f, writer)
                 else:
                     _reencode(f, writer)
+        except BaseException:
+            writer.discard()  # a merge cannot resume: leave nothing that would block the next attempt
+            raise
+        writer.close()
         return out
     finally:
         for f in opened:

@@ -12,9 +12,10 @@ import bisect
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -51,6 +52,13 @@ def check_compatible(reference: dict, other: dict, *, what: str, reference_name:
             )
 
 
+def check_fingerprints_agree(stored: Iterable[bool]) -> None:
+    """Files read as one must all store input fingerprints or none (``stored``: one flag per non-empty file;
+    an empty file stores none either way): a mixed set would read back with no fingerprints at all."""
+    if len(set(stored)) > 1:
+        raise CompatibilityError("some inputs store input fingerprints and others do not; they cannot be merged")
+
+
 def common_metadata(metas: list[dict]) -> dict:
     """The keys whose values are identical in every metadata dict."""
     first = metas[0]
@@ -70,7 +78,7 @@ def write_manifest(path: str | os.PathLike, shards: list[str | os.PathLike]) -> 
     """Write a manifest at ``path`` for shard files that live in its directory tree (checked compatible)."""
     path = Path(path)
     root = path.parent.resolve()
-    entries, metas, first_name = [], [], None
+    entries, metas, first_name, with_fingerprints = [], [], None, []
     for shard in shards:
         shard_path = Path(shard).resolve()
         try:
@@ -86,6 +94,8 @@ def write_manifest(path: str | os.PathLike, shards: list[str | os.PathLike]) -> 
             else:
                 first_name = str(shard)
             metas.append(f.metadata)
+            if len(f):
+                with_fingerprints.append(f.fingerprints is not None)
             entries.append({
                 "path": rel.as_posix(),
                 "bytes": f.file_size,
@@ -96,6 +106,7 @@ def write_manifest(path: str | os.PathLike, shards: list[str | os.PathLike]) -> 
             })
     if not entries:
         raise CompatibilityError("a manifest needs at least one shard")
+    check_fingerprints_agree(with_fingerprints)
     body = {
         "format": MANIFEST_FORMAT,
         "manifest_version": MANIFEST_VERSION,
@@ -107,7 +118,10 @@ def write_manifest(path: str | os.PathLike, shards: list[str | os.PathLike]) -> 
     }
     # A temporary name of its own (two merges writing one manifest must not write into each other's file),
     # synced before the rename so that readers only ever see a complete manifest.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    # (os.open rather than mkstemp, whose files are 0600: other users of a shared cluster must read the manifest
+    # as they read the label files, which are created 0644 less the umask)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(body, indent=1) + "\n")

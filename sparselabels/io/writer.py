@@ -535,6 +535,13 @@ class LabelWriter:
             self._release()
             self._closed = True
 
+    def discard(self) -> None:
+        """Stop without finishing and delete the partial file (for jobs that cannot resume, such as a merge)."""
+        if not self._closed:
+            if self._fd >= 0:
+                self.partial_path.unlink(missing_ok=True)  # while the lock is held: never another writer's file
+            self.abort()
+
     def _release(self) -> None:
         for column in getattr(self, "_columns", {}).values():
             column.close()

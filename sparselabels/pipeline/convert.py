@@ -20,8 +20,9 @@ file and labels the rest, and the file is the one an uninterrupted run writes.
 from __future__ import annotations
 
 import abc
+import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from sparselabels.io.sequence import CsrLabels, concat_csr, split_csr
 from sparselabels.io.writer import DEFAULT_CHUNK_BYTES, LabelWriter
 from sparselabels.pipeline.progress import Progress
 from sparselabels.pipeline.resume import check_finished
+from sparselabels.pipeline.teacher import resolve_device
 
 KINDS = ("logits", "logprobs")
 DEFAULT_ROW_BYTES = 256 << 20  # of float32 rows handed to the sampler at a time
@@ -97,7 +99,12 @@ class Hdf5Source(DenseSource):
         import h5py
 
         self.name = str(path)
-        self._file = h5py.File(path, "r")
+        try:
+            self._file = h5py.File(path, "r")
+        except FileNotFoundError:
+            raise
+        except OSError as exc:  # h5py's word for "not an HDF5 file"
+            raise InputError(f"hdf5 {str(path)!r}: cannot be opened as HDF5 ({exc})") from None
         try:
             if key is None:
                 names: list[str] = []
@@ -143,7 +150,12 @@ class SafetensorsSource(DenseSource):
         from safetensors import safe_open
 
         self.name = str(path)
-        self._file = safe_open(str(path), framework="pt")
+        if not path.is_file():
+            raise FileNotFoundError(f"no such file: {str(path)!r}")
+        try:
+            self._file = safe_open(str(path), framework="pt")
+        except Exception as exc:  # safetensors raises its own error type for a bad header
+            raise InputError(f"safetensors {str(path)!r}: cannot be opened as safetensors ({exc})") from None
         keys = list(self._file.keys())
         if key is None:
             if len(keys) != 1:
@@ -278,16 +290,27 @@ def plan_chunks(lengths: np.ndarray, chunk_rows: int) -> Iterator[list[Piece]]:
 
 
 # -- the conversion -----------------------------------------------------------------------------------------
-def check_logprobs(rows, tolerance: float, first_row: int) -> None:
-    """Rows of log-probabilities must log-sum-exp to 0; say which row does not (catches logits given as logprobs)."""
+def check_logprobs(rows, tolerance: float, describe: Callable[[int], str]) -> None:
+    """Rows of log-probabilities must log-sum-exp to 0; say which row does not (catches logits given as logprobs).
+    ``describe(r)`` names row ``r`` of ``rows`` for the message."""
     import torch
 
     lse = torch.logsumexp(rows.to(torch.float32 if rows.dtype != torch.float64 else torch.float64), dim=-1)
     bad = torch.nonzero(~(lse.abs() <= tolerance))
     if bad.numel():
         r = int(bad[0, 0])
-        raise InputError(f"row {first_row + r}: log-probabilities sum to exp({float(lse[r]):.4g}) instead of 1 "
+        raise InputError(f"{describe(r)}: log-probabilities sum to exp({float(lse[r]):.4g}) instead of 1 "
                          f"(tolerance {tolerance}); if the input holds logits, use kind='logits'")
+
+
+def check_finite(rows, vocab_size: int, describe: Callable[[int], str]) -> None:
+    """The sampler's check of every row (no NaN or +inf, some finite logit), with rows named by ``describe``."""
+    from sparselabels.sampling.checks import as_rows, first_bad_row, raise_for_bad_row
+
+    checked = as_rows(rows, vocab_size)
+    row = first_bad_row(checked)
+    if row is not None:
+        raise_for_bad_row(checked, row, where=describe(row))
 
 
 def _label_chunk(rows, row_ids, *, topk: int | None, rounds: int, temperature: float, vocab_size: int,
@@ -351,6 +374,8 @@ def convert(
         raise InputError(f"seed must be a non-negative integer, got {seed!r}")
     if resume and overwrite:
         raise InputError("resume and overwrite exclude each other")
+    if Path(out).resolve() == Path(source).resolve():
+        raise InputError(f"the output {os.fspath(out)!r} is the input file; choose another path")
     src = open_dense(source, key=key)
     try:
         layout = make_layout(src.shape, seq_len=seq_len, lengths=lengths)
@@ -359,13 +384,19 @@ def convert(
         if isinstance(vocab, bool) or not isinstance(vocab, int) or not 1 <= vocab <= width:
             raise InputError(f"vocab_size must be an integer in 1..{width} (the input's last dimension), "
                              f"got {vocab_size!r}")
+        if topk is not None and topk > vocab:
+            raise InputError(f"topk {topk} is more than the vocabulary ({vocab} tokens)")
         if chunk_rows is None:
             chunk_rows = max(1, DEFAULT_ROW_BYTES // (4 * width))
         if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
             raise InputError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
         fingerprints = _token_fingerprints(tokens, column, layout.lengths)
+        # the layout is part of what a resumed run must agree on: other lengths would split rows differently
+        lengths_digest = hashlib.sha256(layout.lengths.astype("<i8").tobytes()).hexdigest()
         meta: dict[str, Any] = {"temperature": float(temperature),
-                                "converted_from": {**src.describe(), "kind": kind, "dtype": src.dtype}}
+                                "converted_from": {**src.describe(), "kind": kind, "dtype": src.dtype,
+                                                   "sequences": len(layout.lengths),
+                                                   "lengths_sha256": lengths_digest}}
         if topk is None:
             meta["seed"] = seed
         else:
@@ -376,7 +407,7 @@ def convert(
                 meta[name] = value
         if metadata:
             meta["user"] = metadata
-        dev = torch.device(device)
+        dev = resolve_device(device)
         tolerance = _LOGPROB_TOLERANCE.get(src.itemsize, 1e-3)
         settings = {"vocab_size": vocab, "rounds": None if topk else rounds,
                     "value_kind": "prob" if topk else "count", "codec": codec}
@@ -404,10 +435,21 @@ def convert(
                         rows = torch.cat(blocks).to(dev) if len(blocks) > 1 else blocks[0].to(dev)
                         row_ids = torch.cat([torch.arange(p.t0, p.t1, dtype=torch.int64) + int(layout.offsets[p.seq])
                                              for p in chunk]).to(dev)
+                        def describe(r: int, row_ids=row_ids) -> str:
+                            position = int(row_ids[r])
+                            seq = int(np.searchsorted(layout.offsets, position, side="right")) - 1
+                            return (f"input {os.fspath(source)!r}, sequence {seq}, position "
+                                    f"{position - int(layout.offsets[seq])} (row {position})")
+
                         if kind == "logprobs":
-                            check_logprobs(rows[:, :vocab], tolerance, int(row_ids[0]))
-                        csr = _label_chunk(rows, row_ids, topk=topk, rounds=rounds, temperature=temperature,
-                                           vocab_size=vocab, seed=seed)
+                            check_finite(rows, vocab, describe)
+                            check_logprobs(rows[:, :vocab], tolerance, describe)
+                        try:
+                            csr = _label_chunk(rows, row_ids, topk=topk, rounds=rounds, temperature=temperature,
+                                               vocab_size=vocab, seed=seed)
+                        except InputError:
+                            check_finite(rows, vocab, describe)  # a bad row: name it in the input's terms
+                            raise
                     else:
                         csr = concat_csr([])
                     pieces = [p.t1 - p.t0 for p in chunk]

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sparselabels.errors import CompatibilityError, SparseLabelsError
-from sparselabels.io.shards import MANIFEST_NAME, SHARD_SUFFIX, write_manifest
+from sparselabels.io.shards import MANIFEST_NAME, SHARD_SUFFIX, read_manifest, write_manifest
 
 DEFAULT_INIT_TIMEOUT = _dt.timedelta(minutes=30)
 DEFAULT_WAIT_TIMEOUT = _dt.timedelta(days=7)
@@ -128,9 +128,12 @@ def shard_name(rank: int, world_size: int) -> str:
 
 
 def check_no_foreign_shards(out: Path, world_size: int) -> None:
-    """Refuse a directory holding shards (complete or partial) of a run with another number of ranks."""
+    """Refuse a directory holding shards (complete or partial) of a run with another number of ranks, other
+    label files, or a manifest over other files: the run's manifest would replace it, and the directory would
+    read as something else than before."""
     if not out.is_dir():
         return
+    ours = {shard_name(r, world_size) for r in range(world_size)}
     for p in out.iterdir():
         m = _SHARD_RE.match(p.name)
         if m and int(m.group(2)) != world_size:
@@ -138,6 +141,18 @@ def check_no_foreign_shards(out: Path, world_size: int) -> None:
                 f"{str(out)!r} holds {p.name}, written by a run with {int(m.group(2))} ranks, but this run has "
                 f"{world_size}; resume with the same number of ranks or use another output directory"
             )
+        if not m and (p.name.endswith(SHARD_SUFFIX) or p.name.endswith(SHARD_SUFFIX + ".partial")):
+            raise CompatibilityError(f"{str(out)!r} holds {p.name}, which is not a shard of this run; use another "
+                                     "output directory")
+    manifest = out / MANIFEST_NAME
+    if manifest.exists():
+        try:
+            listed = {entry["path"] for entry in read_manifest(manifest)["shards"]}
+        except SparseLabelsError:
+            listed = None
+        if listed is None or not listed <= ours:
+            raise CompatibilityError(f"{str(manifest)!r} lists other files than this run's shards; use another "
+                                     "output directory")
 
 
 def write_run_manifest(out: Path, world_size: int) -> Path:

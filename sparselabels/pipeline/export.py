@@ -8,8 +8,10 @@ Layout of the HDF5 file (``format`` attribute ``"sparselabels-hdf5"``, ``format_
   concatenated);
 - ``sequence_offsets`` int64 [S+1]: sequence ``i`` owns positions ``sequence_offsets[i]:sequence_offsets[i+1]``;
 - ``fingerprints`` uint64 [S]: input fingerprints, when the labels store them;
-- attributes: ``vocab_size``, ``rounds`` (0 for probability labels), ``value_kind``, every other scalar metadata
-  key, and ``metadata_json``: the whole metadata as JSON (bytes values written as hex strings).
+- attributes: ``format``, ``format_version`` (this layout's), ``rounds`` (0 for probability labels),
+  ``metadata_json`` (the whole metadata as JSON, bytes values written as hex strings), and every other scalar
+  metadata key (``vocab_size``, ``value_kind``, ...); a metadata key named like one of the first four (the label
+  file's own ``format_version``, say) is only in ``metadata_json``.
 
 Datasets are chunked (optionally gzip/lzf-compressed) and written in slices as sequences are read, so memory
 stays bounded; the file is written as ``OUT.partial`` and renamed when complete.
@@ -84,6 +86,8 @@ def export_hdf5(labels: str | os.PathLike, out: str | os.PathLike, *, compressio
     if not 0 <= compression_level <= 9:
         raise InputError(f"compression_level must be in 0..9, got {compression_level}")
     out = Path(out)
+    if out.resolve() == Path(labels).resolve():
+        raise InputError(f"the output {str(out)!r} is the input; choose another path")
     if out.exists() and not overwrite:
         raise SparseLabelsError(f"{out} exists; pass overwrite=True to replace it")
     partial = out.with_name(out.name + ".partial")
@@ -94,13 +98,14 @@ def export_hdf5(labels: str | os.PathLike, out: str | os.PathLike, *, compressio
         fingerprints = src.fingerprints
         try:
             with h5py.File(partial, "w") as h5:
-                h5.attrs["format"] = EXPORT_FORMAT
-                h5.attrs["format_version"] = EXPORT_VERSION
-                h5.attrs["metadata_json"] = json.dumps(meta, default=_json_default, sort_keys=True)
+                reserved = {"format": EXPORT_FORMAT, "format_version": EXPORT_VERSION,
+                            "metadata_json": json.dumps(meta, default=_json_default, sort_keys=True),
+                            "rounds": int(meta.get("rounds") or 0)}
                 for key, value in meta.items():
-                    if isinstance(value, str | int | float | bool):
+                    if key not in reserved and _attribute_value(value):
                         h5.attrs[key] = value
-                h5.attrs["rounds"] = int(meta.get("rounds") or 0)
+                for key, value in reserved.items():
+                    h5.attrs[key] = value
                 ids = _Appender(_dataset(h5, "ids", num_lab, np.uint32, chunk, compression, compression_level), chunk)
                 vals = _Appender(_dataset(h5, values_name, num_lab, values_dtype, chunk, compression,
                                           compression_level), chunk)
@@ -132,6 +137,13 @@ def export_hdf5(labels: str | os.PathLike, out: str | os.PathLike, *, compressio
             partial.unlink(missing_ok=True)
             raise
     return out
+
+
+def _attribute_value(value) -> bool:
+    """Scalars HDF5 stores as attributes (a string with a NUL byte is not one; it stays in metadata_json)."""
+    if isinstance(value, str):
+        return "\x00" not in value
+    return isinstance(value, int | float | bool) and not (isinstance(value, int) and not -(1 << 63) <= value < 1 << 64)
 
 
 def read_hdf5(path: str | os.PathLike, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -170,7 +170,10 @@ def resolve_device(device: str | None):
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"device {device!r}: {exc}") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise InputError(f"device {device!r} requested but CUDA is not available")
@@ -192,6 +195,8 @@ def load_teacher(model, *, dtype: str = "bfloat16", device: str | None = None,
     dt = torch_dtype(dtype)
     dev = resolve_device(device)
     tokenizer_dir = Path(tokenizer) if tokenizer is not None else None
+    if tokenizer_dir is not None and not tokenizer_files(tokenizer_dir):  # a typo must not drop the tokenizer
+        raise InputError(f"tokenizer {str(tokenizer_dir)!r}: holds no tokenizer files (tokenizer.json, ...)")
     if isinstance(model, str | os.PathLike):
         directory = Path(model)
         if not directory.is_dir():

@@ -121,18 +121,25 @@ def as_rows(logits: torch.Tensor, vocab_size: int | None) -> Rows:
 
 def check_rows_finite(rows: Rows) -> None:
     """Raise :class:`InputError` for the first row with NaN, +inf, or no finite logit (one host sync)."""
+    row = first_bad_row(rows)
+    if row is not None:
+        raise_for_bad_row(rows, row)
+
+
+def first_bad_row(rows: Rows) -> int | None:
+    """The first row with NaN, +inf, or no finite logit, or None."""
     if rows.num_rows == 0:
-        return
+        return None
     x = rows.valid
     bad = torch.isnan(x).any(-1) | torch.isposinf(x).any(-1) | ~(x > float("-inf")).any(-1)
-    if bool(bad.any()):
-        raise_for_bad_row(rows, int(torch.nonzero(bad)[0, 0]))
+    return int(torch.nonzero(bad)[0, 0]) if bool(bad.any()) else None
 
 
-def raise_for_bad_row(rows: Rows, row: int, *, note: str = "") -> None:
-    """Word the error for a row already known to be unusable."""
+def raise_for_bad_row(rows: Rows, row: int, *, note: str = "", where: str | None = None) -> None:
+    """Word the error for a row already known to be unusable (``where``: the row's name, if the caller knows
+    better than its index in ``rows``)."""
     x = rows.valid[row]
-    where = rows.describe_row(row)
+    where = where or rows.describe_row(row)
     nan = torch.nonzero(torch.isnan(x))
     if nan.numel():
         raise InputError(f"{where} has NaN at column {int(nan[0, 0])}; logits must be finite or -inf")

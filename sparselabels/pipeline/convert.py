@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from sparselabels.codecs import DEFAULT_CODEC
-from sparselabels.errors import AlignmentError, CompatibilityError, InputError
+from sparselabels.errors import AlignmentError, CompatibilityError, InputError, check_int
 from sparselabels.format.fingerprint import input_fingerprint
 from sparselabels.io.sequence import CsrLabels, concat_csr, split_csr
 from sparselabels.io.writer import DEFAULT_CHUNK_BYTES, LabelWriter
@@ -370,8 +370,9 @@ def convert(
         raise InputError(f"kind must be one of {list(KINDS)}, got {kind!r}")
     if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or topk < 1):
         raise InputError(f"topk must be a positive integer, got {topk!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+    from sparselabels.sampling.rng import check_seed
+
+    seed = check_seed(check_int("seed", seed, 0))  # the sampler's rule, before anything is written
     if resume and overwrite:
         raise InputError("resume and overwrite exclude each other")
     if Path(out).resolve() == Path(source).resolve():

@@ -294,6 +294,9 @@ def generate(
     for name, value, low in (("batch_size", batch_size, 1), ("flush_every", flush_every, 1),
                              ("chunk_bytes", chunk_bytes, 1), ("max_rows", max_rows, 1), ("seed", seed, 0)):
         check_int(name, value, low)
+    from sparselabels.sampling.rng import check_seed
+
+    check_seed(seed)  # and below 2**64, before anything is written
     if resume and overwrite:
         raise InputError("resume and overwrite exclude each other")
     run = RunOptions(batch_size, dtype, codec, resume, overwrite, progress, flush_every, chunk_bytes, write_behind,

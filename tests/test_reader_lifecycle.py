@@ -73,3 +73,13 @@ def test_file_overwritten_in_place_while_mapped_is_an_error_not_a_crash(tmp_path
     shutil.copyfile(tmp_path / "small.slbl", tmp_path / "copy.slbl")  # the copy itself is a valid file
     with sl.LabelFile(tmp_path / "copy.slbl") as g:
         assert len(g) == 2
+
+
+def test_a_file_whose_writer_stopped_after_starting_reads_as_incomplete(tmp_path):
+    """Only the header and metadata were written (killed right after opening): the same error as any file
+    without a footer, so the user is told the writer did not finish."""
+    w = sl.LabelWriter(tmp_path / "a.slbl", vocab_size=10, rounds=50)
+    w.flush()
+    w.abort()
+    with pytest.raises(sl.IncompleteFileError, match="writer did not finish"):
+        sl.LabelFile(tmp_path / "a.slbl.partial")

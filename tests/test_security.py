@@ -102,7 +102,7 @@ def test_metadata_size_past_the_end_of_the_file_allocates_nothing(base: ff.BaseF
     path = _write(tmp_path, bytes(buf))
     _open_both(path, r"too short for the header, 16777216 bytes of metadata and a footer")
     for mmap in (True, False):  # 16 MiB would fit; the point is that nothing past the file is read
-        assert run_limited(lambda m=mmap: sl.open_labels(path, mmap=m), headroom=8 << 20) == "FormatError"
+        assert run_limited(lambda m=mmap: sl.open_labels(path, mmap=m), headroom=8 << 20) == "IncompleteFileError"
 
 
 def test_writer_refuses_metadata_over_the_limit(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from sparselabels.codecs import get_codec
 from sparselabels.codecs.base import LabelRuleError
-from sparselabels.errors import ChecksumError, FormatError, InputError, check_int
+from sparselabels.errors import ChecksumError, FormatError, IncompleteFileError, InputError, check_int
 from sparselabels.format import metadata as meta_format
 from sparselabels.format.checks import check_labels
 from sparselabels.format.layout import (
@@ -198,9 +198,10 @@ class LabelFile(Labels):
         except FormatError as exc:
             raise self._fail(str(exc)) from None
         hdr = self.header
-        if size < hdr.data_offset + FOOTER_SIZE:
-            raise self._fail(
-                f"file is {size} bytes, too short for the header, {hdr.metadata_size} bytes of metadata and a footer"
+        if size < hdr.data_offset + FOOTER_SIZE:  # e.g. a writer stopped right after starting the file
+            raise IncompleteFileError(
+                f"file {self.path!r}: {size} bytes, too short for the header, {hdr.metadata_size} bytes of metadata "
+                "and a footer (the writer did not finish, or the file was truncated)"
             )
         raw_meta = src.view(HEADER_SIZE, hdr.metadata_size, "metadata")
         if crc32(raw_meta) != hdr.metadata_crc32:

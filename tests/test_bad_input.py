@@ -577,6 +577,31 @@ def _(tmp_path):
     assert not missing.ok and "No such file or directory" in missing.problems[0]
 
 
+@row("read-overwritten", "LabelFile[i]", "a mapped file truncated or overwritten in place (`cp`) while open "
+     "(touching the map past the new end would kill the process)", FormatError,
+     "truncated or overwritten while open; reopen it")
+def _(tmp_path):
+    big = _valid_file(tmp_path, "big.slbl")
+    small = tmp_path / "small.slbl"
+    with sl.LabelWriter(small, vocab_size=100, rounds=50) as w:
+        w.write([5], [50], [0, 1])
+    with sl.open_labels(big) as f:
+        big.write_bytes(small.read_bytes())
+        f[3]
+
+
+@row("read-pickle-changed", "pickle.loads(LabelFile)", "another file at the pickled file's path (a DataLoader "
+     "worker reopening it)", FormatError, "changed after it was opened")
+def _(tmp_path):
+    import pickle
+
+    path = _valid_file(tmp_path)
+    with sl.open_labels(path) as f:
+        state = pickle.dumps(f)
+    _valid_file(tmp_path, rounds=40)
+    pickle.loads(state)
+
+
 @row("validate-max-problems", "validate", "`max_problems` below 1 (0 would report a bad file as valid)",
      InputError, "max_problems must be an integer >= 1, got 0")
 def _(tmp_path):
@@ -590,11 +615,19 @@ def _(tmp_path):
              copy=True)
 
 
-@row("merge-fingerprints", "merge(copy=True)", "inputs with and without input fingerprints", CompatibilityError,
+@row("merge-fingerprints", "merge", "inputs with and without input fingerprints", CompatibilityError,
      "some inputs store input fingerprints and others do not; they cannot be merged")
 def _(tmp_path):
-    sl.merge(tmp_path / "out.slbl", [_valid_file(tmp_path, "a.slbl"),
-                                     _valid_file(tmp_path, "b.slbl", fingerprints=True)], copy=True)
+    inputs = [_valid_file(tmp_path, "a.slbl"), _valid_file(tmp_path, "b.slbl", fingerprints=True)]
+    with pytest.raises(CompatibilityError, match="fingerprints"):
+        sl.merge(tmp_path / "m.json", inputs)  # a manifest would read back without any fingerprints
+    sl.merge(tmp_path / "out.slbl", inputs, copy=True)
+
+
+@row("merge-manifest-name", "merge (manifest)", "an output not named `*.json` (a manifest under a label file's "
+     "name breaks the directory)", InputError, "a manifest is JSON; name it *.json, or pass copy=True")
+def _(tmp_path):
+    sl.merge(tmp_path / "out.slbl", [_valid_file(tmp_path)])
 
 
 @row("merge-corrupt-chunk", "merge(copy=True)", "an input chunk whose checksum fails", ChecksumError,
@@ -683,6 +716,13 @@ def _(tmp_path):
 def _(tmp_path):
     ds = sl.data.SparseLabelDataset(_valid_file(tmp_path, fingerprints=True), tokens=np.zeros((4, 2), dtype=np.int32))
     ds[0]
+
+
+@row("collate-options", "collate", "an integer option that is not one (`pad_to_multiple_of=-8`, `max_labels=2.5`): "
+     "never rounded", InputError, "pad_to_multiple_of must be an integer >= 1 or None, got -8")
+def _(tmp_path):
+    ds = sl.data.SparseLabelDataset(_valid_file(tmp_path))
+    sl.data.collate([ds[0], ds[1]], pad_to_multiple_of=-8)
 
 
 # -- the sampler and the loss -------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numba as nb
 import numpy as np
 
-from sparselabels.errors import InputError
+from sparselabels.errors import InputError, check_int
 from sparselabels.io.sequence import split_csr
 
 PAPER_DISTINCT_CURVE = {4: 2.4, 13: 5.0, 50: 12.1, 150: 24.5}
@@ -285,11 +285,13 @@ def _dense_block(seed, sequence, start, count, params, cdf, unigram_by_id, rank_
 
 
 def _lengths(num_sequences: int, seq_len: int | Sequence[int]) -> np.ndarray:
+    num_sequences = check_int("num_sequences", num_sequences, 0)
     if np.ndim(seq_len) == 0:
-        if int(seq_len) < 0 or num_sequences < 0:
-            raise InputError(f"num_sequences and seq_len must be >= 0, got {num_sequences}, {seq_len}")
-        return np.full(num_sequences, int(seq_len), dtype=np.int64)
-    lengths = np.asarray(seq_len, dtype=np.int64)
+        return np.full(num_sequences, check_int("seq_len", seq_len, 0), dtype=np.int64)
+    lengths = np.asarray(seq_len)
+    if lengths.size and lengths.dtype.kind not in "iu":
+        raise InputError(f"seq_len must be an int or {num_sequences} non-negative integer lengths, got {lengths.dtype}")
+    lengths = lengths.astype(np.int64)
     if lengths.ndim != 1 or lengths.shape[0] != num_sequences or (lengths < 0).any():
         raise InputError(f"seq_len must be an int or {num_sequences} non-negative lengths")
     return lengths
@@ -313,7 +315,7 @@ def sample_labels(
     Sequence indices start at ``first_sequence`` (labels depend only on the model, sequence and position).
     """
     model = model or TeacherModel()
-    if not 1 <= rounds <= 255:
+    if not 1 <= check_int("rounds", rounds, 1) <= 255:
         raise InputError(f"rounds must be in [1, 255] (counts are uint8), got {rounds}")
     lengths = _lengths(num_sequences, seq_len)
     tables = model.tables

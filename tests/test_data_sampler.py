@@ -202,3 +202,18 @@ def test_dataloader_without_workers_state_is_exact_and_resumes_on_more_ranks():
     order = epoch_order(n, 9, 0).tolist()
     assert (first + rest)[:n] == order  # 24 + 17 in order, then one padding sample wrapping to the start
     assert (first + rest)[n:] == order[: len(first) + len(rest) - n]
+
+
+def test_len_of_a_resumed_pass_is_the_same_inside_the_loop():
+    """DataLoader's len() inside the loop used to report a full pass while only the rest was yielded."""
+    first = ResumableSampler(100, seed=0)
+    it = iter(first)
+    for _ in range(60):
+        next(it)
+    resumed = ResumableSampler(100, seed=0)
+    resumed.load_state_dict(first.state_dict())
+    loader = DataLoader(list(range(100)), batch_size=10, sampler=resumed)
+    before = len(loader)
+    lengths = [len(loader) for _ in loader]
+    assert before == 4 and lengths == [4] * 4
+    assert len(loader) == 10  # the pass is over: the next one is whole

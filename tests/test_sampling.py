@@ -558,3 +558,23 @@ def test_kernel_compiles_for_hopper_within_128_registers():
     assert split["split"] and not one_kernel["split"]
     assert split["pass1_registers"] > 0 and one_kernel["pass1_registers"] is None
     assert one_kernel["cp_async"] > 0  # pass 1 streams through software-pipelined loads
+
+
+def test_tiny_temperatures_and_huge_logits_do_not_overflow_into_wrong_ids():
+    """logits / temperature overflowing to +inf gave inf - inf = NaN: every draw went to id 0 and Top-K returned
+    NaN probabilities. Overflowing rows are shifted by their maximum first (greedy in the limit)."""
+    cases = [(torch.tensor([[0.0, 1.0, 0.5]], dtype=torch.float64), 1e-310, 1),
+             (torch.tensor([[1e308, -1e308, 5e307]], dtype=torch.float64), 0.5, 0),
+             (torch.tensor([[1.0, 20.0, 0.5]]), 1e-39, 1),
+             (torch.tensor([[1e38, 3e38, -3e38]]), 0.5, 1)]
+    for logits, temperature, best in cases:
+        labels = sl.sample_counts(logits, 10, seed=0, temperature=temperature, backend="reference")
+        assert labels.ids.tolist() == [best] and labels.counts.tolist() == [10]
+        top = sl.topk_labels(logits, k=1, temperature=temperature)
+        assert top.ids.tolist() == [best] and top.probs.tolist() == [1.0]
+    # rows that do not overflow are computed as before, in the same call
+    both = torch.tensor([[0.0, 1e-300, 5e-301], [0.0, 1e10, 0.0]], dtype=torch.float64)  # only row 1 overflows
+    mixed = sl.sample_counts(both, 50, seed=3, temperature=1e-300, backend="reference")
+    alone = sl.sample_counts(both[:1], 50, seed=3, temperature=1e-300, backend="reference")
+    assert mixed.ids[: int(mixed.indptr[1])].tolist() == alone.ids.tolist() and len(alone.ids) == 3
+    assert mixed.ids[int(mixed.indptr[1]):].tolist() == [1]

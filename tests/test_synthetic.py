@@ -141,3 +141,10 @@ def test_bad_parameters_are_refused():
         sample_labels(2, [1, 2, 3], 50)
     with pytest.raises(InputError):
         topk_labels(3, 0)
+
+
+@pytest.mark.parametrize("kwargs", [dict(seq_len=3.7), dict(seq_len=3, rounds=5.5), dict(seq_len=[1.5, 2]),
+                                    dict(seq_len=3, rounds=True)])
+def test_non_integer_sizes_are_refused_not_truncated(kwargs):
+    with pytest.raises(InputError, match=r"seq_len|rounds"):
+        sample_labels(2, **kwargs)

@@ -229,3 +229,47 @@ def test_memory_stays_bounded_while_streaming(tmp_path):
                 peak = max(peak, w._buffer.nbytes)
     one_sequence = max(len(s[0]) * 5 + (len(s[2]) - 1) * 4 + 32 for s in seqs)
     assert peak < 20_000 + one_sequence
+
+
+def test_inputs_in_any_byte_order_and_torch_bfloat16(tmp_path):
+    """Big-endian arrays (HDF5, np.load) hold valid values; bfloat16 tensors have no numpy type; timedelta64 is
+    numpy's 'integer' but not a count. Each used to end in a numba or torch error."""
+    with sl.LabelWriter(tmp_path / "c.slbl", vocab_size=10, rounds=50) as w:
+        w.write(np.array([1, 2], ">u4"), np.array([25, 25], ">i8"), np.array([0, 2], ">i8"))
+        with pytest.raises(InputError, match="counts must be integers"):
+            w.write(np.array([1], np.uint32), np.array([50], "m8[s]"), [0, 1])
+    with sl.LabelWriter(tmp_path / "p.slbl", vocab_size=10, value_kind="prob") as w:
+        w.write(torch.tensor([1, 2]), torch.tensor([0.5, 0.25], dtype=torch.bfloat16), torch.tensor([0, 2]))
+    with sl.open_labels(tmp_path / "c.slbl") as f, sl.open_labels(tmp_path / "p.slbl") as g:
+        assert f[0].ids.tolist() == [1, 2] and f[0].counts.tolist() == [25, 25]
+        assert g[0].counts.tolist() == [0.5, 0.25]
+
+
+def test_sequences_readers_would_refuse_are_not_written(tmp_path):
+    from sparselabels.format.layout import DEFAULT_MAX_SEQUENCE_POSITIONS as limit
+
+    empty = (np.zeros(0, np.uint32), np.zeros(0, np.uint8))
+    with sl.LabelWriter(tmp_path / "a.slbl", vocab_size=10, rounds=1, durable=False) as w:
+        with pytest.raises(InputError, match="more than the 16777216 a reader accepts"):
+            w.write(*empty, np.zeros(limit + 2, np.int64))
+        w.write(*empty, np.zeros(limit + 1, np.int64))  # at the limit: written, and read back
+    with sl.open_labels(tmp_path / "a.slbl") as f:
+        assert len(f) == 1 and f[0].num_positions == limit
+
+
+@pytest.mark.parametrize("meta", [{"user": {"dims": (1, 2)}}, {"tags": ("a",)}, {"x": float("nan")}])
+def test_resume_with_the_same_metadata_as_started(tmp_path, meta):
+    """Metadata is compared as stored: a tuple comes back as a list and NaN != NaN, which used to make a job
+    unresumable with its own arguments."""
+    w = sl.LabelWriter(tmp_path / "a.slbl", vocab_size=10, rounds=1, metadata=meta)
+    w.write([1], [1], [0, 1])
+    w.flush()
+    w.abort()
+    with sl.LabelWriter(tmp_path / "a.slbl", vocab_size=10, rounds=1, metadata=meta, resume=True) as w:
+        assert w.num_sequences == 1
+    with pytest.raises(CompatibilityError, match="cannot resume"):
+        w = sl.LabelWriter(tmp_path / "b.slbl", vocab_size=10, rounds=1, metadata={"x": 1.0})
+        w.write([1], [1], [0, 1])
+        w.flush()
+        w.abort()
+        sl.LabelWriter(tmp_path / "b.slbl", vocab_size=10, rounds=1, metadata={"x": float("nan")}, resume=True)

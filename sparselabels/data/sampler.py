@@ -149,6 +149,7 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
         self.epoch = 0
         self._resume_at = 0  # where the next pass starts (global place)
         self._pass: tuple[int, int] | None = None  # (epoch, start) of the latest pass, once one began
+        self._running: int | None = None  # the start of the pass being iterated, until it ends
         self._yielded = 0
         self._order_cache: tuple[int, np.ndarray] | None = None
 
@@ -170,20 +171,24 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         epoch, start = self.epoch, self._resume_at
-        self._pass, self._yielded, self._resume_at = (epoch, start), 0, 0
+        self._pass, self._yielded, self._resume_at, self._running = (epoch, start), 0, 0, start
         for index in self.indices(epoch, start).tolist():
             self._yielded += 1
             yield index
+        self._running = None
 
     def __len__(self) -> int:
-        return per_rank(self.num_sequences, self._resume_at, self.world_size, self.drop_last)
+        """Samples of the pass under way (a resumed pass is shorter), else of the next pass. DataLoader and
+        progress bars call it both before and inside the loop; both must agree."""
+        start = self._running if self._running is not None else self._resume_at
+        return per_rank(self.num_sequences, start, self.world_size, self.drop_last)
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch of the next pass. A new epoch starts at its beginning; the epoch just loaded from a
         state dict keeps its resume point."""
         epoch = _nonneg_int(epoch, "epoch")
         if epoch != self.epoch:
-            self.epoch, self._resume_at, self._pass = epoch, 0, None
+            self.epoch, self._resume_at, self._pass, self._running = epoch, 0, None, None
 
     # -- state -------------------------------------------------------------------------------------------
     def _epoch_done(self, place: int, world_size: int) -> bool:
@@ -226,7 +231,7 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
             raise InputError(f"sampler state consumed={place} is beyond num_sequences={self.num_sequences}")
         if place == self.num_sequences:  # a finished epoch (the saving world size's dropped tail stays dropped)
             epoch, place = epoch + 1, 0
-        self.epoch, self._resume_at, self._pass, self._yielded = epoch, place, None, 0
+        self.epoch, self._resume_at, self._pass, self._yielded, self._running = epoch, place, None, 0, None
 
     def __repr__(self) -> str:
         return (f"ResumableSampler(num_sequences={self.num_sequences}, shuffle={self.shuffle}, seed={self.seed}, "

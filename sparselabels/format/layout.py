@@ -26,6 +26,9 @@ CHUNK_HEADER_SIZE = 64
 FOOTER_SIZE = 64
 ALIGNMENT = 8
 MAX_METADATA_BYTES = 16 << 20
+# Not a format limit but the library's: a read allocates per position, so readers refuse longer sequences by
+# default (LabelFile(max_sequence_positions=...) raises it) and the writer refuses to write them.
+DEFAULT_MAX_SEQUENCE_POSITIONS = 1 << 24
 
 # Chunk and footer flags. Bit 0: every sequence carries a 64-bit input fingerprint.
 FLAG_FINGERPRINTS = 1

@@ -68,11 +68,19 @@ def build(*, vocab_size: int, value_kind: str, rounds: int | None, codec: str, e
 def check_same_settings(stored: dict, requested: dict, *, where: str, stored_in: str) -> None:
     """Resuming continues a file only under the settings it was started with (the writer's version may differ)."""
     for key in sorted(set(stored) | set(requested)):
-        if key != "library_version" and stored.get(key) != requested.get(key):
+        # compared as stored: a tuple comes back as a list, and NaN never equals itself
+        if key != "library_version" and _packed(stored.get(key)) != _packed(requested.get(key)):
             raise CompatibilityError(
                 f"{where}: cannot resume: {key} is {stored.get(key)!r} in {stored_in} but {requested.get(key)!r} "
                 "was requested"
             )
+
+
+def _packed(value: Any) -> bytes | None:
+    try:
+        return msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError):
+        return None  # not storable: build/encode reject it with a clear message
 
 
 def encode(meta: dict) -> bytes:

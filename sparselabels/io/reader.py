@@ -21,6 +21,7 @@ from sparselabels.format import metadata as meta_format
 from sparselabels.format.checks import check_labels
 from sparselabels.format.layout import (
     CHUNK_HEADER_SIZE,
+    DEFAULT_MAX_SEQUENCE_POSITIONS,
     FLAG_FINGERPRINTS,
     FOOTER_SIZE,
     HEADER_SIZE,
@@ -34,7 +35,6 @@ from sparselabels.io.sequence import Sequence
 from sparselabels.io.source import ByteSource, open_source
 
 VERIFY_LEVELS = ("structure", "index", "full")
-DEFAULT_MAX_SEQUENCE_POSITIONS = 1 << 24
 _INT63 = np.uint64(1 << 63)
 
 

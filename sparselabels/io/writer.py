@@ -25,6 +25,7 @@ from sparselabels.format import metadata as meta_format
 from sparselabels.format.checks import check_labels
 from sparselabels.format.layout import (
     CHUNK_HEADER_SIZE,
+    DEFAULT_MAX_SEQUENCE_POSITIONS,
     FLAG_FINGERPRINTS,
     HEADER_SIZE,
     INDEX_COLUMNS,
@@ -161,12 +162,22 @@ def _fingerprint_value(fingerprint: Any, where: str) -> int:
 
 
 def _to_numpy(value: Any, name: str) -> np.ndarray:
+    """A 1-D numpy array in native byte order (big-endian arrays from HDF5 hold valid values too)."""
     if hasattr(value, "detach"):  # torch tensor
-        value = value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()  # numpy has no bfloat16; every bfloat16 value is exact in float32
+        value = value.numpy()
     arr = np.asarray(value)
     if arr.ndim != 1:
         raise InputError(f"{name} must be 1-D, got shape {arr.shape}")
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr
+
+
+def _is_int(arr: np.ndarray) -> bool:
+    return arr.dtype.kind in "iu"  # not issubdtype(..., np.integer): that admits timedelta64
 
 
 class LabelWriter:
@@ -362,6 +373,9 @@ class LabelWriter:
         seq = self.num_sequences
         where = f"{self.path.name}: sequence {seq}"
         ids_a, values_a, indptr_a = self._coerce(ids, counts, indptr, where)
+        if indptr_a.size - 1 > DEFAULT_MAX_SEQUENCE_POSITIONS:  # a file that readers refuse must not be written
+            raise InputError(f"{where}: {indptr_a.size - 1} positions, more than the {DEFAULT_MAX_SEQUENCE_POSITIONS} "
+                             "a reader accepts by default (max_sequence_positions); split it into shorter sequences")
         if self.value_kind == "prob":  # check what will be stored: float16 rounding can reach 0
             with np.errstate(over="ignore", under="ignore"):
                 values_a = values_a.astype(VALUE_DTYPES["prob"])
@@ -387,15 +401,15 @@ class LabelWriter:
         ids_a = _to_numpy(ids, f"{where}: ids")
         values_a = _to_numpy(counts, f"{where}: counts")
         indptr_a = _to_numpy(indptr, f"{where}: indptr")
-        if ids_a.size and not np.issubdtype(ids_a.dtype, np.integer):
+        if ids_a.size and not _is_int(ids_a):
             raise InputError(f"{where}: ids must be integers, got dtype {ids_a.dtype}")
-        if not np.issubdtype(indptr_a.dtype, np.integer) or indptr_a.size == 0:
+        if not _is_int(indptr_a) or indptr_a.size == 0:
             raise InputError(f"{where}: indptr must be a non-empty integer array (num_positions + 1 entries)")
         if values_a.shape != ids_a.shape:
             raise InputError(f"{where}: counts has {values_a.size} entries but ids has {ids_a.size}")
         if indptr_a.dtype == np.uint64 and indptr_a.max() >= 1 << 63:
             raise InputError(f"{where}: indptr holds values >= 2**63")
-        if self.value_kind == "count" and values_a.size and not np.issubdtype(values_a.dtype, np.integer):
+        if self.value_kind == "count" and values_a.size and not _is_int(values_a):
             raise InputError(f"{where}: counts must be integers for value_kind 'count', got {values_a.dtype}")
         if self.value_kind == "prob" and values_a.size and not np.issubdtype(values_a.dtype, np.floating):
             raise InputError(f"{where}: probabilities must be floating point, got {values_a.dtype}")

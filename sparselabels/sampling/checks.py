@@ -50,6 +50,20 @@ def check_temperature(temperature: float) -> float:
     return value
 
 
+def scaled_logits(x: torch.Tensor, temperature: float, dtype: torch.dtype) -> torch.Tensor:
+    """``x / temperature`` in ``dtype``, rows shifted by their maximum first where the division would overflow
+    (a tiny temperature or huge logits: +inf - inf is NaN, which sampled id 0 and gave NaN probabilities).
+    Other rows are computed exactly as before, so draws do not change for inputs that never overflowed."""
+    x = x.to(dtype)
+    scaled = x / temperature
+    top = scaled.amax(-1, keepdim=True) if x.shape[-1] else scaled
+    overflow = torch.isposinf(top)
+    if bool(overflow.any()):
+        shifted = (x - x.amax(-1, keepdim=True)) / temperature
+        scaled = torch.where(overflow, shifted, scaled)
+    return scaled
+
+
 def check_logits(logits: object) -> torch.Tensor:
     if not isinstance(logits, torch.Tensor):
         raise InputError(f"logits must be a torch.Tensor, got {type(logits).__name__}")

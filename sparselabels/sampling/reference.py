@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .checks import SamplingRequest, check_rows_finite, prepare_sampling
+from .checks import SamplingRequest, check_rows_finite, prepare_sampling, scaled_logits
 from .labels import SampledLabels
 from .rng import sorted_uniforms
 
@@ -52,7 +52,7 @@ def draw_ids_reference(request: SamplingRequest) -> torch.Tensor:
 
 
 def _inverse_cdf(x: torch.Tensor, temperature: float, uniforms: torch.Tensor) -> torch.Tensor:
-    scaled = x.to(torch.float64) / temperature
+    scaled = scaled_logits(x, temperature, torch.float64)
     weights = torch.exp(scaled - scaled.amax(-1, keepdim=True))  # exp(-inf) = 0: masked ids get no mass
     cdf = torch.cumsum(weights, -1)
     total = cdf[:, -1:]

@@ -21,7 +21,7 @@ import torch
 
 from sparselabels.errors import InputError
 
-from .checks import as_int, as_rows, check_rows_finite, check_temperature
+from .checks import as_int, as_rows, check_rows_finite, check_temperature, scaled_logits
 from .labels import TopKLabels
 
 _CHUNK_ELEMENTS = 1 << 22
@@ -46,7 +46,7 @@ def topk_labels(
     for start in range(0, num_rows, step):
         chunk = x[start : start + step]
         work_dtype = torch.float64 if chunk.dtype == torch.float64 else torch.float32
-        scaled = chunk.to(work_dtype) / temperature
+        scaled = scaled_logits(chunk, temperature, work_dtype)
         keep = _top_k_mask(scaled, k)
         log_z = torch.logsumexp(scaled, -1, keepdim=True)
         row, col = torch.nonzero(keep, as_tuple=True)  # row-major: ascending ids within a row

@@ -578,16 +578,16 @@ def _(tmp_path):
 
 
 @row("read-overwritten", "LabelFile[i]", "a mapped file truncated or overwritten in place (`cp`) while open "
-     "(touching the map past the new end would kill the process)", FormatError,
-     "truncated or overwritten while open; reopen it")
+     "(touching the map past a new end would kill the process; new bytes would be read as the old index)",
+     FormatError, "truncated or overwritten while open; reopen it")
 def _(tmp_path):
-    big = _valid_file(tmp_path, "big.slbl")
-    small = tmp_path / "small.slbl"
+    small = tmp_path / "small.slbl"  # grown here (a shrunk file is tested in a child: tests/test_reader_lifecycle)
     with sl.LabelWriter(small, vocab_size=100, rounds=50) as w:
         w.write([5], [50], [0, 1])
-    with sl.open_labels(big) as f:
-        big.write_bytes(small.read_bytes())
-        f[3]
+    big = _valid_file(tmp_path, "big.slbl")
+    with sl.open_labels(small) as f:
+        small.write_bytes(big.read_bytes())
+        f[0]
 
 
 @row("read-pickle-changed", "pickle.loads(LabelFile)", "another file at the pickled file's path (a DataLoader "
@@ -616,7 +616,7 @@ def _(tmp_path):
 
 
 @row("merge-fingerprints", "merge", "inputs with and without input fingerprints", CompatibilityError,
-     "some inputs store input fingerprints and others do not; they cannot be merged")
+     "some inputs store input fingerprints and others do not; they cannot be read as one dataset")
 def _(tmp_path):
     inputs = [_valid_file(tmp_path, "a.slbl"), _valid_file(tmp_path, "b.slbl", fingerprints=True)]
     with pytest.raises(CompatibilityError, match="fingerprints"):

@@ -154,6 +154,28 @@ def test_minus_inf_logit_at_the_padding_id_adds_nothing():
     assert torch.isfinite(chunk_logits).all()
 
 
+def test_dense_baseline_with_a_masked_teacher_token():
+    """A teacher logit of -inf (a masked token) has probability 0; kl_div(log_target=True) used to give NaN."""
+    g = torch.Generator().manual_seed(7)
+    student = torch.randn(5, 20, generator=g, dtype=torch.float64)
+    teacher = torch.randn(5, 20, generator=g, dtype=torch.float64)
+    teacher[:, 3] = -math.inf
+    value = L.full_kd_loss_from_logits(student, teacher, reduction="sum")
+    p = torch.softmax(teacher, -1)
+    expected = torch.where(p > 0, p * (p.log() - torch.log_softmax(student, -1)), torch.zeros_like(p)).sum()
+    torch.testing.assert_close(value, expected)
+    torch.testing.assert_close(L.full_kd_loss(student, p, reduction="sum"), expected)
+
+
+def test_nan_weights_are_not_hidden_when_checks_are_off():
+    """Weight-0 slots are skipped with ``!= 0``: a NaN weight (checks off) still makes the loss NaN."""
+    logits = torch.randn(2, 10, dtype=torch.float64)
+    ids = torch.tensor([[1, 2], [3, 4]])
+    weights = torch.tensor([[0.5, float("nan")], [0.5, 0.5]], dtype=torch.float64)
+    per_position = L.sparse_kd_loss(logits, ids, weights, reduction="none", check_inputs=False)
+    assert torch.isnan(per_position[0]) and torch.isfinite(per_position[1])
+
+
 def test_mask_selects_positions():
     g = torch.Generator().manual_seed(5)
     logits = torch.randn(4, 6, 25, generator=g, dtype=torch.float64)

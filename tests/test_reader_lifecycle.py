@@ -52,9 +52,12 @@ def test_pickled_file_refuses_a_different_file_at_its_path(tmp_path, mmap):
             pickle.loads(state)
 
 
-def test_file_overwritten_in_place_while_mapped_is_an_error_not_a_crash(tmp_path):
+@pytest.mark.parametrize("access", ["f[len(f) - 1]", "f.positions(f.num_positions - 1, f.num_positions)",
+                                    "f.index_column('record_offset')", "f.fingerprints", "sl.validate(f.path)"])
+def test_file_overwritten_in_place_while_mapped_is_an_error_not_a_crash(tmp_path, access):
     """``cp small big`` over an open, mapped file: touching the map past the new end would kill the process
-    (SIGBUS), so the read is refused first. Run in a child so that a regression fails here, not the whole run."""
+    (SIGBUS), so every access to the index or records is refused first. Run in a child so that a regression fails
+    here rather than killing the whole run."""
     write(tmp_path / "big.slbl", 1, 400)
     write(tmp_path / "small.slbl", 2, 2)
     script = textwrap.dedent(f"""
@@ -63,16 +66,43 @@ def test_file_overwritten_in_place_while_mapped_is_an_error_not_a_crash(tmp_path
         f[0]
         shutil.copyfile({str(tmp_path / "small.slbl")!r}, {str(tmp_path / "big.slbl")!r})
         try:
-            f[len(f) - 1]
+            result = {access}
         except sl.FormatError as exc:
             print("refused:", exc)
+        else:
+            print("report:", getattr(result, "ok", None), getattr(result, "problems", None))
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
-    assert "refused:" in done.stdout and "truncated or overwritten while open" in done.stdout
+    if access.startswith("sl.validate"):  # validate opens the path anew: it checks the small file it finds
+        assert "report: True" in done.stdout, done.stdout
+    else:
+        assert "refused:" in done.stdout and "truncated or overwritten while open" in done.stdout, done.stdout
     shutil.copyfile(tmp_path / "small.slbl", tmp_path / "copy.slbl")  # the copy itself is a valid file
     with sl.LabelFile(tmp_path / "copy.slbl") as g:
         assert len(g) == 2
+
+
+def test_file_grown_or_rewritten_in_place_is_refused(tmp_path):
+    """A larger file, or one of the same size, copied over a mapped file shows its bytes through the old map:
+    the changed size or footer is caught before they are read as the old index."""
+    big = tmp_path / "big.slbl"
+    write(tmp_path / "small.slbl", 2, 2)
+    write(big, 1, 400)
+    with sl.LabelFile(tmp_path / "small.slbl") as f:
+        shutil.copyfile(big, tmp_path / "small.slbl")
+        with pytest.raises(FormatError, match="truncated or overwritten while open"):
+            f[0]
+    a, b = tmp_path / "a.slbl", tmp_path / "b.slbl"
+    write(a, 3, 5)
+    data = bytearray(a.read_bytes())
+    data[-8] ^= 0xFF  # same size, other footer bytes
+    b.write_bytes(bytes(data))
+    with sl.LabelFile(a) as f:
+        f[0]
+        shutil.copyfile(b, a)
+        with pytest.raises(FormatError, match="truncated or overwritten while open"):
+            f[1]
 
 
 def test_a_file_whose_writer_stopped_after_starting_reads_as_incomplete(tmp_path):

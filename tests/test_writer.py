@@ -273,3 +273,25 @@ def test_resume_with_the_same_metadata_as_started(tmp_path, meta):
         w.flush()
         w.abort()
         sl.LabelWriter(tmp_path / "b.slbl", vocab_size=10, rounds=1, metadata={"x": float("nan")}, resume=True)
+
+
+def test_a_writer_that_cannot_resume_leaves_no_partial_file(tmp_path, monkeypatch):
+    """resumable=False (merge): an error in the block, or in close() (a full disk while writing the index),
+    deletes the partial file, which would otherwise block the next attempt."""
+    with pytest.raises(RuntimeError), sl.LabelWriter(tmp_path / "a.slbl", vocab_size=10, rounds=1,
+                                                     resumable=False) as w:
+        w.write([1], [1], [0, 1])
+        w.flush()
+        raise RuntimeError("stop")
+    assert not (tmp_path / "a.slbl.partial").exists()
+
+    def full_disk(self):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sl.LabelWriter, "_finalize", full_disk)
+    for resumable in (False, True):
+        w = sl.LabelWriter(tmp_path / "b.slbl", vocab_size=10, rounds=1, resumable=resumable, overwrite=True)
+        w.write([1], [1], [0, 1])
+        with pytest.raises(OSError, match="No space"):
+            w.close()
+        assert (tmp_path / "b.slbl.partial").exists() == resumable

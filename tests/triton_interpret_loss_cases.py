@@ -137,3 +137,15 @@ def test_chunk_kernel_minus_inf_at_the_padding_id():
     assert torch.isfinite(got[0]).all() and torch.isfinite(got_grad).all()
     torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got_grad, expected_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_chunk_kernel_keeps_nan_weights_nan():
+    """With checks off a NaN weight reaches the kernel: its row's loss is NaN, as in the twin (not hidden)."""
+    logits = torch.randn(2, 32)
+    ids = torch.tensor([[1, 2], [3, 4]])
+    weights = torch.tensor([[0.5, float("nan")], [0.5, 0.5]])
+    kd_coef = torch.ones(2)
+    expected = fused.chunk_loss_and_grad_torch(logits.clone(), ids, weights, None, kd_coef, None, 1.0, -100, False)
+    got = chunk_loss_and_grad_triton(logits.clone(), ids, weights, None, kd_coef, None, 1.0, -100, False)
+    assert torch.isnan(expected[0][0]) and torch.isnan(got[0][0])
+    torch.testing.assert_close(got[0][1], expected[0][1], rtol=1e-5, atol=1e-5)

@@ -10,6 +10,7 @@ import sys
 
 from sparselabels._version import __version__
 from sparselabels.errors import SparseLabelsError
+from sparselabels.io.writer import PARTIAL_FILE_ADVICE
 
 COMMANDS = ("demo", "generate", "convert", "export", "info", "validate", "stats", "merge")
 
@@ -42,14 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
 def cli_wording(message: str, args: argparse.Namespace) -> str:
     """Library messages name keyword arguments (``overwrite=True``); a command that has the same switch as a flag
     names the flag instead (``--overwrite``)."""
-    for name in ("overwrite", "resume"):
+    if not hasattr(args, "resume"):  # e.g. merge: a leftover partial file can only be started again
+        message = message.replace(PARTIAL_FILE_ADVICE, "pass overwrite=True to start again")
+    for name in ("overwrite", "resume", "copy"):
         if hasattr(args, name):
             message = message.replace(f"{name}=True", f"--{name}")
     if hasattr(args, "codec"):
-        message = message.replace("codec=...", "--codec").replace("copy=True", "--copy")
-    if not hasattr(args, "resume"):  # e.g. merge: a leftover partial file can only be started again
-        message = message.replace("pass resume=True to continue it or --overwrite to start again",
-                                  "pass --overwrite to start again")
+        message = message.replace("codec=...", "--codec")
     return message
 
 

@@ -82,18 +82,14 @@ def _merge_copy(out: Path, files: list[Path], *, codec: str | None, overwrite: b
                 {"file": Path(f.path).name, "num_sequences": len(f), **{k: f.metadata.get(k) for k in differing}}
                 for f in opened
             ]
-        writer = LabelWriter(out, vocab_size=first.vocab_size, rounds=first.rounds, value_kind=first.value_kind,
-                             codec=target, metadata=merged, overwrite=overwrite)
-        try:
+        # a merge cannot resume: a failure leaves no partial file that would block the next attempt
+        with LabelWriter(out, vocab_size=first.vocab_size, rounds=first.rounds, value_kind=first.value_kind,
+                         codec=target, metadata=merged, overwrite=overwrite, resumable=False) as writer:
             for f in opened:
                 if f.codec.name == target:
                     _copy_chunks(f, writer)
                 else:
                     _reencode(f, writer)
-        except BaseException:
-            writer.discard()  # a merge cannot resume: leave nothing that would block the next attempt
-            raise
-        writer.close()
         return out
     finally:
         for f in opened:

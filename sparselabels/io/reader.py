@@ -341,22 +341,29 @@ class LabelFile(Labels):
 
     @property
     def fingerprints(self) -> np.ndarray | None:
+        self._index()
         return self._columns.get("fingerprint") if self.footer.flags & FLAG_FINGERPRINTS else None
 
     def index_column(self, name: str) -> np.ndarray:
         """A raw index column (uint64 view), for tools that work on the layout itself."""
+        self._index()
         return self._columns[name]
 
+    def _index(self) -> dict[str, np.ndarray]:
+        """The index columns (int64 views of the file), once the file is known to be open and unchanged: every
+        access to the index or the records at read time goes through here (see MmapSource.check_unchanged)."""
+        self._opened().check_unchanged()
+        return self._col
+
     def _locate(self, position: int) -> tuple[int, int]:
-        starts = self._col["position_start"]
+        starts = self._index()["position_start"]
         seq = int(np.searchsorted(starts, position, side="right")) - 1
         return seq, position - int(starts[seq])
 
     def record_bytes(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(record, table) bytes of sequence ``index``: what the codec decodes."""
-        col = self._col
+        col = self._index()
         src = self._opened()
-        src.check_unchanged()  # before any index or record page is touched
         record = src.view(int(col["record_offset"][index]), int(col["record_size"][index]), f"sequence {index}")
         if self._has_tables:
             chunk = int(np.searchsorted(col["chunk_first_sequence"], index, side="right")) - 1
@@ -413,7 +420,7 @@ class LabelFile(Labels):
         self._verify = "structure"  # the sending process already verified the index
         self._source = None
         self._open()
-        if self._identity() != tuple(state["identity"]):
+        if "identity" in state and self._identity() != tuple(state["identity"]):  # (older pickles lack it)
             self.close()
             raise FormatError(f"file {self.path!r} changed after it was opened (size, index checksum or counts "
                               "differ from the sender's): reopen it rather than read another file's labels")

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from sparselabels.errors import CompatibilityError, FormatError
+from sparselabels.errors import CompatibilityError, FormatError, check_int
 from sparselabels.format.layout import FOOTER_SIZE
 from sparselabels.format.metadata import COMPATIBILITY_KEYS
 from sparselabels.io.reader import DEFAULT_MAX_SEQUENCE_POSITIONS, LabelFile, Labels
@@ -56,7 +56,8 @@ def check_fingerprints_agree(stored: Iterable[bool]) -> None:
     """Files read as one must all store input fingerprints or none (``stored``: one flag per non-empty file;
     an empty file stores none either way): a mixed set would read back with no fingerprints at all."""
     if len(set(stored)) > 1:
-        raise CompatibilityError("some inputs store input fingerprints and others do not; they cannot be merged")
+        raise CompatibilityError("some inputs store input fingerprints and others do not; they cannot be read as "
+                                 "one dataset")
 
 
 def common_metadata(metas: list[dict]) -> dict:
@@ -187,8 +188,8 @@ class LabelShards(Labels):
         self.metadata = metadata
         self._mmap = mmap
         self._verify = verify
-        self._max_open = max(1, max_open)
-        self._max_sequence_positions = max_sequence_positions
+        self._max_open = check_int("max_open", max_open, 1)
+        self._max_sequence_positions = check_int("max_sequence_positions", max_sequence_positions, 1)
         self._source = source
         self._closed = False
         self._lock = threading.Lock()
@@ -238,10 +239,19 @@ class LabelShards(Labels):
             if f is not None:
                 self._open.move_to_end(k)
                 return f
-            f = self._open_shard(k)
-            self._open[k] = f
+        # opened outside the lock (checking a shard's index takes a while; reads of other shards go on), so two
+        # threads may both open shard k: the first to come back keeps its copy
+        opened = self._open_shard(k)
+        with self._lock:
+            if self._closed:
+                opened.close()
+                raise ValueError(f"{self!r} is closed")
+            f = self._open.setdefault(k, opened)
+            self._open.move_to_end(k)
             self._evict()
-            return f
+        if f is not opened:
+            opened.close()
+        return f
 
     def _evict(self) -> None:
         """Drop the least recently used shards beyond ``max_open`` (not closed: see the class docstring)."""

@@ -16,6 +16,8 @@ import numpy as np
 
 from sparselabels.errors import FormatError
 
+_TAIL_BYTES = 64  # what check_unchanged compares: a label file's footer
+
 
 class ByteSource:
     """Read-only access to a file's bytes as numpy uint8 arrays."""
@@ -50,18 +52,24 @@ class MmapSource(ByteSource):
         self._array = (
             np.frombuffer(self._map, dtype=np.uint8) if self._map is not None else np.zeros(0, np.uint8)
         )
+        self._tail = bytes(self._map[max(0, size - _TAIL_BYTES) :]) if self._map is not None else b""
 
     def view(self, offset: int, length: int, what: str) -> np.ndarray:
         self.check_range(offset, length, what)
         return self._array[offset : offset + length]
 
     def check_unchanged(self) -> None:
-        """A page of a map past the end of its file kills the process (SIGBUS) when touched, so a file truncated
-        or overwritten in place (``cp`` over it) since it was mapped is refused before a read touches it. (A
-        truncation racing with a read can still crash it: use ``mmap=False`` for files that may change.)"""
-        if self._map is not None and self._map.size() < self.size:
+        """A page of a map past the end of its file kills the process (SIGBUS) when touched, and a file rewritten
+        in place (``cp`` over it) shows its new bytes through the old map. So a file whose size or last bytes
+        (a label file's footer, with the index checksum) changed since it was mapped is refused before a read
+        touches the map. (A change racing with a read can still crash it, and views already handed out see the
+        new bytes: use ``mmap=False`` for files that may change while open.)"""
+        if self._map is None:
+            return
+        size = self._map.size()  # fstat: the file's size now
+        if size != self.size or self._map[self.size - len(self._tail) : self.size] != self._tail:
             raise FormatError(
-                f"file {self.path!r}: now {self._map.size()} bytes, {self.size} when it was opened: truncated or "
+                f"file {self.path!r}: now {size} bytes ({self.size} when opened) or other last bytes: truncated or "
                 "overwritten while open; reopen it"
             )
 

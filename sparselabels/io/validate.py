@@ -127,9 +127,8 @@ def checked_chunk(f: LabelFile, c: int) -> CheckedChunk:
     """Chunk ``c`` of ``f``, checked as validate reports it and merge copies it: the header parses and agrees
     with the index, the payload CRC-32 matches (ChecksumError otherwise), the entries agree with the index.
     Raises FormatError naming the file and chunk."""
-    col = f._col
-    source = f._source
-    assert source is not None
+    col = f._index()
+    source = f._opened()
     where = f"file {f.path!r}, chunk {c}"
     start = int(col["chunk_offset"][c])
     first, last = int(col["chunk_first_sequence"][c]), int(col["chunk_first_sequence"][c + 1])

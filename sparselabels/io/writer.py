@@ -41,6 +41,10 @@ _SPOOL_BYTES = 8 << 20
 _COPY_BLOCK = 8 << 20
 
 
+# what to do about a partial file found at the start (the CLI rewords it for commands without --resume)
+PARTIAL_FILE_ADVICE = "pass resume=True to continue it or overwrite=True to start again"
+
+
 def partial_path(path: str | os.PathLike) -> Path:
     """Where the writer of ``path`` keeps the unfinished file."""
     path = Path(path)
@@ -188,7 +192,9 @@ class LabelWriter:
     ``"raw"``'s bytes; ``"raw"`` for zero-copy reads; see ``sparselabels.codecs.available()``), ``metadata``
     (extra msgpack-able keys: teacher, tokenizer_fingerprint, temperature, seed, ...), ``resume`` (continue
     ``<path>.partial``), ``overwrite`` (replace an existing ``path`` or partial file), ``chunk_bytes`` (input
-    bytes buffered per chunk), ``durable`` (fsync in ``flush``/``close``; turn off only for scratch files).
+    bytes buffered per chunk), ``durable`` (fsync in ``flush``/``close``; turn off only for scratch files),
+    ``resumable`` (False: a writer that stops without finishing deletes its partial file, for jobs that cannot
+    resume and must not leave one behind to block the next attempt, such as a merge).
     """
 
     def __init__(
@@ -204,6 +210,7 @@ class LabelWriter:
         overwrite: bool = False,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         durable: bool = True,
+        resumable: bool = True,
     ) -> None:
         if value_kind not in VALUE_KINDS:
             raise InputError(f"value_kind must be one of {list(VALUE_KINDS)}, got {value_kind!r}")
@@ -217,6 +224,7 @@ class LabelWriter:
         self.value_kind = value_kind
         self.chunk_bytes = chunk_bytes
         self.durable = durable
+        self.resumable = resumable
         self.metadata = meta_format.build(
             vocab_size=vocab_size, value_kind=value_kind, rounds=rounds, codec=codec, extra=metadata
         )  # checks vocab_size and rounds (InputError), turning numpy integers into ints
@@ -256,10 +264,7 @@ class LabelWriter:
             if existing and resume:
                 self._recover()
             elif existing and not overwrite:
-                raise SparseLabelsError(
-                    f"{self.partial_path} holds an unfinished file; pass resume=True to continue it "
-                    "or overwrite=True to start again"
-                )
+                raise SparseLabelsError(f"{self.partial_path} holds an unfinished file; {PARTIAL_FILE_ADVICE}")
             else:
                 self._start()
         except BaseException:
@@ -516,6 +521,9 @@ class LabelWriter:
         try:
             self._write_chunk()
             self._finalize()
+        except BaseException:
+            self._drop_partial()
+            raise
         finally:
             self._release()
         self._closed = True
@@ -544,17 +552,16 @@ class LabelWriter:
             _fsync_dir(self.path.parent)
 
     def abort(self) -> None:
-        """Stop without finishing: buffered sequences are dropped; the partial file stays for ``resume``."""
+        """Stop without finishing: buffered sequences are dropped; the partial file stays for ``resume`` (unless
+        the writer is not ``resumable``)."""
         if not self._closed:
+            self._drop_partial()
             self._release()
             self._closed = True
 
-    def discard(self) -> None:
-        """Stop without finishing and delete the partial file (for jobs that cannot resume, such as a merge)."""
-        if not self._closed:
-            if self._fd >= 0:
-                self.partial_path.unlink(missing_ok=True)  # while the lock is held: never another writer's file
-            self.abort()
+    def _drop_partial(self) -> None:
+        if not self.resumable and self._fd >= 0:
+            self.partial_path.unlink(missing_ok=True)  # while the lock is held: never another writer's file
 
     def _release(self) -> None:
         for column in getattr(self, "_columns", {}).values():
@@ -577,7 +584,8 @@ class LabelWriter:
         # An error escaped the block: keep what was accepted (durably) for resume, but never finalise.
         if not self._closed and self._fd >= 0:
             try:
-                self.flush()
+                if self.resumable:
+                    self.flush()
             finally:
                 self.abort()
 

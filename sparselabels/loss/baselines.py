@@ -55,6 +55,9 @@ def full_kd_loss_from_logits(
     teacher = teacher_logits.detach().to(z.dtype)
     log_t = torch.log_softmax(teacher / teacher_temperature if teacher_temperature != 1.0 else teacher, dim=-1)
     del teacher
+    # a masked teacher token (logit -inf) has probability exp(-inf) = 0, but kl_div would multiply it by
+    # -inf - z = -inf: NaN. The most negative finite value gives the same 0 (in place: no [..., V] temporary).
+    log_t.clamp_(min=torch.finfo(log_t.dtype).min)
     per_position = F.kl_div(z, log_t, reduction="none", log_target=True).sum(-1)
     return reduce_positions(per_position, mask, reduction)
 

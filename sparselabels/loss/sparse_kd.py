@@ -93,13 +93,13 @@ def kd_row_losses(weights: torch.Tensor, z_targets: torch.Tensor, lse: torch.Ten
     """``Σ w log w - Σ w z_id + (Σ w) lse`` per row, from the tempered logits at the target ids and their log-sum-exp.
 
     A slot or row of weight 0 adds exactly 0, even where the student's logit is -inf (a banned token at the
-    padding id 0): ``0 * -inf`` would be NaN."""
+    padding id 0): ``0 * -inf`` would be NaN. (A NaN weight still gives NaN: ``!= 0``, not ``> 0``.)"""
     zero = torch.zeros((), dtype=weights.dtype, device=weights.device)
     total = weights.sum(-1)
     return (
         torch.xlogy(weights, weights).sum(-1)
-        - torch.where(weights > 0, weights * z_targets, zero).sum(-1)
-        + torch.where(total > 0, total * lse, zero)
+        - torch.where(weights != 0, weights * z_targets, zero).sum(-1)
+        + torch.where(total != 0, total * lse, zero)
     )
 
 

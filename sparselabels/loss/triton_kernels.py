@@ -75,9 +75,9 @@ def _sparse_kd_rows_kernel(
 
     total_weight = tl.sum(weights, axis=0)
     w_log_w = tl.sum(tl.where(weights > 0, weights * tl.log(tl.maximum(weights, 1e-38)), 0.0), axis=0)
-    # weight-0 slots and rows add exactly 0, even at a -inf logit (0 * -inf is NaN)
-    w_z = tl.sum(tl.where(weights > 0, weights * z_targets, 0.0), axis=0) * inv_temperature
-    kd = w_log_w - w_z + tl.where(total_weight > 0, total_weight * lse_t, 0.0)
+    # weight-0 slots and rows add exactly 0, even at a -inf logit (0 * -inf is NaN); a NaN weight stays NaN
+    w_z = tl.sum(tl.where(weights != 0, weights * z_targets, 0.0), axis=0) * inv_temperature
+    kd = w_log_w - w_z + tl.where(total_weight != 0, total_weight * lse_t, 0.0)
     tl.store(kd_out_ptr + row, kd)
 
     label = 0

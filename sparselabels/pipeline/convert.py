@@ -147,14 +147,14 @@ _SAFETENSORS_ITEMSIZE = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 class SafetensorsSource(DenseSource):
 
     def __init__(self, path: Path, key: str | None) -> None:
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         self.name = str(path)
         if not path.is_file():
             raise FileNotFoundError(f"no such file: {str(path)!r}")
         try:
             self._file = safe_open(str(path), framework="pt")
-        except Exception as exc:  # safetensors raises its own error type for a bad header
+        except SafetensorError as exc:
             raise InputError(f"safetensors {str(path)!r}: cannot be opened as safetensors ({exc})") from None
         keys = list(self._file.keys())
         if key is None:

@@ -52,7 +52,7 @@ class Labels(abc.ABC):
     def _sequence_index(self, index: int, where: str = "") -> int:
         """``index`` as a sequence number in ``0..len-1`` (negative counts from the end); IndexError or TypeError
         otherwise. Booleans are refused: ``f[True]`` reading sequence 1 hides a bug."""
-        if isinstance(index, bool | np.bool_):
+        if index.__class__ is bool or isinstance(index, np.bool_):
             raise TypeError(f"sequence index must be an integer, not {type(index).__name__}")
         n = len(self)
         index = operator.index(index)
@@ -342,6 +342,9 @@ class LabelFile(Labels):
     @property
     def fingerprints(self) -> np.ndarray | None:
         self._index()
+        return self._fingerprint_column()
+
+    def _fingerprint_column(self) -> np.ndarray | None:
         return self._columns.get("fingerprint") if self.footer.flags & FLAG_FINGERPRINTS else None
 
     def index_column(self, name: str) -> np.ndarray:
@@ -400,7 +403,7 @@ class LabelFile(Labels):
                                    rounds=self.rounds)
             if problem is not None:
                 raise FormatError(f"file {self.path!r}, sequence {index}, {problem.describe()}")
-        fps = self.fingerprints
+        fps = self._fingerprint_column()  # the file was checked by record_bytes
         return Sequence(ids, values, indptr, int(fps[index]) if fps is not None else None, index)
 
     def close(self) -> None:

@@ -2,7 +2,8 @@
 
 The pread mode exists for parallel file systems where thousands of memory maps exhaust the process's map
 count or behave badly; it copies each record it reads. Both check every range against the file size
-before touching it, so a hostile offset becomes a FormatError, never an out-of-bounds access.
+before touching it, so a hostile offset becomes a FormatError, never an out-of-bounds access, and both
+refuse a file that changed since it was opened (see :meth:`ByteSource.check_unchanged`).
 """
 
 from __future__ import annotations
@@ -16,15 +17,20 @@ import numpy as np
 
 from sparselabels.errors import FormatError
 
-_TAIL_BYTES = 64  # what check_unchanged compares: a label file's footer
+
+def _stamp(info: os.stat_result) -> tuple[int, int]:
+    """What changes when a file is truncated, extended or written (``cp`` over it): its size and mtime."""
+    return info.st_size, info.st_mtime_ns
 
 
 class ByteSource:
-    """Read-only access to a file's bytes as numpy uint8 arrays."""
+    """Read-only access to a file's bytes as numpy uint8 arrays, through a descriptor of its own."""
 
-    def __init__(self, path: str, size: int) -> None:
+    def __init__(self, path: str, fd: int, info: os.stat_result) -> None:
         self.path = path
-        self.size = size
+        self.size = info.st_size
+        self._stamp = _stamp(info)
+        self._fd = os.dup(fd)
 
     def check_range(self, offset: int, length: int, what: str) -> None:
         if offset < 0 or length < 0 or offset + length > self.size:
@@ -37,54 +43,54 @@ class ByteSource:
         raise NotImplementedError
 
     def check_unchanged(self) -> None:
-        """Raise FormatError if the file is now shorter than when it was opened (no-op where that is safe)."""
+        """Refuse a file truncated, extended or rewritten in place (``cp`` over it) since it was opened: a page of a
+        map past the file's new end kills the process (SIGBUS) when touched, and new bytes would be read as the old
+        index. One fstat (~0.5 us); a reader calls it before each read touches the index. (A change racing with a
+        read can still crash a mapped read, views already handed out see the new bytes, and a same-size rewrite
+        within the file system's timestamp granularity of the previous write goes unseen: use ``mmap=False`` for
+        files that may change while open.)"""
+        if self._fd < 0:
+            return
+        now = os.fstat(self._fd)
+        if _stamp(now) != self._stamp:
+            raise FormatError(
+                f"file {self.path!r}: now {now.st_size} bytes ({self.size} when opened) or modified since: truncated "
+                "or overwritten while open; reopen it"
+            )
 
     def close(self) -> None:
-        pass
+        if getattr(self, "_fd", -1) >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:  # a shard set drops evicted files unclosed (another thread may still read one)
+        with contextlib.suppress(Exception):
+            self.close()
 
 
 class MmapSource(ByteSource):
     """Zero-copy views into a read-only memory map of the whole file."""
 
-    def __init__(self, path: str, fd: int, size: int) -> None:
-        super().__init__(path, size)
-        self._map = mmap.mmap(fd, size, access=mmap.ACCESS_READ) if size else None
+    def __init__(self, path: str, fd: int, info: os.stat_result) -> None:
+        super().__init__(path, fd, info)
+        self._map = mmap.mmap(fd, self.size, access=mmap.ACCESS_READ) if self.size else None
         self._array = (
             np.frombuffer(self._map, dtype=np.uint8) if self._map is not None else np.zeros(0, np.uint8)
         )
-        self._tail = bytes(self._map[max(0, size - _TAIL_BYTES) :]) if self._map is not None else b""
 
     def view(self, offset: int, length: int, what: str) -> np.ndarray:
         self.check_range(offset, length, what)
         return self._array[offset : offset + length]
 
-    def check_unchanged(self) -> None:
-        """A page of a map past the end of its file kills the process (SIGBUS) when touched, and a file rewritten
-        in place (``cp`` over it) shows its new bytes through the old map. So a file whose size or last bytes
-        (a label file's footer, with the index checksum) changed since it was mapped is refused before a read
-        touches the map. (A change racing with a read can still crash it, and views already handed out see the
-        new bytes: use ``mmap=False`` for files that may change while open.)"""
-        if self._map is None:
-            return
-        size = self._map.size()  # fstat: the file's size now
-        if size != self.size or self._map[self.size - len(self._tail) : self.size] != self._tail:
-            raise FormatError(
-                f"file {self.path!r}: now {size} bytes ({self.size} when opened) or other last bytes: truncated or "
-                "overwritten while open; reopen it"
-            )
-
     def close(self) -> None:
         # Views handed out keep the buffer alive; dropping our references lets the map close when they go.
         self._array = np.zeros(0, np.uint8)
         self._map = None
+        super().close()
 
 
 class PreadSource(ByteSource):
     """Positioned reads; every view is a fresh array."""
-
-    def __init__(self, path: str, fd: int, size: int) -> None:
-        super().__init__(path, size)
-        self._fd = os.dup(fd)
 
     def view(self, offset: int, length: int, what: str) -> np.ndarray:
         self.check_range(offset, length, what)
@@ -98,15 +104,6 @@ class PreadSource(ByteSource):
             done += n
         return out
 
-    def close(self) -> None:
-        if getattr(self, "_fd", -1) >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def __del__(self) -> None:  # a shard set drops evicted files unclosed (another thread may still read one)
-        with contextlib.suppress(Exception):
-            self.close()
-
 
 def open_source(path: str, *, use_mmap: bool) -> ByteSource:
     """Open ``path`` for reading with the chosen access method.
@@ -119,6 +116,6 @@ def open_source(path: str, *, use_mmap: bool) -> ByteSource:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise FormatError(f"file {path!r}: not a regular file")
-        return MmapSource(path, fd, info.st_size) if use_mmap else PreadSource(path, fd, info.st_size)
+        return MmapSource(path, fd, info) if use_mmap else PreadSource(path, fd, info)
     finally:
         os.close(fd)

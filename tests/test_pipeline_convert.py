@@ -288,32 +288,27 @@ def test_resume_of_a_finished_file_checks_it_and_keeps_it(tmp_path):
         convert(path, out, seed=1, resume=True, overwrite=True)
 
 
-def test_resume_refuses_a_partial_file_of_other_settings(tmp_path, monkeypatch):
-    path = save("npy", tmp_path / "in", logits_3d(6, 9, 300))
-    _open_counting(monkeypatch, reads=3)
+@pytest.mark.parametrize(("first", "second", "message"), [
+    (dict(seed=1, seq_len=8), dict(seed=2, seq_len=8), "seed"),
+    # the same rows cut into other sequences: appending to them mixed lengths and lost positions, and validated
+    (dict(seed=1, seq_len=8), dict(seed=1, seq_len=16), "converted_from"),
+])
+def test_resume_refuses_a_partial_file_of_other_settings(tmp_path, monkeypatch, first, second, message):
+    path = save("npy", tmp_path / "in", logits_3d(1, 64, 300)[0])
+    _open_counting(monkeypatch, reads=2)
     out = tmp_path / "labels.slbl"
     with pytest.raises(RuntimeError):
-        convert(path, out, seed=1, chunk_rows=10, chunk_bytes=2_000)
+        convert(path, out, chunk_rows=8, chunk_bytes=500, **first)
     _open_counting(monkeypatch, reads=None)
-    with pytest.raises(sl.CompatibilityError, match="seed"):
-        convert(path, out, seed=2, chunk_rows=10, chunk_bytes=2_000, resume=True)
+    with pytest.raises(sl.CompatibilityError, match=message):
+        convert(path, out, chunk_rows=8, chunk_bytes=500, resume=True, **second)
 
 
-def test_resume_refuses_another_sequence_layout(tmp_path, monkeypatch):
-    """The same rows cut into other sequences must not be appended to (or accepted as) the file of the first
-    layout: that silently mixed sequence lengths and dropped positions in a file that validated."""
-    rows = logits_3d(1, 64, 100)[0]
-    path = save("npy", tmp_path / "in", rows)
+def test_resume_refuses_a_finished_file_of_another_sequence_layout(tmp_path):
+    path = save("npy", tmp_path / "in", logits_3d(1, 64, 100)[0])
     out = convert(path, tmp_path / "done.slbl", seq_len=32)
     with pytest.raises(sl.CompatibilityError, match="converted_from"):
         convert(path, out, lengths=[10, 54], resume=True)
-    _open_counting(monkeypatch, reads=2)
-    partial = tmp_path / "partial.slbl"
-    with pytest.raises(RuntimeError):
-        convert(path, partial, seq_len=8, chunk_rows=8, chunk_bytes=500)
-    _open_counting(monkeypatch, reads=None)
-    with pytest.raises(sl.CompatibilityError, match="converted_from"):
-        convert(path, partial, seq_len=16, chunk_rows=8, chunk_bytes=500, resume=True)
 
 
 def test_bad_rows_are_named_by_sequence_and_position(tmp_path):

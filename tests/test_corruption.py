@@ -136,3 +136,23 @@ def test_not_a_label_file(tmp_path):
     np.save(tmp_path / "y.npy", np.zeros(100))
     with pytest.raises(FormatError, match="not a sparse-label file"):
         sl.open_labels(tmp_path / "y.npy")
+
+
+def test_a_raw_file_with_a_chunk_table_is_refused(tmp_path, monkeypatch):
+    """spec/FORMAT.md section 9: raw chunks have no table. A file whose raw chunks carry one (written here by a
+    raw codec patched to emit 8 bytes of table; the record CRCs cover it, so every read would pass) is refused
+    when its index is checked."""
+    from dataclasses import replace
+
+    from sparselabels.codecs.raw import RawCodec
+
+    encode = RawCodec.encode_chunk
+    monkeypatch.setattr(RawCodec, "encode_chunk",
+                        lambda self, chunk: replace(encode(self, chunk), table=np.zeros(8, np.uint8)))
+    path = tmp_path / "a.slbl"
+    with sl.LabelWriter(path, vocab_size=100, rounds=50, codec="raw") as w:
+        w.write([3, 7], [49, 1], [0, 2])
+    monkeypatch.setattr(RawCodec, "encode_chunk", encode)
+    with pytest.raises(sl.FormatError, match="chunk 0 has a 8-byte table, but codec 'raw' has none"):
+        sl.open_labels(path)
+    assert not sl.validate(path).ok

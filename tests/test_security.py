@@ -147,20 +147,41 @@ def test_metadata_nesting_and_key_types(base: ff.BaseFile, tmp_path: Path) -> No
     deep = 1
     for _ in range(33):
         deep = [deep]
+    empty_at_33 = []  # the top map is level 1, "user" level 2, so 31 arrays end at level 33: too deep, empty or not
+    for _ in range(30):
+        empty_at_33 = [empty_at_33]
     cases = [
-        ({**meta, "user": {"d": deep}}, r"metadata: nested deeper than 32 levels"),
+        ({**meta, "user": {"d": deep}}, r"metadata: maps and arrays nested deeper than 32 levels"),
+        ({**meta, "user": {"d": empty_at_33}}, r"metadata: maps and arrays nested deeper than 32 levels"),
         ({**meta, 7: "x"}, r"metadata: (not valid msgpack|map key 7 is not a string)"),
         ({**meta, b"k": "x"}, r"metadata: map key b'k' is not a string"),
     ]
     for k, (value, match) in enumerate(cases):
         raw = msgpack.packb(value, use_bin_type=True, strict_types=False)
         _open_both(_write(tmp_path, _with_metadata_bytes(base, raw), f"m{k}.slbl"), match)
-    shallow = 1
+    # a key given twice: readers keeping the first or the last value would disagree, so it is invalid
+    packer = msgpack.Packer(use_bin_type=True)
+    raw = packer.pack_map_header(len(meta) + 1) + b"".join(packer.pack(k) + packer.pack(v) for k, v in meta.items())
+    raw += packer.pack("vocab_size") + packer.pack(10)
+    _open_both(_write(tmp_path, _with_metadata_bytes(base, raw), "dup.slbl"),
+               r"key 'vocab_size' appears more than once")
+    shallow = 1  # an int inside arrays up to level 32
     for _ in range(30):
         shallow = [shallow]
     ok = _write(tmp_path, _with_metadata_bytes(base, msgpack.packb({**meta, "user": {"d": shallow}})), "ok.slbl")
     with sl.open_labels(ok) as f:
         assert f.metadata["user"]["d"] == shallow
+
+
+def test_format_version_is_major_dot_minor(base: ff.BaseFile, tmp_path: Path) -> None:
+    """spec/FORMAT.md section 5: "<major>.<minor>"; a reader accepts any minor of its major (section 10)."""
+    meta = _meta(base)
+    for k, version in enumerate(["1.x", "1.", "1.0.0", "01.0", "2.0"]):
+        raw = msgpack.packb({**meta, "format_version": version}, use_bin_type=True)
+        _open_both(_write(tmp_path, _with_metadata_bytes(base, raw), f"v{k}.slbl"), "format_version")
+    ok = _write(tmp_path, _with_metadata_bytes(base, msgpack.packb({**meta, "format_version": "1.7"})), "ok.slbl")
+    with sl.open_labels(ok) as f:
+        assert f.metadata["format_version"] == "1.7"
 
 
 # -- never pickle ---------------------------------------------------------------------------------------------

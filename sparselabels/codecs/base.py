@@ -101,6 +101,8 @@ class Codec(abc.ABC):
     #: are given, guarantees every label rule of spec/FORMAT.md (the ones ``check_labels`` enforces) for what it
     #: returns, raising :class:`LabelRuleError` otherwise; the reader then skips its own label-rule pass.
     checks_label_rules: ClassVar[bool] = False
+    #: Whether chunks carry a codec table; a codec without one (raw) requires every ``table_size`` to be 0.
+    uses_tables: ClassVar[bool] = True
 
     @classmethod
     def over_capacity(cls, positions: np.ndarray, labels: np.ndarray, record_sizes: np.ndarray) -> np.ndarray:

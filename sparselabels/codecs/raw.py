@@ -49,6 +49,7 @@ class RawCodec(Codec):
     """Arrays as they are: the largest files, the fastest reads (no decoding at all)."""
 
     name = "raw"
+    uses_tables = False  # spec/FORMAT.md section 9: table_size is 0
     max_positions_per_byte = 1
     max_labels_per_byte = 1
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 from typing import Any
 
 import msgpack
@@ -113,6 +114,7 @@ def decode(data: bytes) -> dict:
             max_array_len=n,
             max_map_len=n,
             max_ext_len=0,
+            object_pairs_hook=_unique_keys,
         )
     except FormatError:
         raise
@@ -120,6 +122,16 @@ def decode(data: bytes) -> dict:
         raise FormatError(f"metadata: not valid msgpack ({type(exc).__name__}: {exc})") from None
     check(meta)
     return meta
+
+
+def _unique_keys(pairs: list[tuple[Any, Any]]) -> dict:
+    """A map from msgpack pairs; a key given twice is invalid (readers would otherwise disagree on its value)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise FormatError(f"metadata: key {key!r} appears more than once in a map")
+    return out
 
 
 def check(meta: Any) -> None:
@@ -131,7 +143,7 @@ def check(meta: Any) -> None:
     if missing:
         raise FormatError(f"metadata: required keys missing: {missing}")
     version = meta["format_version"]
-    if not isinstance(version, str) or not version.startswith(f"{VERSION_MAJOR}."):
+    if not isinstance(version, str) or not re.fullmatch(rf"{VERSION_MAJOR}\.(0|[1-9][0-9]*)", version):
         raise FormatError(f"metadata: format_version {version!r} does not match major version {VERSION_MAJOR}")
     vocab = meta["vocab_size"]
     if not _is_int(vocab) or not 1 <= vocab <= MAX_VOCAB:
@@ -171,16 +183,18 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_tree(value: Any, depth: int) -> None:
-    if depth > MAX_DEPTH:
-        raise FormatError(f"metadata: nested deeper than {MAX_DEPTH} levels")
+def _check_tree(value: Any, level: int) -> None:
+    """``level``: the containers (maps, arrays) around ``value``; the top-level map is at level 1, and a
+    container at level 33 is too deep whatever it holds."""
+    if isinstance(value, dict | list | tuple) and level + 1 > MAX_DEPTH:
+        raise FormatError(f"metadata: maps and arrays nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise FormatError(f"metadata: map key {key!r} is not a string")
-            _check_tree(item, depth + 1)
+            _check_tree(item, level + 1)
     elif isinstance(value, list | tuple):
         for item in value:
-            _check_tree(item, depth + 1)
+            _check_tree(item, level + 1)
     elif not isinstance(value, str | bytes | int | float | bool | type(None)):
         raise FormatError(f"metadata: value of type {type(value).__name__} is not allowed")

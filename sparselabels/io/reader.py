@@ -280,6 +280,10 @@ class LabelFile(Labels):
                                  | (table_offset + table_size > chunk_offset[1:]))
             if bad.size:
                 raise self._fail(f"index: chunk {bad[0]} has an inconsistent table offset or size")
+            if not self.codec.uses_tables and np.any(table_size):
+                bad = np.flatnonzero(table_size)
+                raise self._fail(f"index: chunk {bad[0]} has a {table_size[bad[0]]}-byte table, but codec "
+                                 f"{self.codec.name!r} has none")
             rec_off, rec_size = col["record_offset"], col["record_size"]
             expected = np.empty(S, dtype=np.int64)
             expected[1:] = rec_off[:-1] + rec_size[:-1]

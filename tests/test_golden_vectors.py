@@ -69,3 +69,9 @@ def test_vectors_cover_the_edge_cases():
     assert any(p[-1][0] == v["vocab_size"] - 1 for v in raw.values() for s in v["sequences"]
                for p in s["positions"] if p), "id = vocab_size - 1"
     assert any(v["value_kind"] == "prob" for v in raw.values())
+    prob = [v for v in raw.values() if v["value_kind"] == "prob"]
+    assert any(len(p) > 255 for v in prob for s in v["sequences"] for p in s["positions"]), "L > 255 (escape)"
+    assert any(sum(len(p) for p in s["positions"]) % 4 for v in prob for s in v["sequences"]), "2M not a multiple of 8"
+    headers = [p.read_bytes()[:64] for p in FILES if p.suffix == ".slbl"]
+    assert any(int.from_bytes(h[10:12], "little") > 0 and int.from_bytes(h[40:44], "little") for h in headers), (
+        "a newer minor version with optional feature bits, read as usual")

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import struct
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +83,28 @@ def cases() -> dict[str, dict]:
     prob = [(*_prob_sequence(rng, n, 50000, 12), None) for n in (5, 3)]
     out["prob_topk"] = {"args": {"vocab_size": 50000, "value_kind": "prob", "metadata": {"topk": 12}},
                         "sequences": prob}
+    # Odd M (the probabilities need padding to 8 bytes in a rans record) and a position of 300 labels (the
+    # labels-per-position escape past 255).
+    wide = np.sort(rng.choice(50000, size=300, replace=False)).astype(np.uint32)
+    wide_ids = np.concatenate([wide, [7]]).astype(np.uint32)
+    wide_probs = np.concatenate([np.full(300, 1 / 400), [0.5]]).astype(np.float16)
+    out["prob_odd_labels_wide_position"] = {"args": {"vocab_size": 50000, "value_kind": "prob"},
+                                            "sequences": [(wide_ids, wide_probs, np.array([0, 300, 300, 301]), None)]}
+    # A newer minor version with an optional feature bit set: a reader of this major version reads it as usual
+    # (spec/FORMAT.md section 10).
+    ids, counts, indptr = _counts_sequence(rng, 6, 1000, 50, 8)
+    out["future_minor_optional_feature"] = {"args": {"vocab_size": 1000, "rounds": 50}, "header": {"minor": 3,
+                                            "optional_features": 1 << 31}, "sequences": [(ids, counts, indptr, None)]}
     return out
+
+
+def _patch_header(path: Path, *, minor: int, optional_features: int) -> None:
+    """Set the header's minor version and optional feature bits, and its CRC (spec/FORMAT.md section 4)."""
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<H", data, 10, minor)
+    struct.pack_into("<I", data, 40, optional_features)
+    struct.pack_into("<I", data, 60, zlib.crc32(bytes(data[:60])))
+    path.write_bytes(bytes(data))
 
 
 def expected_json(args: dict, sequences: list) -> dict:
@@ -120,6 +143,8 @@ def write_vectors(codec: str, *, force: bool) -> list[Path]:
         with sl.LabelWriter(path, codec=codec, overwrite=True, **args) as w:
             for ids, values, indptr, fp in case["sequences"]:
                 w.write(ids, values, indptr, fingerprint=fp)
+        if "header" in case:
+            _patch_header(path, **case["header"])
         (directory / f"{name}.json").write_text(_dump(expected_json(args, case["sequences"])))
         written.append(path)
         print(f"wrote {path}")

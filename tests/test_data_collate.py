@@ -142,8 +142,11 @@ def test_padding_options_and_tokens():
     with pytest.raises(InputError, match="input ids"):
         collate([bad])
     negative = SparseItem(0, items[0].ids, items[0].counts, items[0].indptr, -np.ones(5, np.int64), 50, VOCAB)
-    with pytest.raises(InputError, match="negative"):
+    with pytest.raises(InputError, match=r"sequence 0, position 0: input id -1 is outside 0\.\.2\*\*32-1"):
         collate([negative])
+    huge = SparseItem(0, items[0].ids, items[0].counts, items[0].indptr, np.full(5, 2**40, np.int64), 50, VOCAB)
+    with pytest.raises(InputError, match=r"input id 1099511627776 is outside"):
+        collate([huge])
     with pytest.raises(InputError, match="some items carry input ids"):
         collate([items[0], SparseItem(1, items[1].ids, items[1].counts, items[1].indptr, None, 50, VOCAB)])
 

@@ -96,6 +96,17 @@ def test_fingerprint_mismatch_names_the_sequence(tmp_path, mode):
     assert np.array_equal(off[7].input_ids, changed[7])
 
 
+@pytest.mark.parametrize("bad", [-5, 2**40])
+def test_token_ids_outside_the_format_are_named_by_sequence_and_position(tmp_path, bad):
+    seqs, tokens = equal_length_corpus(4, 5, 8)
+    path = write(tmp_path / "a.slbl", seqs, tokens)
+    changed = [np.asarray(t, np.int64) for t in tokens]
+    changed[1][3] = bad
+    for mode in ("lazy", "all"):
+        with pytest.raises(sl.InputError, match=rf"sequence 1, position 3: token id {bad} is outside 0..2"):
+            SparseLabelDataset(path, object_array(changed), verify_fingerprints=mode)[1]
+
+
 def equal_length_corpus(seed: int, n: int, length: int):
     rng = np.random.default_rng(seed)
     seqs = [random_sequence(rng, length, vocab_size=VOCAB) for _ in range(n)]

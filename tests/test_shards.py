@@ -212,3 +212,24 @@ def test_max_sequence_positions_reaches_every_shard(tmp_path):
                 labels[i]
         with sl.open_labels(target, max_sequence_positions=longest) as labels:
             labels[0]
+
+
+def test_directories_of_unfinished_or_incomplete_runs_are_refused(tmp_path):
+    """A labeling run's directory read before its manifest exists (a rank still writing, or killed) used to read
+    as a complete dataset without that rank's sequences; validate called it valid."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for rank in (0, 1):
+        with sl.LabelWriter(run / f"shard-{rank:05d}-of-00003.slbl", vocab_size=300, rounds=50) as w:
+            w.write([1], [50], [0, 1])
+    with pytest.raises(FormatError, match="3-rank labeling run but not as one complete run \\(shard 2 is missing"):
+        sl.open_labels(run)
+    assert not sl.validate(run).ok
+    w = sl.LabelWriter(run / "shard-00002-of-00003.slbl", vocab_size=300, rounds=50)  # the last rank, still writing
+    w.write([1], [50], [0, 1])
+    w.flush()
+    with pytest.raises(FormatError, match=r"shard-00002-of-00003\.slbl\.partial, an unfinished label file"):
+        sl.open_labels(run)
+    w.close()
+    with sl.open_labels(run) as labels:
+        assert len(labels) == 3

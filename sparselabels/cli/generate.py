@@ -35,7 +35,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--codec", default=DEFAULT_CODEC, choices=available(), help=f"label codec (default {DEFAULT_CODEC})")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--overwrite", action="store_true", help="start again over existing output in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again over this run's existing output in --out (same number of ranks)")
     p.add_argument("--vocab-size", type=int, default=None,
                    help="label vocabulary (default: the tokenizer's length when smaller than the model's output)")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model directory)")

@@ -157,7 +157,7 @@ def _fill_tokens(tokens, token_start, lengths, pad_token_id, out):
         L = lengths[b]
         for t in range(L):
             v = np.int64(tokens[s + t])
-            if v < 0:
+            if v < 0 or v > 0xFFFFFFFF:
                 return _BAD_TOKEN, b, t, v
             out[b, t] = v
         for t in range(L, T):
@@ -407,7 +407,7 @@ def collate(
         np.cumsum(lengths[:-1], out=token_start[1:])
         code, b, t, value = _fill_tokens(tokens, token_start, lengths, int(pad_token_id), out["input_ids"].numpy())
         if code == _BAD_TOKEN:
-            raise InputError(f"collate: sequence {indices[b]}, position {t}: input id {value} is negative")
+            raise InputError(f"collate: sequence {indices[b]}, position {t}: input id {value} is outside 0..2**32-1")
     return out
 
 

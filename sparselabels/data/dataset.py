@@ -66,7 +66,7 @@ def _open_labels(labels: Labels | str | os.PathLike) -> Labels:
 
 def _first_fingerprint_mismatch(tokens: TokenSource, stored: np.ndarray) -> int | None:
     for i in range(len(tokens)):
-        if input_fingerprint(tokens[i]) != int(stored[i]):
+        if input_fingerprint(tokens[i], where=f"tokens {tokens.describe()}, sequence {i}") != int(stored[i]):
             return i
     return None
 
@@ -131,7 +131,7 @@ class SparseLabelDataset(torch.utils.data.Dataset):
 
     def _fingerprint_error(self, index: int, stored: int) -> AlignmentError:
         assert self.tokens is not None
-        found = input_fingerprint(self.tokens[index])
+        found = input_fingerprint(self.tokens[index], where=f"tokens {self.tokens.describe()}, sequence {index}")
         return AlignmentError(
             f"labels {_describe(self.labels)} and tokens {self.tokens.describe()}: sequence {index}: the tokens' "
             f"input fingerprint is {found:#018x}, the labels were computed from input {stored:#018x} (same length, "
@@ -153,7 +153,8 @@ class SparseLabelDataset(torch.utils.data.Dataset):
                     f"in {self.tokens.describe()}"
                 )
             if self._check_fingerprints and seq.fingerprint is not None \
-                    and input_fingerprint(input_ids) != seq.fingerprint:
+                    and input_fingerprint(input_ids, where=f"tokens {self.tokens.describe()}, sequence {i}") \
+                    != seq.fingerprint:
                 raise self._fingerprint_error(i, seq.fingerprint)
         return SparseItem(i, seq.ids, seq.counts, seq.indptr, input_ids, self.rounds, self.vocab_size)
 

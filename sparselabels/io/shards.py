@@ -12,6 +12,7 @@ import bisect
 import contextlib
 import json
 import os
+import re
 import secrets
 import threading
 from collections import OrderedDict
@@ -32,6 +33,8 @@ MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SHARD_SUFFIX = ".slbl"
 MAX_MANIFEST_BYTES = 256 << 20
+# The shards of one labeling run (one per rank); a directory holding some of them must hold all of them.
+RUN_SHARD_RE = re.compile(r"^shard-(\d{5})-of-(\d{5})" + re.escape(SHARD_SUFFIX) + r"(\.partial)?$")
 _SHARD_FIELDS = {"path": str, "bytes": int, "num_sequences": int, "num_positions": int, "num_labels": int,
                  "footer_crc32": int}
 
@@ -347,11 +350,35 @@ class LabelShards(Labels):
                 f"positions={self.num_positions})")
 
 
+def run_shard_name(rank: int, world_size: int) -> str:
+    return f"shard-{rank:05d}-of-{world_size:05d}{SHARD_SUFFIX}"
+
+
 def shard_files(directory: Path) -> list[Path]:
-    """The shard files of a directory without a manifest, in name order."""
-    files = sorted(p for p in directory.iterdir() if p.suffix == SHARD_SUFFIX and p.is_file())
+    """The shard files of a directory without a manifest, in name order.
+
+    Refused while any of them is unfinished (a ``.partial`` file: a writer is running or was interrupted) or
+    when the shards of a labeling run (``shard-RRRRR-of-WWWWW``) are not all there: the directory would read as
+    a dataset silently missing sequences."""
+    names = {p.name for p in directory.iterdir()}
+    unfinished = sorted(n for n in names if n.endswith(SHARD_SUFFIX + ".partial"))
+    if unfinished:
+        raise FormatError(f"directory {str(directory)!r} holds {unfinished[0]}, an unfinished label file (a writer "
+                          "is running or was interrupted): finish or resume it before reading the directory")
+    files = sorted(directory / n for n in names if n.endswith(SHARD_SUFFIX) and (directory / n).is_file())
     if not files:
         raise FormatError(f"directory {str(directory)!r} holds no {MANIFEST_NAME} and no *{SHARD_SUFFIX} files")
+    runs: dict[int, set[int]] = {}
+    for p in files:
+        m = RUN_SHARD_RE.match(p.name)
+        if m:
+            runs.setdefault(int(m.group(2)), set()).add(int(m.group(1)))
+    for world_size, ranks in runs.items():
+        missing = sorted(set(range(world_size)) - ranks)
+        if missing or len(runs) > 1:
+            what = f"shard {missing[0]} is missing" if missing else f"shards of runs with {sorted(runs)} ranks"
+            raise FormatError(f"directory {str(directory)!r} holds the shards of a {world_size}-rank labeling run "
+                              f"but not as one complete run ({what})")
     return files
 
 

@@ -485,4 +485,5 @@ def _token_fingerprints(tokens, column: str, lengths: np.ndarray) -> np.ndarray 
     if bad.size:
         i = int(bad[0])
         raise AlignmentError(f"sequence {i}: {token_lengths[i]} tokens but {lengths[i]} rows of teacher outputs")
-    return np.array([input_fingerprint(np.asarray(src[i])) for i in range(len(src))], dtype=np.uint64)
+    return np.array([input_fingerprint(np.asarray(src[i]), where=f"tokens, sequence {i}") for i in range(len(src))],
+                    dtype=np.uint64)

@@ -17,17 +17,22 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sparselabels.errors import CompatibilityError, SparseLabelsError
-from sparselabels.io.shards import MANIFEST_NAME, SHARD_SUFFIX, read_manifest, write_manifest
+from sparselabels.io.shards import (
+    MANIFEST_NAME,
+    RUN_SHARD_RE,
+    SHARD_SUFFIX,
+    read_manifest,
+    run_shard_name,
+    write_manifest,
+)
 
 DEFAULT_INIT_TIMEOUT = _dt.timedelta(minutes=30)
 DEFAULT_WAIT_TIMEOUT = _dt.timedelta(days=7)
-_SHARD_RE = re.compile(r"^shard-(\d{5})-of-(\d{5})" + re.escape(SHARD_SUFFIX) + r"(\.partial)?$")
 
 
 @dataclass
@@ -123,23 +128,20 @@ def batch_slice(num_batches: int, rank: int, world_size: int) -> range:
     return range(num_batches * rank // world_size, num_batches * (rank + 1) // world_size)
 
 
-def shard_name(rank: int, world_size: int) -> str:
-    return f"shard-{rank:05d}-of-{world_size:05d}{SHARD_SUFFIX}"
-
-
 def check_no_foreign_shards(out: Path, world_size: int) -> None:
     """Refuse a directory holding shards (complete or partial) of a run with another number of ranks, other
     label files, or a manifest over other files: the run's manifest would replace it, and the directory would
     read as something else than before."""
     if not out.is_dir():
         return
-    ours = {shard_name(r, world_size) for r in range(world_size)}
+    ours = {run_shard_name(r, world_size) for r in range(world_size)}
     for p in out.iterdir():
-        m = _SHARD_RE.match(p.name)
+        m = RUN_SHARD_RE.match(p.name)
         if m and int(m.group(2)) != world_size:
             raise CompatibilityError(
                 f"{str(out)!r} holds {p.name}, written by a run with {int(m.group(2))} ranks, but this run has "
-                f"{world_size}; resume with the same number of ranks or use another output directory"
+                f"{world_size}; resume with the same number of ranks, use another output directory, or delete that "
+                f"run's shards to start again with {world_size}"
             )
         if not m and (p.name.endswith(SHARD_SUFFIX) or p.name.endswith(SHARD_SUFFIX + ".partial")):
             raise CompatibilityError(f"{str(out)!r} holds {p.name}, which is not a shard of this run; use another "
@@ -157,7 +159,7 @@ def check_no_foreign_shards(out: Path, world_size: int) -> None:
 
 def write_run_manifest(out: Path, world_size: int) -> Path:
     """Rank 0's last act: the manifest over every rank's shard, in rank order."""
-    shards = [out / shard_name(r, world_size) for r in range(world_size)]
+    shards = [out / run_shard_name(r, world_size) for r in range(world_size)]
     missing = [s.name for s in shards if not s.is_file()]
     if missing:
         raise SparseLabelsError(f"cannot write the manifest in {str(out)!r}: shards {missing} are not complete")

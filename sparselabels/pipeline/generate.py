@@ -37,6 +37,7 @@ from sparselabels.codecs import DEFAULT_CODEC
 from sparselabels.errors import CompatibilityError, InputError, SparseLabelsError, check_int
 from sparselabels.format.fingerprint import input_fingerprint
 from sparselabels.io.sequence import CsrLabels, concat_csr, split_csr
+from sparselabels.io.shards import run_shard_name
 from sparselabels.io.writer import DEFAULT_CHUNK_BYTES, LabelWriter
 from sparselabels.pipeline import distributed
 from sparselabels.pipeline.progress import Progress
@@ -145,7 +146,7 @@ def source_fingerprint(src, lengths: np.ndarray) -> str:
     h.update(n.to_bytes(8, "little"))
     h.update(np.ascontiguousarray(lengths, dtype="<i8").tobytes())
     for i in sorted({0, n // 2, n - 1}) if n else ():
-        h.update(input_fingerprint(np.asarray(src[i])).to_bytes(8, "little"))
+        h.update(input_fingerprint(np.asarray(src[i]), where=f"tokens, sequence {i}").to_bytes(8, "little"))
     return f"tokens-blake2b:{h.hexdigest()}"
 
 
@@ -330,7 +331,7 @@ def _run(teacher: Teacher, src, out: Path, world: distributed.World, sampling: S
     meta = _metadata(teacher, sampling, run, source_fp=source_fp, shard=shard_meta)
 
     distributed.check_no_foreign_shards(out, world.size)
-    shard = out / distributed.shard_name(world.rank, world.size)
+    shard = out / run_shard_name(world.rank, world.size)
     if shard.exists() and not (run.resume or run.overwrite):
         raise SparseLabelsError(
             f"{shard} exists; pass resume=True to keep the finished shards or overwrite=True to start again"
@@ -394,7 +395,8 @@ def _label_range(teacher: Teacher, src, writer: LabelWriter, sampling: SamplingO
             labels = label_sequences(teacher.model, sequences, [int(offsets[i]) for i in range(lo, hi)], sampling,
                                      teacher.device)
             skip = max(todo.start - lo, 0)  # a resumed run reruns the first batch whole and skips what is stored
-            fps = [input_fingerprint(s) for s in sequences[skip:]]
+            fps = [input_fingerprint(s, where=f"tokens, sequence {lo + skip + j}")
+                   for j, s in enumerate(sequences[skip:])]
             behind.submit(_write_task(writer, labels[skip:], fps, flush=(k + 1) % run.flush_every == 0))
             progress.update(int(offsets[hi] - offsets[lo + skip]))
         behind.drain()

@@ -566,6 +566,14 @@ def _(tmp_path):
     sl.open_labels(tmp_path)
 
 
+@row("shards-unfinished-directory", "open_labels(directory)", "a directory (no manifest.json) with an unfinished "
+     "`.partial` file, or only some shards of a labeling run (`shard-R-of-W`): it would read as a smaller dataset",
+     FormatError, "holds the shards of a 2-rank labeling run but not as one complete run (shard 1 is missing)")
+def _(tmp_path):
+    _valid_file(tmp_path, "shard-00000-of-00002.slbl")
+    sl.open_labels(tmp_path)
+
+
 @row("validate-report", "validate", "any bad file: `validate` reports, it does not raise", None,
      "report.ok is False; report.problems lists each problem with file, chunk, sequence, position, field")
 def _(tmp_path):

@@ -564,6 +564,71 @@ class _LargestTensor(TorchDispatchMode):
         return out
 
 
+def test_fused_half_precision_backward_takes_a_loss_scale():
+    """GradScaler's default scale, 2**16, is inf in float16: the stored gradient is scaled in float32."""
+    g = torch.Generator().manual_seed(40)
+    hidden = torch.randn(6, 8, generator=g).half().requires_grad_()
+    weight = torch.randn(20, 8, generator=g).half().requires_grad_()
+    ids, weights = make_targets((6,), 20, 3, generator=g, dtype=torch.float32)
+    (L.sparse_kd_loss_from_hidden(hidden, weight, ids, weights) * 65536.0).backward()
+    ref_h, ref_w = hidden.detach().float().requires_grad_(), weight.detach().float().requires_grad_()
+    L.sparse_kd_loss(ref_h @ ref_w.t(), ids, weights).backward()
+    assert torch.isfinite(hidden.grad).all() and torch.isfinite(weight.grad).all()
+    torch.testing.assert_close(hidden.grad.float() / 65536, ref_h.grad, rtol=2e-2, atol=2e-3)
+    torch.testing.assert_close(weight.grad.float() / 65536, ref_w.grad, rtol=2e-2, atol=2e-3)
+
+
+def test_fused_under_autocast_runs_in_the_inputs_dtypes():
+    """Under autocast the chunk product came out in bfloat16 while the gradient buffer was float32 (a crash)."""
+    hidden, weight, ids, weights, _, mask = fused_problem(41, dtype=torch.float32)
+    hidden.requires_grad_()
+    weight.requires_grad_()
+    expected, (eh, ew) = grad_of(lambda h, w: unfused(h, w, ids, weights, mask=mask), hidden, weight)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value, (gh, gw) = grad_of(lambda h, w: L.sparse_kd_loss_from_hidden(h, w, ids, weights, mask=mask),
+                                  hidden, weight)
+    assert value.dtype == torch.float32 and gh.dtype == torch.float32
+    torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gh, eh, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(gw, ew, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_masked_rows_add_exactly_zero_and_options_are_checked():
+    g = torch.Generator().manual_seed(42)
+    hidden = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    weight = torch.randn(10, 4, generator=g, dtype=torch.float64)
+    hidden[1] = math.inf  # a masked-out position whose logits overflowed
+    ids, weights = make_targets((3,), 10, 2, generator=g)
+    mask = torch.tensor([True, False, True])
+    expected = L.sparse_kd_loss(hidden[[0, 2]] @ weight.t(), ids[[0, 2]], weights[[0, 2]], reduction="sum")
+    torch.testing.assert_close(L.sparse_kd_loss_from_hidden(hidden, weight, ids, weights, mask=mask,
+                                                            reduction="sum"), expected)
+    with pytest.raises(InputError, match="ignore_index"):
+        L.sparse_kd_loss_from_hidden(hidden, weight, ids, weights, labels=torch.zeros(3, dtype=torch.long),
+                                     ce_weight=0.5, ignore_index=1.5)
+    with pytest.raises(InputError, match="labels"):  # checked even though ce_weight is 0
+        L.sparse_kd_loss_from_hidden(hidden, weight, ids, weights, labels=torch.zeros(4, dtype=torch.long))
+    with pytest.raises(InputError, match="float64"):
+        L.sparse_kd_loss_from_hidden(hidden, weight, ids, weights, backend="triton")
+
+
+def test_fused_gradient_cannot_be_differentiated_again():
+    hidden, weight, ids, weights, _, _ = fused_problem(43)
+    hidden.requires_grad_()
+    with pytest.raises(InputError, match="no second derivative"):  # it returned a graph-less gradient silently
+        torch.autograd.grad(L.sparse_kd_loss_from_hidden(hidden, weight, ids, weights), hidden, create_graph=True)
+
+
+def test_ghost_bucket_keeps_real_leftover_mass_in_bfloat16():
+    """The rounding allowance was K eps (25% for bfloat16 at K = 32): real leftover mass was dropped."""
+    g = torch.Generator().manual_seed(44)
+    logits = torch.randn(1, 200, generator=g, dtype=torch.float64)
+    probs = torch.full((1, 32), 0.91 / 32, dtype=torch.bfloat16)
+    ids = torch.randperm(200, generator=g)[:32].reshape(1, 32)
+    exact = L.ghost_topk_kd_loss(logits, ids, probs.float(), reduction="sum")
+    torch.testing.assert_close(L.ghost_topk_kd_loss(logits, ids, probs, reduction="sum"), exact)
+
+
 def test_fused_never_materialises_tokens_by_vocab():
     tokens, hidden_size, vocab, chunk = 512, 8, 1000, 32
     g = torch.Generator().manual_seed(25)

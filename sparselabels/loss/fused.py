@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sparselabels.errors import InputError
+from sparselabels.errors import InputError, check_int
 from sparselabels.loss.checks import (
     check_label_values,
     check_position_tensor,
@@ -136,6 +136,7 @@ def _prepare(
     if backend not in BACKENDS:
         raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
     alpha = _check_ce_weight(ce_weight, labels)
+    ignore_index = check_int("ignore_index", ignore_index, None)
     leading = hidden.shape[:-1]
     vocab_size = weight.shape[0]
     check_target_tensors(leading, target_ids, target_weights, mask, device=hidden.device, source="hidden")
@@ -148,13 +149,14 @@ def _prepare(
     )
     kd_coef = _row_coefficients(selected, 1.0 - alpha, reduction, dtype)
     flat_labels = ce_coef = None
-    if alpha > 0:
-        assert labels is not None
+    if labels is not None:  # checked even when ce_weight is 0: wrong labels are a bug either way
         check_position_tensor(
             "labels", labels, leading, device=hidden.device, source="hidden", dtype=(torch.int64, torch.int32)
         )
         if check_inputs:
             check_label_values(labels, vocab_size, ignore_index)
+    if alpha > 0:
+        assert labels is not None
         flat_labels = labels.reshape(num_rows).long()
         ce_coef = _row_coefficients(selected & (flat_labels != ignore_index), alpha, reduction, dtype)
     return _Problem(
@@ -166,7 +168,7 @@ def _prepare(
         inv_temperature=1.0 / temperature,
         ignore_index=int(ignore_index),
         chunk_size=_chunk_rows(chunk_size, num_rows, vocab_size, hidden),
-        backend=_resolve_backend(backend, hidden.device),
+        backend=_resolve_backend(backend, hidden.device, hidden.dtype),
         reduction=reduction,
     )
 
@@ -177,9 +179,12 @@ class _FusedSparseKD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, problem: _Problem) -> torch.Tensor:  # type: ignore[override]
         flat_hidden = hidden.reshape(-1, hidden.shape[-1])
-        loss, grad_hidden, grad_weight = _run_chunks(
-            problem, flat_hidden, weight, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        )
+        # in the inputs' own dtypes: under autocast the chunk product would come out in another dtype than the
+        # gradient buffers (and the loss's numerics are chosen per dtype below)
+        with torch.autocast(hidden.device.type, enabled=False):
+            loss, grad_hidden, grad_weight = _run_chunks(
+                problem, flat_hidden, weight, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+            )
         ctx.hidden_shape = hidden.shape
         ctx.hidden_dtype = hidden.dtype
         ctx.weight_dtype = weight.dtype
@@ -188,6 +193,9 @@ class _FusedSparseKD(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
+        if torch.is_grad_enabled():  # create_graph=True: the gradients were computed in the forward, without a graph
+            raise InputError("sparse_kd_loss_from_hidden has no second derivative (backward with create_graph=True); "
+                             "use sparse_kd_loss on materialised logits for higher-order gradients")
         grad_hidden, grad_weight = ctx.saved_tensors
         out_hidden = out_weight = None
         if grad_hidden is not None:
@@ -200,8 +208,12 @@ class _FusedSparseKD(torch.autograd.Function):
 def _scaled(stored: torch.Tensor, grad_output: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``stored * grad_output`` cast to ``dtype`` in one kernel (no float32 temporary of the weight's size).
 
-    Not in place: a second backward through a retained graph must find the stored gradient unchanged.
+    A float16 gradient is scaled in float32: a loss scale such as GradScaler's 65,536 is inf in float16 (bfloat16
+    has float32's range and keeps the one-kernel path). Not in place: a second backward through a retained graph
+    must find the stored gradient unchanged.
     """
+    if stored.dtype == torch.float16:
+        return (stored.float() * grad_output.float()).to(dtype)
     out = torch.empty(stored.shape, dtype=dtype, device=stored.device)
     return torch.mul(stored, grad_output.to(stored.dtype), out=out)
 
@@ -235,9 +247,10 @@ def _run_chunks(
             problem.ignore_index,
             compute_grad,
         )
-        rows = kd_rows * kd_coef
+        # a row of coefficient 0 (masked out, ignored) adds exactly 0, even if its logits overflowed
+        rows = torch.where(kd_coef != 0, kd_rows * kd_coef, 0.0)
         if ce_rows is not None:
-            rows = rows + ce_rows * ce_coef
+            rows = rows + torch.where(ce_coef != 0, ce_rows * ce_coef, 0.0)
         per_row[start:stop] = rows
         if grad_hidden is not None:
             torch.mm(logits, weight, out=grad_hidden[start:stop])
@@ -342,9 +355,12 @@ def _chunk_function(backend: str):
     return chunk_loss_and_grad_torch
 
 
-def _resolve_backend(backend: str, device: torch.device) -> str:
+def _resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The kernel computes in float32: float64 inputs (references, tests) take the PyTorch path."""
     if backend == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "torch"
+        return "triton" if device.type == "cuda" and dtype != torch.float64 and triton_available() else "torch"
+    if backend == "triton" and dtype == torch.float64:
+        raise InputError("backend='triton' computes in float32; use backend='torch' (or 'auto') for float64")
     if backend == "triton" and not triton_available():
         raise InputError("backend='triton' was asked for but triton cannot be imported")
     return backend

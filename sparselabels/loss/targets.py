@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sparselabels.errors import InputError, where
+from sparselabels.errors import InputError, check_int, where
 
 
 def csr_to_padded(
@@ -45,9 +45,7 @@ def csr_to_padded(
     num_rows = _check_indptr(indptr_t, ids_t.numel())
     lengths = indptr_t[1:] - indptr_t[:-1]
     longest = int(lengths.max()) if num_rows else 0
-    width = max(longest, 1) if pad_to is None else int(pad_to)
-    if pad_to is not None and width < 1:
-        raise InputError(f"pad_to must be >= 1, got {pad_to}")
+    width = max(longest, 1) if pad_to is None else check_int("pad_to", pad_to, 1)
     if longest > width:
         row = int(torch.argmax(lengths))
         raise InputError(f"{where(row=row)} holds {longest} labels, more than pad_to={width}; nothing is truncated")

@@ -68,7 +68,10 @@ def sparse_kd_loss_from_hidden(
     """``(1 - ce_weight) · KL(t̂ ‖ softmax(hidden @ W.T / T)) + ce_weight · CE(labels)``, chunked, own backward.
 
     Args:
-        hidden: ``[..., H]`` final hidden states (float32/bf16/fp16/float64).
+        hidden: ``[..., H]`` final hidden states (float32/bf16/fp16/float64), computed in their own dtype
+            (autocast does not change it). The gradient w.r.t. the logits is kept in that dtype: prefer bfloat16
+            to float16, whose range flushes the softmax tail of large vocabularies to 0 (a loss scale does not
+            help here: the gradient is formed in the forward, before the scale is known).
         lm_head_weight: ``[V, H]`` LM-head weight, same dtype and device (no bias).
         target_ids, target_weights: ``[..., K]`` sparse targets as in :func:`sparse_kd_loss`.
         labels: ``[...]`` int ground-truth next tokens (required when ``ce_weight > 0``); ``ignore_index`` skips one.
@@ -87,7 +90,7 @@ def sparse_kd_loss_from_hidden(
     )
     needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or lm_head_weight.requires_grad)
     if not needs_grad:
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
             loss, _, _ = _run_chunks(problem, hidden.reshape(-1, hidden.shape[-1]), lm_head_weight, False, False)
         return loss.reshape(hidden.shape[:-1]) if reduction == "none" else loss
     if reduction == "none":

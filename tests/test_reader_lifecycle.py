@@ -115,3 +115,18 @@ def test_a_file_whose_writer_stopped_after_starting_reads_as_incomplete(tmp_path
     w.abort()
     with pytest.raises(sl.IncompleteFileError, match="writer did not finish"):
         sl.LabelFile(tmp_path / "a.slbl.partial")
+
+
+def test_full_verification_raises_a_checksum_error_for_a_checksum_problem(tmp_path):
+    path = tmp_path / "a.slbl"
+    with sl.LabelWriter(path, vocab_size=100, rounds=50, codec="raw", chunk_bytes=64) as w:
+        for k in range(4):
+            w.write([3, 7 + k], [49, 1], [0, 2])
+    with sl.LabelFile(path) as f:
+        offset = int(f.index_column("record_offset")[1])
+    data = bytearray(path.read_bytes())
+    data[offset + 5] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(sl.ChecksumError, match="payload CRC-32 mismatch") as info:
+        sl.open_labels(path, verify="full")
+    assert str(info.value).count(str(path)) == 1  # named once

@@ -20,3 +20,23 @@ def test_readme_holds_the_table_the_json_gives(table):
     assert markdown.count("\n") >= 2  # a header, a rule and at least one row
     readme = (ROOT / "README.md").read_text()
     assert markdown in readme, f"README's {table} table differs from `python tools/readme_tables.py {table}`"
+
+
+def test_quick_runs_never_write_the_committed_results():
+    """A smoke run (``--quick``) as the tools' docstrings show it used to overwrite tools/results/, and the
+    README's tables would then be printed from its numbers."""
+    import argparse
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import benchlib
+
+    def parse(*argv):
+        parser = argparse.ArgumentParser()
+        benchlib.add_common_args(parser, "bench_x")
+        return parser.parse_args(list(argv))
+
+    assert parse().out == benchlib.RESULTS_DIR / "bench_x.json"
+    assert benchlib.RESULTS_DIR not in parse("--quick").out.parents and parse("--quick").quick
+    assert parse("--out", "a.json", "--quick").out.name == "a.json"
+    assert parse("--quick", "--out", "a.json").out.name == "a.json"

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -98,10 +99,28 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+class _QuickAction(argparse.Action):
+    """``--quick``: also moves the JSON out of tools/results/ unless ``--out`` was given, so a smoke run never
+    replaces the committed results the README's tables are printed from."""
+
+    def __init__(self, option_strings, dest, *, results: Path, scratch: Path, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
+        self.results, self.scratch = results, scratch
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, True)
+        if namespace.out == self.results:
+            namespace.out = self.scratch
+
+
 def add_common_args(parser: argparse.ArgumentParser, name: str) -> None:
-    """``--quick`` (seconds-long smoke run) and ``--out`` (JSON path, default tools/results/<name>.json)."""
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / f"{name}.json", help="where to write the JSON")
+    """``--quick`` (seconds-long smoke run) and ``--out`` (JSON path, default tools/results/<name>.json; with
+    ``--quick`` a file in the temporary directory)."""
+    results = RESULTS_DIR / f"{name}.json"
+    scratch = Path(tempfile.gettempdir()) / "sparselabels-quick" / f"{name}.json"
+    parser.add_argument("--quick", action=_QuickAction, results=results, scratch=scratch,
+                        help=f"tiny sizes, for smoke tests (JSON to {scratch} unless --out is given)")
+    parser.add_argument("--out", type=Path, default=results, help="where to write the JSON")
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

@@ -3,8 +3,8 @@
 Used by the demos and experiments to make a teacher and students in minutes on two CPU cores::
 
     corpus = load_corpus(cache_dir=cache)
-    teacher = train_or_load(llama_config(corpus.vocab_size, hidden_size=256, num_layers=4), corpus.train_ids,
-                            TrainSettings(steps=300), cache_dir=cache, tag=corpus.fingerprint)
+    teacher, record = train_or_load(llama_config(corpus.vocab_size, hidden_size=256, num_layers=4),
+                                    corpus.train_ids, TrainSettings(steps=300), cache_dir=cache, tag=corpus.fingerprint)
     student = build_model(gpt2_config(corpus.vocab_size), seed=1)
     train(student, corpus.train_ids, TrainSettings(steps=200), loss_fn=my_kd_loss)
 

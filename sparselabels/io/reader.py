@@ -183,8 +183,9 @@ class LabelFile(Labels):
                 from sparselabels.io.validate import validate_file
 
                 report = validate_file(self.path, labels=self)
-                if not report.ok:
-                    raise self._fail(report.problems[0])
+                if not report.ok:  # the problem names the file; a checksum problem raises as one
+                    problem = report.problems[0]
+                    raise (ChecksumError if "CRC-32 mismatch" in problem else FormatError)(problem)
         except BaseException:
             self.close()
             raise

@@ -183,9 +183,8 @@ class LabelFile(Labels):
                 from sparselabels.io.validate import validate_file
 
                 report = validate_file(self.path, labels=self)
-                if not report.ok:  # the problem names the file; a checksum problem raises as one
-                    problem = report.problems[0]
-                    raise (ChecksumError if "CRC-32 mismatch" in problem else FormatError)(problem)
+                if not report.ok:  # the first problem, as the exception it was raised as (it names the file)
+                    raise report.first_error or self._fail(report.problems[0])
         except BaseException:
             self.close()
             raise

@@ -30,10 +30,18 @@ class ValidationReport:
     num_positions: int = 0
     num_labels: int = 0
     files: int = 0
+    #: the exception behind the first problem of a file, when one was caught (``verify="full"`` raises it)
+    first_error: FormatError | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def add(self, exc: FormatError) -> None:
+        """Record a problem raised as ``exc`` (its message, and the exception itself if it is the first)."""
+        if self.first_error is None and not self.problems:
+            self.first_error = exc
+        self.problems.append(str(exc))
 
     def __bool__(self) -> bool:
         return self.ok
@@ -56,7 +64,7 @@ def validate_file(path: str | os.PathLike, *, labels: LabelFile | None = None,
         try:
             labels = LabelFile(path, verify="index")
         except FormatError as exc:
-            report.problems.append(str(exc))
+            report.add(exc)
             return report
         except OSError as exc:
             report.problems.append(f"file {os.fspath(path)!r}: cannot open ({exc})")
@@ -154,7 +162,7 @@ def _check_chunks(f: LabelFile, report: ValidationReport, max_problems: int) -> 
         try:
             checked_chunk(f, c)
         except FormatError as exc:
-            report.problems.append(str(exc))
+            report.add(exc)
 
 
 def _check_max_problems(max_problems: int) -> None:
@@ -170,7 +178,7 @@ def _check_sequences(f: LabelFile, report: ValidationReport, max_problems: int) 
         try:
             f.read(i)  # the record's CRC-32, the codec's own checks and the label rules
         except FormatError as exc:
-            report.problems.append(str(exc))
+            report.add(exc)
 
 
 def validate(path: str | os.PathLike, *, max_problems: int = 20) -> ValidationReport:

@@ -307,11 +307,15 @@ def collate(
     ``vocab_size`` (default: the items') is the bound every id is checked against, e.g. the student's
     vocabulary; ``rounds`` is needed only for items that do not carry it. See the module docstring.
     """
-    options = _checked_options(max_labels=max_labels, on_overflow=on_overflow, vocab_size=vocab_size,
-                               rounds=rounds, pad_to=pad_to, pad_to_multiple_of=pad_to_multiple_of,
-                               pad_token_id=pad_token_id, pin_memory=pin_memory)
-    max_labels, vocab_size, rounds = options["max_labels"], options["vocab_size"], options["rounds"]
-    pad_to, pad_to_multiple_of, pad_token_id = options["pad_to"], options["pad_to_multiple_of"], options["pad_token_id"]
+    return _collate(batch, **_checked_options(
+        max_labels=max_labels, on_overflow=on_overflow, vocab_size=vocab_size, rounds=rounds, pad_to=pad_to,
+        pad_to_multiple_of=pad_to_multiple_of, pad_token_id=pad_token_id, pin_memory=pin_memory))
+
+
+def _collate(batch: SequenceABC, *, max_labels: int | None, on_overflow: str, vocab_size: int | None,
+             rounds: int | None, pad_to: int | None, pad_to_multiple_of: int | None, pad_token_id: int,
+             pin_memory: bool) -> SparseBatch:
+    """:func:`collate` with its options already checked (a :class:`SparseLabelCollator` checks them once)."""
     if len(batch) == 0:
         raise InputError("collate: the batch is empty")
     B = len(batch)
@@ -449,7 +453,7 @@ class SparseLabelCollator:
                                         pad_token_id=pad_token_id, pin_memory=pin_memory)
 
     def __call__(self, batch: SequenceABC) -> dict[str, torch.Tensor]:
-        return collate(batch, **self.options)
+        return _collate(batch, **self.options)
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())

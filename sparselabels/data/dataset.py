@@ -64,9 +64,15 @@ def _open_labels(labels: Labels | str | os.PathLike) -> Labels:
     raise InputError(f"labels must be a Labels object or a path, got {type(labels).__name__}")
 
 
+def _token_fingerprint(tokens: TokenSource, index: int, input_ids: np.ndarray | None = None) -> int:
+    """The input fingerprint of token sequence ``index`` (``input_ids``, if already read), errors naming it."""
+    ids = tokens[index] if input_ids is None else input_ids
+    return input_fingerprint(ids, where=f"tokens {tokens.describe()}, sequence {index}")
+
+
 def _first_fingerprint_mismatch(tokens: TokenSource, stored: np.ndarray) -> int | None:
     for i in range(len(tokens)):
-        if input_fingerprint(tokens[i], where=f"tokens {tokens.describe()}, sequence {i}") != int(stored[i]):
+        if _token_fingerprint(tokens, i) != int(stored[i]):
             return i
     return None
 
@@ -131,7 +137,7 @@ class SparseLabelDataset(torch.utils.data.Dataset):
 
     def _fingerprint_error(self, index: int, stored: int) -> AlignmentError:
         assert self.tokens is not None
-        found = input_fingerprint(self.tokens[index], where=f"tokens {self.tokens.describe()}, sequence {index}")
+        found = _token_fingerprint(self.tokens, index)
         return AlignmentError(
             f"labels {_describe(self.labels)} and tokens {self.tokens.describe()}: sequence {index}: the tokens' "
             f"input fingerprint is {found:#018x}, the labels were computed from input {stored:#018x} (same length, "
@@ -153,8 +159,7 @@ class SparseLabelDataset(torch.utils.data.Dataset):
                     f"in {self.tokens.describe()}"
                 )
             if self._check_fingerprints and seq.fingerprint is not None \
-                    and input_fingerprint(input_ids, where=f"tokens {self.tokens.describe()}, sequence {i}") \
-                    != seq.fingerprint:
+                    and _token_fingerprint(self.tokens, i, input_ids) != seq.fingerprint:
                 raise self._fingerprint_error(i, seq.fingerprint)
         return SparseItem(i, seq.ids, seq.counts, seq.indptr, input_ids, self.rounds, self.vocab_size)
 

@@ -29,7 +29,6 @@ class ByteSource:
     def __init__(self, path: str, fd: int, info: os.stat_result) -> None:
         self.path = path
         self.size = info.st_size
-        self._stamp = _stamp(info)
         self._fd = os.dup(fd)
 
     def check_range(self, offset: int, length: int, what: str) -> None:
@@ -44,16 +43,6 @@ class ByteSource:
 
     def check_unchanged(self) -> None:
         """Raise FormatError if the file changed since it was opened, where that matters (see MmapSource)."""
-
-    def _check_stamp(self) -> None:
-        if self._fd < 0:
-            return
-        now = os.fstat(self._fd)
-        if _stamp(now) != self._stamp:
-            raise FormatError(
-                f"file {self.path!r}: now {now.st_size} bytes ({self.size} when opened) or modified since: truncated "
-                "or overwritten while open; reopen it"
-            )
 
     def close(self) -> None:
         if getattr(self, "_fd", -1) >= 0:
@@ -70,6 +59,7 @@ class MmapSource(ByteSource):
 
     def __init__(self, path: str, fd: int, info: os.stat_result) -> None:
         super().__init__(path, fd, info)
+        self._stamp = _stamp(info)
         self._map = mmap.mmap(fd, self.size, access=mmap.ACCESS_READ) if self.size else None
         self._array = (
             np.frombuffer(self._map, dtype=np.uint8) if self._map is not None else np.zeros(0, np.uint8)
@@ -87,7 +77,14 @@ class MmapSource(ByteSource):
         the file system's timestamp granularity of the previous write goes unseen: use ``mmap=False`` for files
         that may change while open. Positioned reads need no stat per read, which parallel file systems would
         make costly: a shorter file ends a read early, an error, and a record's CRC catches other bytes.)"""
-        self._check_stamp()
+        if self._fd < 0:
+            return
+        now = os.fstat(self._fd)
+        if _stamp(now) != self._stamp:
+            raise FormatError(
+                f"file {self.path!r}: now {now.st_size} bytes ({self.size} when opened) or modified since: truncated "
+                "or overwritten while open; reopen it"
+            )
 
     def close(self) -> None:
         # Views handed out keep the buffer alive; dropping our references lets the map close when they go.

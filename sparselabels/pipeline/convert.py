@@ -442,14 +442,13 @@ def convert(
                             return (f"input {os.fspath(source)!r}, sequence {seq}, position "
                                     f"{position - int(layout.offsets[seq])} (row {position})")
 
-                        if kind == "logprobs":
-                            check_finite(rows, vocab, describe)
-                            check_logprobs(rows[:, :vocab], tolerance, describe)
                         try:
+                            if kind == "logprobs":
+                                check_logprobs(rows[:, :vocab], tolerance, describe)
                             csr = _label_chunk(rows, row_ids, topk=topk, rounds=rounds, temperature=temperature,
                                                vocab_size=vocab, seed=seed)
-                        except InputError:
-                            check_finite(rows, vocab, describe)  # a bad row: name it in the input's terms
+                        except InputError:  # a NaN/inf row first, named in the input's terms (only on this path)
+                            check_finite(rows, vocab, describe)
                             raise
                     else:
                         csr = concat_csr([])

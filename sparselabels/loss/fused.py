@@ -90,7 +90,7 @@ def sparse_kd_loss_from_hidden(
     )
     needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or lm_head_weight.requires_grad)
     if not needs_grad:
-        with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
+        with torch.no_grad():
             loss, _, _ = _run_chunks(problem, hidden.reshape(-1, hidden.shape[-1]), lm_head_weight, False, False)
         return loss.reshape(hidden.shape[:-1]) if reduction == "none" else loss
     if reduction == "none":
@@ -169,7 +169,7 @@ def _prepare(
         kd_coef=kd_coef,
         ce_coef=ce_coef,
         inv_temperature=1.0 / temperature,
-        ignore_index=int(ignore_index),
+        ignore_index=ignore_index,
         chunk_size=_chunk_rows(chunk_size, num_rows, vocab_size, hidden),
         backend=_resolve_backend(backend, hidden.device, hidden.dtype),
         reduction=reduction,
@@ -182,12 +182,9 @@ class _FusedSparseKD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, problem: _Problem) -> torch.Tensor:  # type: ignore[override]
         flat_hidden = hidden.reshape(-1, hidden.shape[-1])
-        # in the inputs' own dtypes: under autocast the chunk product would come out in another dtype than the
-        # gradient buffers (and the loss's numerics are chosen per dtype below)
-        with torch.autocast(hidden.device.type, enabled=False):
-            loss, grad_hidden, grad_weight = _run_chunks(
-                problem, flat_hidden, weight, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-            )
+        loss, grad_hidden, grad_weight = _run_chunks(
+            problem, flat_hidden, weight, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        )
         ctx.hidden_shape = hidden.shape
         ctx.hidden_dtype = hidden.dtype
         ctx.weight_dtype = weight.dtype
@@ -233,32 +230,35 @@ def _run_chunks(
         torch.zeros(weight.shape, dtype=compute_dtype(weight.dtype), device=weight.device) if want_grad_weight else None
     )
     per_row = torch.zeros(num_rows, dtype=problem.kd_coef.dtype, device=hidden.device)
-    for start in range(0, num_rows, problem.chunk_size):
-        stop = min(start + problem.chunk_size, num_rows)
-        hidden_chunk = hidden[start:stop]
-        logits = hidden_chunk @ weight.t()  # [chunk, V], overwritten with dL/dz below
-        kd_coef = problem.kd_coef[start:stop]
-        ce_coef = problem.ce_coef[start:stop] if problem.ce_coef is not None else None
-        kd_rows, ce_rows = chunk_fn(
-            logits,
-            problem.target_ids[start:stop],
-            problem.target_weights[start:stop],
-            problem.labels[start:stop] if problem.labels is not None else None,
-            kd_coef,
-            ce_coef,
-            problem.inv_temperature,
-            problem.ignore_index,
-            compute_grad,
-        )
-        # a row of coefficient 0 (masked out, ignored) adds exactly 0, even if its logits overflowed
-        rows = torch.where(kd_coef != 0, kd_rows * kd_coef, 0.0)
-        if ce_rows is not None:
-            rows = rows + torch.where(ce_coef != 0, ce_rows * ce_coef, 0.0)
-        per_row[start:stop] = rows
-        if grad_hidden is not None:
-            torch.mm(logits, weight, out=grad_hidden[start:stop])
-        if grad_weight is not None:
-            accumulate_weight_grad(grad_weight, logits, hidden_chunk)
+    # in the inputs' own dtypes: under autocast the chunk product would come out in another dtype than the
+    # gradient buffers (and the loss's numerics are chosen per dtype)
+    with torch.autocast(hidden.device.type, enabled=False):
+        for start in range(0, num_rows, problem.chunk_size):
+            stop = min(start + problem.chunk_size, num_rows)
+            hidden_chunk = hidden[start:stop]
+            logits = hidden_chunk @ weight.t()  # [chunk, V], overwritten with dL/dz below
+            kd_coef = problem.kd_coef[start:stop]
+            ce_coef = problem.ce_coef[start:stop] if problem.ce_coef is not None else None
+            kd_rows, ce_rows = chunk_fn(
+                logits,
+                problem.target_ids[start:stop],
+                problem.target_weights[start:stop],
+                problem.labels[start:stop] if problem.labels is not None else None,
+                kd_coef,
+                ce_coef,
+                problem.inv_temperature,
+                problem.ignore_index,
+                compute_grad,
+            )
+            # a row of coefficient 0 (masked out, ignored) adds exactly 0, even if its logits overflowed
+            rows = torch.where(kd_coef != 0, kd_rows * kd_coef, 0.0)
+            if ce_rows is not None:
+                rows = rows + torch.where(ce_coef != 0, ce_rows * ce_coef, 0.0)
+            per_row[start:stop] = rows
+            if grad_hidden is not None:
+                torch.mm(logits, weight, out=grad_hidden[start:stop])
+            if grad_weight is not None:
+                accumulate_weight_grad(grad_weight, logits, hidden_chunk)
     loss = per_row if problem.reduction == "none" else per_row.sum()
     return loss, grad_hidden, grad_weight
 

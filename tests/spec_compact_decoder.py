@@ -2,7 +2,7 @@
 
 It imports nothing from sparselabels: the tests compare it with the library's numba decoder on random and
 on mutated records, so the spec and the code cannot drift apart unnoticed. Slow (pure Python); small
-inputs only. ``DECODERS`` plugs it into tests/spec_reader.py.
+inputs only. ``CODECS`` plugs it into tests/spec_reader.py, whose SpecError its errors are.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 
 import numpy as np
+from spec_reader import SpecError
 
 PROB_BITS = 8
 SCALE = 1 << PROB_BITS
@@ -20,7 +21,7 @@ L_ESCAPE = 255
 NONE = 255
 
 
-class SpecDecodeError(Exception):
+class SpecDecodeError(SpecError):
     """The record or table breaks a rule of spec/codecs/rans.md."""
 
 
@@ -232,4 +233,6 @@ def decode_rans(record: bytes, table: bytes, num_positions: int, num_labels: int
     return ids, values, indptr
 
 
-DECODERS = {"rans": decode_rans}
+# for tests/spec_reader.py: the decoder, the bound of section 5 (a record of B bytes holds at most 20·B positions
+# and 20·B labels), and chunks have tables
+CODECS = {"rans": (decode_rans, 20, True)}

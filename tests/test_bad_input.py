@@ -386,8 +386,9 @@ def _(tmp_path):
     sl.open_labels(tmp_path / "x.slbl")
 
 
-@row("read-short", "open_labels", "a file shorter than the 64-byte header", FormatError,
-     "header: file is 10 bytes, shorter than the 64-byte header")
+@row("read-short", "open_labels", "a file cut inside its 64-byte header", IncompleteFileError,
+     "header: file is 10 bytes, shorter than the 64-byte header (the writer did not finish, or the file was "
+     "truncated)")
 def _(tmp_path):
     (tmp_path / "x.slbl").write_bytes(b"\x89SLB\r\n\x1a\n\x01\x00")
     sl.open_labels(tmp_path / "x.slbl")

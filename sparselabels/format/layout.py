@@ -89,7 +89,12 @@ class Header:
     @classmethod
     def unpack(cls, buf: bytes) -> Header:
         if len(buf) < HEADER_SIZE:
-            raise FormatError(f"header: file is {len(buf)} bytes, shorter than the {HEADER_SIZE}-byte header")
+            head = bytes(buf[:8])
+            if head != MAGIC[: len(head)]:
+                raise FormatError(f"header: bad magic {head!r} (not a sparse-label file)")
+            # a prefix of a header: a file cut short (section 11), not another kind of file
+            raise IncompleteFileError(f"header: file is {len(buf)} bytes, shorter than the {HEADER_SIZE}-byte "
+                                      "header (the writer did not finish, or the file was truncated)")
         buf = bytes(buf[:HEADER_SIZE])
         if buf[:8] != MAGIC:
             raise FormatError(f"header: bad magic {buf[:8]!r} (not a sparse-label file)")

@@ -195,8 +195,8 @@ class LabelFile(Labels):
         size = src.size
         try:
             self.header = Header.unpack(src.view(0, min(HEADER_SIZE, size), "header"))
-        except FormatError as exc:
-            raise self._fail(str(exc)) from None
+        except FormatError as exc:  # keeps its class: ChecksumError, IncompleteFileError
+            raise type(exc)(f"file {self.path!r}: {exc}") from None
         hdr = self.header
         if size < hdr.data_offset + FOOTER_SIZE:  # e.g. a writer stopped right after starting the file
             raise IncompleteFileError(

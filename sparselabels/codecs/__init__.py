@@ -39,8 +39,8 @@ def get_codec(name: str, *, for_reading: bool = False) -> Codec:
     """The codec called ``name``; an unknown name is an InputError (writing) or FormatError (reading)."""
     codecs = _load()
     if name not in codecs:
-        error = FormatError if for_reading else InputError
-        raise error(f"codec {name!r} is not known to this sparselabels (available: {available()})")
+        error, where = (FormatError, "metadata: ") if for_reading else (InputError, "")
+        raise error(f"{where}codec {name!r} is not known to this sparselabels (available: {available()})")
     return codecs[name]
 
 

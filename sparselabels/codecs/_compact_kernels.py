@@ -76,6 +76,7 @@ ERR_RAW_END = 12
 ERR_PADDING = 13
 ERR_VALUE_KIND = 14
 ERR_LABEL_RULES = 15  # an id >= vocab_size or counts not summing to rounds (inline label checks)
+ERR_RESERVED = 16
 ERR_TABLE = 20  # table errors are ERR_TABLE + detail
 
 
@@ -726,7 +727,7 @@ def decode_record(record, words16, words64, num_positions, num_labels, is_count,
     words0 = _u32_at(record, 4)
     words1 = _u32_at(record, 8)
     if _u32_at(record, 12) != 0:
-        return ERR_PADDING, 0
+        return ERR_RESERVED, 0
     values_at = RECORD_HEADER_BYTES
     raw_at = values_at
     if not is_count:

@@ -44,6 +44,7 @@ _ERRORS = {
     K.ERR_RAW_END: "raw bit stream has unused words or non-zero unused bits",
     K.ERR_PADDING: "padding bytes are not zero",
     K.ERR_VALUE_KIND: "the chunk table implies counts, but the value kind is 'prob'",
+    K.ERR_RESERVED: "the record header's reserved field is not zero",
 }
 _TABLE_ERRORS = {
     1: "truncated",

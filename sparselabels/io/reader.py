@@ -380,6 +380,18 @@ class LabelFile(Labels):
             table = _EMPTY
         return record, table
 
+    def _chunk_of(self, index: int) -> str:
+        """" (chunk c)" for messages about a sequence whose decoding involves its chunk's table, else ""."""
+        if not self._has_tables:
+            return ""
+        return f" (chunk {int(np.searchsorted(self._col['chunk_first_sequence'], index, side='right')) - 1})"
+
+    def _chunk_of(self, index: int) -> str:
+        """" (chunk c)" for messages about a sequence whose decoding involves its chunk's table, else ""."""
+        if not self._has_tables:
+            return ""
+        return f" (chunk {int(np.searchsorted(self._col['chunk_first_sequence'], index, side='right')) - 1})"
+
     def read(self, index: int, *, check: bool = True) -> Sequence:
         index = self._sequence_index(index, f" in {self.path!r}")
         record, table = self.record_bytes(index)
@@ -401,7 +413,7 @@ class LabelFile(Labels):
         except LabelRuleError as exc:
             raise FormatError(f"file {self.path!r}, sequence {index}, {exc.problem.describe()}") from None
         except FormatError as exc:
-            raise FormatError(f"file {self.path!r}, sequence {index}: {exc}") from None
+            raise FormatError(f"file {self.path!r}, sequence {index}{self._chunk_of(index)}: {exc}") from None
         if check and not inline:
             problem = check_labels(ids, values, indptr, vocab_size=self.vocab_size, value_kind=self.value_kind,
                                    rounds=self.rounds)

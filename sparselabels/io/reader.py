@@ -426,6 +426,9 @@ class LabelFile(Labels):
         if self._source is not None:
             self._source.close()
             self._source = None
+            # the index columns are views of the map: dropped, so it (and its descriptor) goes with the last
+            # view a caller still holds, not with this object
+            self._columns, self._col = {}, {}
 
     # -- pickling: by path, reopened in the receiving process ---------------------------------------------
     def __getstate__(self) -> dict[str, Any]:

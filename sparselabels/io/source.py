@@ -18,18 +18,12 @@ import numpy as np
 from sparselabels.errors import FormatError
 
 
-def _stamp(info: os.stat_result) -> tuple[int, int]:
-    """What changes when a file is truncated, extended or written (``cp`` over it): its size and mtime."""
-    return info.st_size, info.st_mtime_ns
-
-
 class ByteSource:
-    """Read-only access to a file's bytes as numpy uint8 arrays, through a descriptor of its own."""
+    """Read-only access to a file's bytes as numpy uint8 arrays."""
 
-    def __init__(self, path: str, fd: int, info: os.stat_result) -> None:
+    def __init__(self, path: str, size: int) -> None:
         self.path = path
-        self.size = info.st_size
-        self._fd = os.dup(fd)
+        self.size = size
 
     def check_range(self, offset: int, length: int, what: str) -> None:
         if offset < 0 or length < 0 or offset + length > self.size:
@@ -45,9 +39,7 @@ class ByteSource:
         """Raise FormatError if the file changed since it was opened, where that matters (see MmapSource)."""
 
     def close(self) -> None:
-        if getattr(self, "_fd", -1) >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        pass
 
     def __del__(self) -> None:  # a shard set drops evicted files unclosed (another thread may still read one)
         with contextlib.suppress(Exception):
@@ -55,46 +47,60 @@ class ByteSource:
 
 
 class MmapSource(ByteSource):
-    """Zero-copy views into a read-only memory map of the whole file."""
+    """Zero-copy views into a read-only memory map of the whole file (the map holds the only descriptor)."""
 
     def __init__(self, path: str, fd: int, info: os.stat_result) -> None:
-        super().__init__(path, fd, info)
-        self._stamp = _stamp(info)
+        super().__init__(path, info.st_size)
         self._map = mmap.mmap(fd, self.size, access=mmap.ACCESS_READ) if self.size else None
         self._array = (
             np.frombuffer(self._map, dtype=np.uint8) if self._map is not None else np.zeros(0, np.uint8)
         )
+        self._tail = self._last_bytes()
+
+    def _last_bytes(self) -> bytes:
+        """The file's last 64 bytes (its footer, in a complete file) as they are now."""
+        return self._map[max(self.size - 64, 0) : self.size] if self._map is not None else b""
 
     def view(self, offset: int, length: int, what: str) -> np.ndarray:
         self.check_range(offset, length, what)
         return self._array[offset : offset + length]
 
     def check_unchanged(self) -> None:
-        """Refuse a file truncated, extended or rewritten in place (``cp`` over it) since it was mapped: a page of
-        the map past the file's new end kills the process (SIGBUS) when touched, and new bytes would be read as
-        the old index. One fstat (~1 us); a reader calls it before each read touches the index. (A change racing
-        with a read can still crash it, views already handed out see the new bytes, and a same-size rewrite within
-        the file system's timestamp granularity of the previous write goes unseen: use ``mmap=False`` for files
-        that may change while open. Positioned reads need no stat per read, which parallel file systems would
-        make costly: a shorter file ends a read early, an error, and a record's CRC catches other bytes.)"""
-        if self._fd < 0:
+        """Refuse a file truncated, extended or rewritten (``cp`` over it) since it was mapped: a page of the map
+        past the file's new end kills the process (SIGBUS) when touched, and another file's bytes would be read
+        through the old index. A reader calls this before each read touches the index: the file's size (one
+        fstat of the map's descriptor, ~1 us), then its last 64 bytes, the footer, which holds the index's CRC
+        and offsets, so another file of the same size differs there. Metadata changes (``touch``, ``rsync -t``)
+        and a copy of the same bytes pass. (A change racing with a read can still crash it, and views already
+        handed out see the new bytes: use ``mmap=False`` for files that may change while open. Positioned reads
+        need no check per read, which parallel file systems would make costly: a shorter file ends a read
+        early, an error, and a record's CRC catches other bytes.)"""
+        if self._map is None:
             return
-        now = os.fstat(self._fd)
-        if _stamp(now) != self._stamp:
+        size = self._map.size()
+        if size != self.size or self._last_bytes() != self._tail:
             raise FormatError(
-                f"file {self.path!r}: now {now.st_size} bytes ({self.size} when opened) or modified since: truncated "
-                "or overwritten while open; reopen it"
+                f"file {self.path!r}: now {size} bytes ({self.size} when opened)"
+                f"{', other footer bytes' if size == self.size else ''}: truncated or overwritten while open; reopen it"
             )
 
     def close(self) -> None:
         # Views handed out keep the buffer alive; dropping our references lets the map close when they go.
         self._array = np.zeros(0, np.uint8)
         self._map = None
-        super().close()
 
 
 class PreadSource(ByteSource):
-    """Positioned reads; every view is a fresh array."""
+    """Positioned reads through a descriptor of its own; every view is a fresh array."""
+
+    def __init__(self, path: str, fd: int, info: os.stat_result) -> None:
+        super().__init__(path, info.st_size)
+        self._fd = os.dup(fd)
+
+    def close(self) -> None:
+        if getattr(self, "_fd", -1) >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def view(self, offset: int, length: int, what: str) -> np.ndarray:
         self.check_range(offset, length, what)

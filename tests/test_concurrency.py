@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 import sparselabels as sl
+from sparselabels.codecs import get_codec
 
 VOCAB = 50_000
 ROUNDS = 50
@@ -239,3 +240,37 @@ def test_readers_see_only_complete_files(tmp_path: Path) -> None:
     for path in tmp_path.glob("*.slbl"):
         report = sl.validate(path)
         assert report.ok, report.problems
+
+
+def _read_first(labels) -> dict:
+    signal.alarm(60)  # a lock inherited held would hang this child forever
+    return {"ids": labels[0].ids.tolist()}
+
+
+def test_a_fork_while_another_thread_holds_a_lock_does_not_hang_the_child(tmp_path: Path) -> None:
+    """DataLoader workers are forked with the dataset as it is: a shard set's (or the rans table cache's) lock
+    held by another thread of the parent at that moment must not stay held in the child."""
+    import threading
+
+    for k in range(2):
+        write_file(tmp_path / f"shard-{k}.slbl", shard_seed(k))
+    shards = sl.open_labels(tmp_path)
+    want = shards[0].ids.tolist()
+    assert shards.shard(0).codec_name == "rans"  # whose table cache is locked too
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with shards._lock, get_codec("rans")._lock:
+            held.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait(60)
+    try:
+        pid, fd = _fork(_read_first, shards)
+        result = _collect(pid, fd, timeout=90)
+    finally:
+        release.set()
+        thread.join()
+    assert result == {"ok": {"ids": want}}, result

@@ -17,11 +17,11 @@ The normative byte layout is spec/codecs/rans.md; the kernels are in ``_compact_
 
 from __future__ import annotations
 
-import threading
 from collections import OrderedDict
 
 import numpy as np
 
+from sparselabels._forksafe import ForkSafeLock
 from sparselabels.codecs import _compact_kernels as K
 from sparselabels.codecs.base import VALUE_DTYPES, ChunkInput, Codec, EncodedChunk, LabelRuleError
 from sparselabels.errors import FormatError, InputError
@@ -73,7 +73,7 @@ class CompactCodec(Codec):
     def __init__(self, cache_size: int = 64) -> None:
         self._cache: OrderedDict[bytes, tuple] = OrderedDict()
         self._cache_size = cache_size
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
 
     def __reduce__(self):  # picklable (the cache and its lock are rebuilt, not copied)
         return (type(self), (self._cache_size,))

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import secrets
-import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from sparselabels._forksafe import ForkSafeLock
 from sparselabels.errors import CompatibilityError, FormatError, check_int
 from sparselabels.format.layout import FOOTER_SIZE
 from sparselabels.format.metadata import COMPATIBILITY_KEYS
@@ -195,7 +195,7 @@ class LabelShards(Labels):
         self._max_sequence_positions = check_int("max_sequence_positions", max_sequence_positions, 1)
         self._source = source
         self._closed = False
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
         self._open: OrderedDict[int, LabelFile] = OrderedDict(opened or {})
         self._evict()
         self._seq_starts = np.concatenate(([0], np.cumsum([e["num_sequences"] for e in shards]))).astype(np.int64)
@@ -343,7 +343,7 @@ class LabelShards(Labels):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._open = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
 
     def __repr__(self) -> str:
         return (f"LabelShards({self._source or str(self._root)!r}, shards={self.num_shards}, sequences={len(self)}, "

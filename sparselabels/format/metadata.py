@@ -69,19 +69,35 @@ def build(*, vocab_size: int, value_kind: str, rounds: int | None, codec: str, e
 def check_same_settings(stored: dict, requested: dict, *, where: str, stored_in: str) -> None:
     """Resuming continues a file only under the settings it was started with (the writer's version may differ)."""
     for key in sorted(set(stored) | set(requested)):
-        # compared as stored: a tuple comes back as a list, and NaN never equals itself
-        if key != "library_version" and _packed(stored.get(key)) != _packed(requested.get(key)):
+        if key != "library_version" and not _same(_as_stored(stored.get(key)), _as_stored(requested.get(key))):
             raise CompatibilityError(
                 f"{where}: cannot resume: {key} is {stored.get(key)!r} in {stored_in} but {requested.get(key)!r} "
                 "was requested"
             )
 
 
-def _packed(value: Any) -> bytes | None:
+_UNSTORABLE = object()
+
+
+def _as_stored(value: Any) -> Any:
+    """``value`` as reading it back from a file gives it (a tuple comes back as a list)."""
     try:
-        return msgpack.packb(value, use_bin_type=True)
+        return msgpack.unpackb(msgpack.packb(value, use_bin_type=True), raw=False, strict_map_key=False)
     except (TypeError, ValueError, OverflowError):
-        return None  # not storable: build/encode reject it with a clear message
+        return _UNSTORABLE  # build/encode reject it with a clear message
+
+
+def _same(a: Any, b: Any) -> bool:
+    """``==`` (so 1 equals 1.0 and maps compare whatever their key order), except that NaN equals NaN."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if a is _UNSTORABLE or b is _UNSTORABLE:
+        return a is b  # both: left to build/encode, which name the value
+    return a == b
 
 
 def encode(meta: dict) -> bytes:

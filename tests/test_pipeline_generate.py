@@ -129,6 +129,15 @@ def test_file_bytes_do_not_depend_on_row_chunks_or_write_thread(llama, tmp_path)
         assert (a / name).read_bytes() == (b / name).read_bytes()
 
 
+def test_numpy_integer_options_are_plain_integers(llama, tmp_path):
+    """Options from a config array (numpy integers) work as Python ints do, the file and all."""
+    tokens = random_tokens(6, 20, seed=1)
+    a = run(llama, tokens, tmp_path / "a", batch_size=4, seed=3)
+    b = run(llama, tokens, tmp_path / "b", batch_size=np.int64(4), seed=np.uint32(3), rounds=np.int64(50),
+            max_rows=np.int32(4096), flush_every=np.int16(1), chunk_bytes=np.int64(sl.io.writer.DEFAULT_CHUNK_BYTES))
+    assert (a / "shard-00000-of-00001.slbl").read_bytes() == (b / "shard-00000-of-00001.slbl").read_bytes()
+
+
 def test_flush_and_chunk_settings_change_chunks_not_labels(llama, tmp_path):
     tokens = random_tokens(6, 20, seed=1)
     a = run(llama, tokens, tmp_path / "a", batch_size=2)

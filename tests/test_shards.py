@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 from labelgen import assert_same, random_sequences
 
 import sparselabels as sl
-from sparselabels.errors import CompatibilityError, FormatError
+from sparselabels.errors import CompatibilityError, FormatError, InputError
 from sparselabels.io.shards import LabelShards
 
 
@@ -91,6 +92,22 @@ def test_merge_refuses_other_vocab_and_mixed_fingerprints(tmp_path):
     c, _ = make_shards(tmp_path / "c", count=1, fingerprints=False)
     with pytest.raises(CompatibilityError, match="fingerprints"):
         sl.merge(tmp_path / "x.slbl", a + c, copy=True)
+    # the same set as a directory without a manifest (it read back without fingerprints)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copyfile(a[0], mixed / "shard-00000.slbl")
+    shutil.copyfile(c[0], mixed / "shard-00001.slbl")
+    with pytest.raises(CompatibilityError, match="fingerprints"):
+        sl.open_labels(mixed)
+
+
+def test_a_manifest_is_named_json(tmp_path):
+    """Under a label file's name, a manifest makes its directory unreadable (it opens as a corrupt label file)."""
+    a, _ = make_shards(tmp_path, count=1)
+    for write in (lambda out: sl.write_manifest(out, a), lambda out: sl.merge(out, a)):
+        with pytest.raises(InputError, match=r"name it \*\.json"):
+            write(tmp_path / "set.slbl")
+        assert not (tmp_path / "set.slbl").exists()
 
 
 def test_manifest_confinement_and_staleness(tmp_path):

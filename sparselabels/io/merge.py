@@ -18,6 +18,7 @@ from sparselabels.io.shards import (
     LabelShards,
     check_compatible,
     check_fingerprints_agree,
+    check_manifest_name,
     common_metadata,
     open_labels,
     write_manifest,
@@ -49,8 +50,8 @@ def merge(out: str | os.PathLike, inputs: list[str | os.PathLike], *, copy: bool
     writes one label file at ``out``; ``codec`` picks its codec (default: the inputs' common codec).
     """
     out = Path(out)
-    if not copy and out.suffix != ".json":
-        raise InputError(f"{out}: a manifest is JSON; name it *.json, or pass copy=True to write one label file")
+    if not copy:
+        check_manifest_name(out, ", or pass copy=True to write one label file")
     if not copy and codec is not None:
         raise InputError("codec applies to copy=True (a manifest keeps its shards as they are)")
     files = input_files(inputs)

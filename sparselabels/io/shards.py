@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from sparselabels._forksafe import ForkSafeLock
-from sparselabels.errors import CompatibilityError, FormatError, check_int
+from sparselabels.errors import CompatibilityError, FormatError, InputError, check_int
 from sparselabels.format.layout import FOOTER_SIZE
 from sparselabels.format.metadata import COMPATIBILITY_KEYS
 from sparselabels.io.reader import DEFAULT_MAX_SEQUENCE_POSITIONS, LabelFile, Labels
@@ -78,9 +78,17 @@ def _confined(name: Any, where: str) -> str:
     return name
 
 
+def check_manifest_name(path: Path, hint: str = "") -> None:
+    """A manifest is named ``*.json``: under a label file's name, a directory holding it would not read."""
+    if path.suffix != ".json":
+        raise InputError(f"{path}: a manifest is JSON; name it *.json{hint}")
+
+
 def write_manifest(path: str | os.PathLike, shards: list[str | os.PathLike]) -> Path:
-    """Write a manifest at ``path`` for shard files that live in its directory tree (checked compatible)."""
+    """Write a manifest at ``path`` (``*.json``) for shard files that live in its directory tree (checked
+    compatible)."""
     path = Path(path)
+    check_manifest_name(path)
     root = path.parent.resolve()
     entries, metas, first_name, with_fingerprints = [], [], None, []
     for shard in shards:
@@ -222,6 +230,7 @@ class LabelShards(Labels):
                             "num_positions": f.num_positions, "num_labels": f.num_labels,
                             "footer_crc32": footer_crc32(p)})
             opened[i] = f
+        check_fingerprints_agree(f.fingerprints is not None for f in opened.values() if len(f))
         root = paths[0].parent
         return cls(entries, root=root, metadata=common_metadata(metas), opened=opened, **kwargs)
 

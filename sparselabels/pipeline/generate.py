@@ -292,9 +292,10 @@ def generate(
     ``teacher_name``/``teacher_fingerprint`` override the computed identity. ``metadata`` is stored under the
     ``"user"`` key. Returns ``out``.
     """
-    for name, value, low in (("batch_size", batch_size, 1), ("flush_every", flush_every, 1),
-                             ("chunk_bytes", chunk_bytes, 1), ("max_rows", max_rows, 1), ("seed", seed, 0)):
-        check_int(name, value, low)
+    # as Python ints from here on (numpy integers are accepted, but metadata stores only plain values)
+    batch_size, flush_every, chunk_bytes = (check_int(name, value, 1) for name, value in (
+        ("batch_size", batch_size), ("flush_every", flush_every), ("chunk_bytes", chunk_bytes)))
+    max_rows, seed = check_int("max_rows", max_rows, 1), check_int("seed", seed, 0)
     from sparselabels.sampling.rng import check_seed
 
     check_seed(seed)  # and below 2**64, before anything is written

@@ -728,7 +728,7 @@ def _(tmp_path):
 
 
 @row("collate-options", "collate", "an integer option that is not one (`pad_to_multiple_of=-8`, `max_labels=2.5`): "
-     "never rounded", InputError, "pad_to_multiple_of must be an integer >= 1 or None, got -8")
+     "never rounded", InputError, "pad_to_multiple_of must be an integer >= 0 or None, got -8")
 def _(tmp_path):
     ds = sl.data.SparseLabelDataset(_valid_file(tmp_path))
     sl.data.collate([ds[0], ds[1]], pad_to_multiple_of=-8)

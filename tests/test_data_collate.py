@@ -136,6 +136,11 @@ def test_padding_options_and_tokens():
     assert (out["target_weights"][:, 5:] == 0).all() and (out["target_ids"][~out["attention_mask"]] == 0).all()
     assert collate(items, pad_to_multiple_of=4)["target_ids"].shape[1] == 8
     assert collate(items)["target_ids"].shape[1] == 5
+    assert collate(items, pad_to_multiple_of=0)["target_ids"].shape[1] == 5  # 0: no rounding, as None
+    with pytest.raises(InputError, match="pad_token_id is needed"):  # a tokenizer without a pad token
+        collate(items, pad_token_id=None)
+    label_only = [SparseItem(i.index, i.ids, i.values, i.indptr, None, 50, VOCAB) for i in items]
+    assert "input_ids" not in collate(label_only, pad_token_id=None)
     with pytest.raises(InputError, match="longer than pad_to"):
         collate(items, pad_to=4)
     bad = SparseItem(0, items[0].ids, items[0].counts, items[0].indptr, np.array([1, 2], np.int64), 50, VOCAB)
@@ -225,7 +230,7 @@ def test_batch_is_a_dict_of_views_of_one_storage_and_pickles_whole(tmp_path):
 
 
 @pytest.mark.parametrize(("option", "value"), [
-    ("pad_to_multiple_of", -8), ("pad_to_multiple_of", 0), ("pad_to_multiple_of", 2.5), ("pad_to", 3.5),
+    ("pad_to_multiple_of", -8), ("pad_to_multiple_of", 2.5), ("pad_to", 3.5),
     ("pad_to", -1), ("max_labels", 2.5), ("max_labels", "3"), ("max_labels", True), ("pad_token_id", 2.7),
     ("pad_token_id", 1 << 63), ("vocab_size", 64.0), ("rounds", 0), ("pin_memory", 1),
 ])

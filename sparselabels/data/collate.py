@@ -266,10 +266,12 @@ def _checked_options(**options: Any) -> dict[str, Any]:
     """collate's options with every integer checked (a wrong one raises InputError; none is silently rounded)."""
     if options["on_overflow"] not in OVERFLOW_POLICIES:
         raise InputError(f"on_overflow must be one of {OVERFLOW_POLICIES}, got {options['on_overflow']!r}")
-    for name, low in (("max_labels", 1), ("vocab_size", 1), ("rounds", 1), ("pad_to", 0), ("pad_to_multiple_of", 1)):
+    # pad_to_multiple_of 0 means none, as None does
+    for name, low in (("max_labels", 1), ("vocab_size", 1), ("rounds", 1), ("pad_to", 0), ("pad_to_multiple_of", 0)):
         options[name] = check_int(name, options[name], low, optional=True)
-    pad = options["pad_token_id"] = check_int("pad_token_id", options["pad_token_id"], None)  # -100 is common
-    if not -(1 << 63) <= pad < 1 << 63:
+    # any int64 (-100 is common); None (a tokenizer without a pad token) serves items without input ids
+    pad = options["pad_token_id"] = check_int("pad_token_id", options["pad_token_id"], None, optional=True)
+    if pad is not None and not -(1 << 63) <= pad < 1 << 63:
         raise InputError(f"pad_token_id {pad} does not fit int64")
     if not isinstance(options["pin_memory"], bool):
         raise InputError(f"pin_memory must be True or False, got {options['pin_memory']!r}")
@@ -299,7 +301,7 @@ def collate(
     rounds: int | None = None,
     pad_to: int | None = None,
     pad_to_multiple_of: int | None = None,
-    pad_token_id: int = 0,
+    pad_token_id: int | None = 0,
     pin_memory: bool = False,
 ) -> SparseBatch:
     """Pad a list of items (SparseItem, or anything with ``ids``/``values``/``indptr``) into target tensors.
@@ -313,7 +315,7 @@ def collate(
 
 
 def _collate(batch: SequenceABC, *, max_labels: int | None, on_overflow: str, vocab_size: int | None,
-             rounds: int | None, pad_to: int | None, pad_to_multiple_of: int | None, pad_token_id: int,
+             rounds: int | None, pad_to: int | None, pad_to_multiple_of: int | None, pad_token_id: int | None,
              pin_memory: bool) -> SparseBatch:
     """:func:`collate` with its options already checked (a :class:`SparseLabelCollator` checks them once)."""
     if len(batch) == 0:
@@ -372,6 +374,8 @@ def _collate(batch: SequenceABC, *, max_labels: int | None, on_overflow: str, vo
     K = max(1, widest if max_labels is None else min(widest, int(max_labels)))
     T = _padded_length(int(lengths.max()), pad_to, pad_to_multiple_of)
     tokens = _batch_tokens(batch, lengths, indices)
+    if tokens is not None and pad_token_id is None:
+        raise InputError("collate: the items carry input ids, so pad_token_id is needed to pad them (it is None)")
     shared = _in_worker()
     if pin_memory and shared:
         raise InputError("collate: pin_memory=True inside a DataLoader worker; use DataLoader(pin_memory=True)")
@@ -447,7 +451,7 @@ class SparseLabelCollator:
 
     def __init__(self, *, max_labels: int | None = None, on_overflow: str = "error", vocab_size: int | None = None,
                  rounds: int | None = None, pad_to: int | None = None, pad_to_multiple_of: int | None = None,
-                 pad_token_id: int = 0, pin_memory: bool = False) -> None:
+                 pad_token_id: int | None = 0, pin_memory: bool = False) -> None:
         self.options = _checked_options(max_labels=max_labels, on_overflow=on_overflow, vocab_size=vocab_size,
                                         rounds=rounds, pad_to=pad_to, pad_to_multiple_of=pad_to_multiple_of,
                                         pad_token_id=pad_token_id, pin_memory=pin_memory)

@@ -216,4 +216,10 @@ def test_len_of_a_resumed_pass_is_the_same_inside_the_loop():
     before = len(loader)
     lengths = [len(loader) for _ in loader]
     assert before == 4 and lengths == [4] * 4
-    assert len(loader) == 10  # the pass is over: the next one is whole
+    assert [len(loader) for _ in loader] == [10] * 10  # the next pass is whole
+    # workers prefetch: the sampler is exhausted batches before the loop ends, and len() must hold still
+    resumed.load_state_dict(first.state_dict())
+    loader = DataLoader(list(range(100)), batch_size=10, sampler=resumed, num_workers=2, prefetch_factor=2)
+    assert [len(loader) for _ in loader] == [4] * 4 and len(loader) == 4
+    resumed.set_epoch(1)
+    assert len(loader) == 10

@@ -149,7 +149,7 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
         self.epoch = 0
         self._resume_at = 0  # where the next pass starts (global place)
         self._pass: tuple[int, int] | None = None  # (epoch, start) of the latest pass, once one began
-        self._running: int | None = None  # the start of the pass being iterated, until it ends
+        self._running: int | None = None  # the start of the latest pass, until another begins
         self._yielded = 0
         self._order_cache: tuple[int, np.ndarray] | None = None
 
@@ -175,11 +175,13 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
         for index in self.indices(epoch, start).tolist():
             self._yielded += 1
             yield index
-        self._running = None
+        # _running stays until the next pass, set_epoch or load_state_dict: DataLoader workers exhaust this
+        # iterator batches before the training loop ends, and len() must not change under the loop
 
     def __len__(self) -> int:
-        """Samples of the pass under way (a resumed pass is shorter), else of the next pass. DataLoader and
-        progress bars call it both before and inside the loop; both must agree."""
+        """Samples of the latest pass (a resumed pass is shorter) until the next one begins or ``set_epoch``
+        moves on, else of the next pass. DataLoader and progress bars call it both before and inside the loop;
+        both must agree (call ``set_epoch`` between passes, as with DistributedSampler)."""
         start = self._running if self._running is not None else self._resume_at
         return per_rank(self.num_sequences, start, self.world_size, self.drop_last)
 

@@ -250,11 +250,19 @@ def test_sequences_readers_would_refuse_are_not_written(tmp_path):
 
     empty = (np.zeros(0, np.uint32), np.zeros(0, np.uint8))
     with sl.LabelWriter(tmp_path / "a.slbl", vocab_size=10, rounds=1, durable=False) as w:
-        with pytest.raises(InputError, match="more than the 16777216 a reader accepts"):
+        with pytest.raises(InputError, match="more than max_sequence_positions = 16777216"):
             w.write(*empty, np.zeros(limit + 2, np.int64))
         w.write(*empty, np.zeros(limit + 1, np.int64))  # at the limit: written, and read back
     with sl.open_labels(tmp_path / "a.slbl") as f:
         assert len(f) == 1 and f[0].num_positions == limit
+    # longer sequences: the limit raised on both sides
+    with sl.LabelWriter(tmp_path / "b.slbl", vocab_size=10, rounds=1, durable=False,
+                        max_sequence_positions=limit + 1) as w:
+        w.write(*empty, np.zeros(limit + 2, np.int64))
+    with sl.open_labels(tmp_path / "b.slbl", max_sequence_positions=limit + 1) as f:
+        assert f[0].num_positions == limit + 1
+    with sl.open_labels(tmp_path / "b.slbl") as f, pytest.raises(sl.FormatError, match="max_sequence_positions"):
+        f[0]
 
 
 @pytest.mark.parametrize("meta, again", [

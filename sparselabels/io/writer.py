@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from sparselabels.codecs import DEFAULT_CODEC, ChunkInput, get_codec
-from sparselabels.errors import FormatError, InputError, SparseLabelsError
+from sparselabels.errors import FormatError, InputError, SparseLabelsError, check_int
 from sparselabels.format import metadata as meta_format
 from sparselabels.format.checks import check_labels
 from sparselabels.format.layout import (
@@ -194,7 +194,9 @@ class LabelWriter:
     ``<path>.partial``), ``overwrite`` (replace an existing ``path`` or partial file), ``chunk_bytes`` (input
     bytes buffered per chunk), ``durable`` (fsync in ``flush``/``close``; turn off only for scratch files),
     ``resumable`` (False: a writer that stops without finishing deletes its partial file, for jobs that cannot
-    resume and must not leave one behind to block the next attempt, such as a merge).
+    resume and must not leave one behind to block the next attempt, such as a merge),
+    ``max_sequence_positions`` (the longest sequence accepted: by default what readers accept by default, so
+    that no file is written that they refuse; raise it on both sides for longer sequences).
     """
 
     def __init__(
@@ -211,6 +213,7 @@ class LabelWriter:
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         durable: bool = True,
         resumable: bool = True,
+        max_sequence_positions: int = DEFAULT_MAX_SEQUENCE_POSITIONS,
     ) -> None:
         if value_kind not in VALUE_KINDS:
             raise InputError(f"value_kind must be one of {list(VALUE_KINDS)}, got {value_kind!r}")
@@ -225,6 +228,7 @@ class LabelWriter:
         self.chunk_bytes = chunk_bytes
         self.durable = durable
         self.resumable = resumable
+        self.max_sequence_positions = check_int("max_sequence_positions", max_sequence_positions, 1)
         self.metadata = meta_format.build(
             vocab_size=vocab_size, value_kind=value_kind, rounds=rounds, codec=codec, extra=metadata
         )  # checks vocab_size and rounds (InputError), turning numpy integers into ints
@@ -378,9 +382,10 @@ class LabelWriter:
         seq = self.num_sequences
         where = f"{self.path.name}: sequence {seq}"
         ids_a, values_a, indptr_a = self._coerce(ids, counts, indptr, where)
-        if indptr_a.size - 1 > DEFAULT_MAX_SEQUENCE_POSITIONS:  # a file that readers refuse must not be written
-            raise InputError(f"{where}: {indptr_a.size - 1} positions, more than the {DEFAULT_MAX_SEQUENCE_POSITIONS} "
-                             "a reader accepts by default (max_sequence_positions); split it into shorter sequences")
+        if indptr_a.size - 1 > self.max_sequence_positions:  # by default: a file that readers refuse is not written
+            raise InputError(f"{where}: {indptr_a.size - 1} positions, more than max_sequence_positions = "
+                             f"{self.max_sequence_positions} (readers accept {DEFAULT_MAX_SEQUENCE_POSITIONS} by "
+                             "default); split it into shorter sequences, or raise the limit here and when reading")
         if self.value_kind == "prob":  # check what will be stored: float16 rounding can reach 0
             with np.errstate(over="ignore", under="ignore"):
                 values_a = values_a.astype(VALUE_DTYPES["prob"])

@@ -250,3 +250,6 @@ def test_directories_of_unfinished_or_incomplete_runs_are_refused(tmp_path):
     w.close()
     with sl.open_labels(run) as labels:
         assert len(labels) == 3
+    shutil.copyfile(run / "shard-00000-of-00003.slbl", run / "shard-00005-of-00003.slbl")  # no such rank
+    with pytest.raises(FormatError, match="not as one complete run \\(a shard numbered 5"):
+        sl.open_labels(run)

@@ -384,8 +384,10 @@ def shard_files(directory: Path) -> list[Path]:
             runs.setdefault(int(m.group(2)), set()).add(int(m.group(1)))
     for world_size, ranks in runs.items():
         missing = sorted(set(range(world_size)) - ranks)
-        if missing or len(runs) > 1:
-            what = f"shard {missing[0]} is missing" if missing else f"shards of runs with {sorted(runs)} ranks"
+        stray = sorted(r for r in ranks if r >= world_size)
+        if missing or stray or len(runs) > 1:
+            what = (f"shard {missing[0]} is missing" if missing else f"a shard numbered {stray[0]}" if stray
+                    else f"shards of runs with {sorted(runs)} ranks")
             raise FormatError(f"directory {str(directory)!r} holds the shards of a {world_size}-rank labeling run "
                               f"but not as one complete run ({what})")
     return files

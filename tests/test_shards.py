@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,9 +196,23 @@ def test_shard_sets_are_thread_safe_and_evict_without_closing(tmp_path):
 
 def test_directory_sets_keep_at_most_max_open(tmp_path):
     make_shards(tmp_path / "d", count=6, per_shard=2)
-    with sl.open_labels(tmp_path / "d", max_open=2) as labels:
-        assert len(labels._open) == 2  # the directory's files are opened to count them, then only 2 kept
-        labels[0], labels[11]
+    fds = Path("/proc/self/fd")
+    before = len(list(fds.iterdir()))
+    opened_at_once = []
+    real_init = sl.LabelFile.__init__
+
+    def counting_init(self, *args, **kwargs):  # descriptors in use as each shard is opened
+        real_init(self, *args, **kwargs)
+        opened_at_once.append(len(list(fds.iterdir())) - before)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sl.LabelFile, "__init__", counting_init)
+        labels = sl.open_labels(tmp_path / "d", max_open=2)
+    with labels:
+        # the directory's files are opened to count them, never more than 2 at a time (600 shards under a
+        # limit of 1,024 descriptors could not be opened)
+        assert len(labels._open) == 2 and max(opened_at_once) <= 3
+        assert [labels[i].ids.tolist() for i in range(12)] == [labels[i].ids.tolist() for i in range(12)]
         assert len(labels._open) == 2
     for bad in (0, -3, 2.5, "3"):
         with pytest.raises(sl.InputError, match="max_open"):

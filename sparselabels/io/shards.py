@@ -2,8 +2,9 @@
 
 A manifest lists shard files by path *relative to the manifest's directory* (absolute paths and ``..`` are
 refused), with each shard's size, counts and footer checksum, so a stale or swapped shard is caught when it
-is opened. Shards open lazily and at most ``max_open`` stay mapped at a time, so a set of thousands of
-shards does not exhaust the process's memory maps.
+is opened. Shards open lazily and at most ``max_open`` (default 256) stay mapped at a time, so a set of
+thousands of shards does not exhaust the process's descriptors or memory maps; a shard dropped for another
+is reopened on its next read (~0.3 ms), so random reads over more shards than that cost more.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import numpy as np
 
 from sparselabels._forksafe import ForkSafeLock
 from sparselabels.errors import CompatibilityError, FormatError, InputError, check_int
-from sparselabels.format.layout import FOOTER_SIZE
 from sparselabels.format.metadata import COMPATIBILITY_KEYS
 from sparselabels.io.reader import DEFAULT_MAX_SEQUENCE_POSITIONS, LabelFile, Labels
 from sparselabels.io.sequence import Sequence
@@ -39,11 +39,9 @@ _SHARD_FIELDS = {"path": str, "bytes": int, "num_sequences": int, "num_positions
                  "footer_crc32": int}
 
 
-def footer_crc32(path: str | os.PathLike) -> int:
-    """The CRC-32 stored in a file's footer: a cheap identity of the whole file's index."""
-    with open(path, "rb") as f:
-        f.seek(-FOOTER_SIZE, os.SEEK_END)
-        return int.from_bytes(f.read(FOOTER_SIZE)[-4:], "little")
+def footer_crc32(f: LabelFile) -> int:
+    """The CRC-32 stored in an open file's footer (checked at open): a cheap identity of its whole index."""
+    return int.from_bytes(f.footer.pack()[-4:], "little")
 
 
 def check_compatible(reference: dict, other: dict, *, what: str, reference_name: str) -> None:
@@ -114,7 +112,7 @@ def write_manifest(path: str | os.PathLike, shards: list[str | os.PathLike]) -> 
                 "num_sequences": len(f),
                 "num_positions": f.num_positions,
                 "num_labels": f.num_labels,
-                "footer_crc32": footer_crc32(shard_path),
+                "footer_crc32": footer_crc32(f),
             })
     if not entries:
         raise CompatibilityError("a manifest needs at least one shard")
@@ -183,6 +181,9 @@ def read_manifest(path: str | os.PathLike) -> dict:
     return body
 
 
+DEFAULT_MAX_OPEN = 256  # one descriptor each: well within the usual limit of 1,024 per process
+
+
 class LabelShards(Labels):
     """Several label files presented as one sequence of sequences, in shard order.
 
@@ -191,7 +192,7 @@ class LabelShards(Labels):
     """
 
     def __init__(self, shards: list[dict], *, root: Path, metadata: dict, mmap: bool = True,
-                 verify: str = "index", max_open: int = 64, source: str | None = None,
+                 verify: str = "index", max_open: int = DEFAULT_MAX_OPEN, source: str | None = None,
                  opened: dict[int, LabelFile] | None = None,
                  max_sequence_positions: int = DEFAULT_MAX_SEQUENCE_POSITIONS) -> None:
         self._entries = shards
@@ -205,6 +206,7 @@ class LabelShards(Labels):
         self._closed = False
         self._lock = ForkSafeLock()
         self._open: OrderedDict[int, LabelFile] = OrderedDict(opened or {})
+        self._verified: set[int] = set(self._open)  # shards whose index CRC was checked (once is enough)
         self._evict()
         self._seq_starts = np.concatenate(([0], np.cumsum([e["num_sequences"] for e in shards]))).astype(np.int64)
         self._pos_starts = np.concatenate(([0], np.cumsum([e["num_positions"] for e in shards]))).astype(np.int64)
@@ -219,20 +221,33 @@ class LabelShards(Labels):
     @classmethod
     def from_files(cls, paths: list[Path], **kwargs) -> LabelShards:
         """Open every file now (their footers and indexes give the counts) and check they agree."""
-        opened, entries, metas = {}, [], []
-        for i, p in enumerate(paths):
-            f = LabelFile(p, mmap=kwargs.get("mmap", True), verify=kwargs.get("verify", "index"),
-                          max_sequence_positions=kwargs.get("max_sequence_positions", DEFAULT_MAX_SEQUENCE_POSITIONS))
-            if metas:
-                check_compatible(metas[0], f.metadata, what=f"shard {str(p)!r}", reference_name=str(paths[0]))
-            metas.append(f.metadata)
-            entries.append({"path": p.name, "bytes": f.file_size, "num_sequences": len(f),
-                            "num_positions": f.num_positions, "num_labels": f.num_labels,
-                            "footer_crc32": footer_crc32(p)})
-            opened[i] = f
-        check_fingerprints_agree(f.fingerprints is not None for f in opened.values() if len(f))
-        root = paths[0].parent
-        return cls(entries, root=root, metadata=common_metadata(metas), opened=opened, **kwargs)
+        keep = check_int("max_open", kwargs.get("max_open", DEFAULT_MAX_OPEN), 1)
+        opened: OrderedDict[int, LabelFile] = OrderedDict()
+        entries, metas, fingerprints = [], [], []
+        try:
+            for i, p in enumerate(paths):
+                f = LabelFile(p, mmap=kwargs.get("mmap", True), verify=kwargs.get("verify", "index"),
+                              max_sequence_positions=kwargs.get("max_sequence_positions",
+                                                                DEFAULT_MAX_SEQUENCE_POSITIONS))
+                opened[i] = f
+                if metas:
+                    check_compatible(metas[0], f.metadata, what=f"shard {str(p)!r}", reference_name=str(paths[0]))
+                metas.append(f.metadata)
+                if len(f):
+                    fingerprints.append(f.fingerprints is not None)
+                entries.append({"path": p.name, "bytes": f.file_size, "num_sequences": len(f),
+                                "num_positions": f.num_positions, "num_labels": f.num_labels,
+                                "footer_crc32": footer_crc32(f)})
+                while len(opened) > keep:  # at most max_open at a time, even while listing (descriptors)
+                    opened.popitem(last=False)[1].close()
+            check_fingerprints_agree(fingerprints)
+        except BaseException:
+            for f in opened.values():
+                f.close()
+            raise
+        shards = cls(entries, root=paths[0].parent, metadata=common_metadata(metas), opened=dict(opened), **kwargs)
+        shards._verified.update(range(len(paths)))
+        return shards
 
     # -- shard management ----------------------------------------------------------------------------------
     @property
@@ -274,13 +289,15 @@ class LabelShards(Labels):
         entry = self._entries[k]
         path = self._root / entry["path"]
         where = f"shard {k} ({str(path)!r})"
+        # reopened after eviction: the footer (which holds the index CRC) is compared with the entry below, so
+        # the index CRC need not be computed again; the structure is always checked
+        verify = "structure" if k in self._verified and self._verify == "index" else self._verify
         try:
-            f = LabelFile(path, mmap=self._mmap, verify=self._verify,
-                          max_sequence_positions=self._max_sequence_positions)
+            f = LabelFile(path, mmap=self._mmap, verify=verify, max_sequence_positions=self._max_sequence_positions)
         except FileNotFoundError:
             raise FormatError(f"{where}: file is missing") from None
         found = {"bytes": f.file_size, "num_sequences": len(f), "num_positions": f.num_positions,
-                 "num_labels": f.num_labels, "footer_crc32": footer_crc32(path)}
+                 "num_labels": f.num_labels, "footer_crc32": footer_crc32(f)}
         for key, value in found.items():
             if entry[key] != value:
                 f.close()
@@ -290,6 +307,7 @@ class LabelShards(Labels):
         except CompatibilityError:
             f.close()
             raise
+        self._verified.add(k)
         return f
 
     # -- Labels --------------------------------------------------------------------------------------------
@@ -393,7 +411,7 @@ def shard_files(directory: Path) -> list[Path]:
     return files
 
 
-def open_labels(path: str | os.PathLike, *, mmap: bool = True, verify: str = "index", max_open: int = 64,
+def open_labels(path: str | os.PathLike, *, mmap: bool = True, verify: str = "index", max_open: int = DEFAULT_MAX_OPEN,
                 max_sequence_positions: int = DEFAULT_MAX_SEQUENCE_POSITIONS) -> Labels:
     """Open a label file, a manifest (``*.json``) or a directory of shards (its manifest.json if present).
 

@@ -80,23 +80,25 @@ _UNSTORABLE = object()
 
 
 def _as_stored(value: Any) -> Any:
-    """``value`` as reading it back from a file gives it (a tuple comes back as a list)."""
+    """``value`` if it can be stored (else a marker: build/encode reject it with a clear message)."""
     try:
-        return msgpack.unpackb(msgpack.packb(value, use_bin_type=True), raw=False, strict_map_key=False)
+        msgpack.packb(value, use_bin_type=True)
     except (TypeError, ValueError, OverflowError):
-        return _UNSTORABLE  # build/encode reject it with a clear message
+        return _UNSTORABLE
+    return value
 
 
 def _same(a: Any, b: Any) -> bool:
-    """``==`` (so 1 equals 1.0 and maps compare whatever their key order), except that NaN equals NaN."""
+    """Equal as stored: ``==`` (so 1 equals 1.0 and maps compare whatever their key order), except that NaN
+    equals NaN and a tuple equals the list it is stored as."""
+    if a is _UNSTORABLE or b is _UNSTORABLE:
+        return a is b  # both: left to build/encode, which name the value
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    if a is _UNSTORABLE or b is _UNSTORABLE:
-        return a is b  # both: left to build/encode, which name the value
     return a == b
 
 

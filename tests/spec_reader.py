@@ -225,10 +225,13 @@ def read(path) -> dict:
             _need(rec_off[i] == at and rec_size[i] % 8 == 0, f"index: record of sequence {i} is out of place")
             at += rec_size[i]
         _need(at == chunk_offset[c + 1], f"index: records of chunk {c} do not end where the next chunk starts")
+    kind = meta["value_kind"]
+    per_position = meta["rounds"] if kind == "count" else 65535
+    many = np.flatnonzero((seq_lab + per_position - 1) // per_position > seq_pos)  # M > per_position * T
+    _need(not many.size, f"index: sequence {many[0] if many.size else 0} claims more labels than its positions hold")
     over = np.flatnonzero((seq_pos > per_byte * rec_size) | (seq_lab > per_byte * rec_size))
     _need(not over.size, f"index: sequence {over[0] if over.size else 0} claims more than its record can hold")
     # full validation: chunk headers and entries (section 6); then 6. every record and its labels
-    kind = meta["value_kind"]
     sequences = []
     for c in range(num_chunks):
         start, stop, first, end = chunk_offset[c], chunk_offset[c + 1], chunk_first[c], chunk_first[c + 1]

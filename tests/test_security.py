@@ -377,3 +377,21 @@ def test_fuzz_with_numba_bounds_checking(tmp_path: Path) -> None:
     assert results["bugs"] == 0
     assert sum(sum(row.values()) for rows in results["table"].values() for row in rows.values()) == 70 * len(
         results["codecs"])
+
+
+@pytest.mark.parametrize("codec", ["raw", "rans"])
+def test_an_index_claiming_more_labels_than_its_positions_hold_is_refused_at_open(tmp_path: Path, codec) -> None:
+    """Counts >= 1 sum to rounds, so a position holds at most rounds labels: an index claiming more is refused
+    before any read allocates for the claim (and resume does not keep such chunks)."""
+    import make_vectors
+
+    path = tmp_path / "a.slbl"
+    with sl.LabelWriter(path, vocab_size=1000, rounds=50, codec=codec) as w:
+        w.write([3], [50], [0, 1])  # 1 position, 1 label
+        w.write(np.arange(100), np.ones(100, np.uint8), [0, 50, 100])  # 2 positions, 100 labels
+    f = make_vectors._Edit(path.read_bytes())
+    f.set_col("label_start", 1, 52)  # sequence 0: 52 labels in 1 position; sequence 1: 49 in 2
+    f.seal_index()
+    path.write_bytes(bytes(f.data))
+    with pytest.raises(sl.FormatError, match="sequence 0 claims 52 labels in 1 positions, more than the label rules"):
+        sl.open_labels(path, verify="structure")

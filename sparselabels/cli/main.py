@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # missing or unreadable paths, read-only or full file systems, existing outputs
         print(f"sparselabels {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except MemoryError:  # e.g. under `ulimit -v`, an index claiming a huge sequence (the file is named above it)
+        print(f"sparselabels {args.command}: error: out of memory", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"sparselabels {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -75,6 +75,13 @@ class CompactCodec(Codec):
         self._cache_size = cache_size
         self._lock = ForkSafeLock()
 
+    @classmethod
+    def over_capacity(cls, positions, labels, record_sizes):
+        """Stream 0 holds one symbol per position and one per label, <= 19.9 per byte of the record
+        (spec/codecs/rans.md section 5): positions and labels together are bounded, not only each alone."""
+        sizes = np.asarray(record_sizes, dtype=np.int64)
+        return np.asarray(positions) + np.asarray(labels) > sizes * cls.max_positions_per_byte
+
     def __reduce__(self):  # picklable (the cache and its lock are rebuilt, not copied)
         return (type(self), (self._cache_size,))
 

@@ -16,6 +16,15 @@ MAX_PROB_LABELS = 65535
 PROB_SUM_TOLERANCE = 1e-3
 
 OK = 0
+
+
+def too_many_labels(positions, labels, value_kind: str, rounds: int | None) -> np.ndarray:
+    """Which sequences claim more labels than the label rules let their positions hold (bool mask): a count
+    position holds at most ``rounds`` labels (counts >= 1 sum to rounds), a probability position
+    MAX_PROB_LABELS. Checked on an index before anything is allocated for it (no product: nothing wraps)."""
+    per_position = int(rounds) if value_kind == "count" else MAX_PROB_LABELS
+    return -(-np.asarray(labels, dtype=np.int64) // per_position) > np.asarray(positions, dtype=np.int64)
+
 _MESSAGES = {
     1: ("indptr", "indptr[0] is {a}, expected 0"),
     2: ("indptr", "indptr decreases ({a} after {b})"),

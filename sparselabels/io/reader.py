@@ -18,7 +18,7 @@ from sparselabels.codecs import get_codec
 from sparselabels.codecs.base import LabelRuleError
 from sparselabels.errors import ChecksumError, FormatError, IncompleteFileError, InputError, check_int
 from sparselabels.format import metadata as meta_format
-from sparselabels.format.checks import check_labels
+from sparselabels.format.checks import check_labels, too_many_labels
 from sparselabels.format.layout import (
     CHUNK_HEADER_SIZE,
     DEFAULT_MAX_SEQUENCE_POSITIONS,
@@ -295,6 +295,10 @@ class LabelFile(Labels):
             bad = np.flatnonzero(rec_off[last] + rec_size[last] != chunk_offset[1:])
             if bad.size:
                 raise self._fail(f"index: records of chunk {bad[0]} do not end where the next chunk starts")
+            bad = np.flatnonzero(too_many_labels(self._lengths, label_counts, self.value_kind, self.rounds))
+            if bad.size:
+                raise self._fail(f"index: sequence {bad[0]} claims {label_counts[bad[0]]} labels in "
+                                 f"{self._lengths[bad[0]]} positions, more than the label rules allow")
             bad = np.flatnonzero(self.codec.over_capacity(self._lengths, label_counts, rec_size))
             if bad.size:
                 raise self._fail(

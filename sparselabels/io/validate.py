@@ -179,6 +179,9 @@ def _check_sequences(f: LabelFile, report: ValidationReport, max_problems: int) 
             f.read(i)  # the record's CRC-32, the codec's own checks and the label rules
         except FormatError as exc:
             report.add(exc)
+        except MemoryError:  # an index claiming more than this machine can decode (or a hostile one)
+            report.add(FormatError(f"file {f.path!r}, sequence {i}: decoding its {f.sequence_lengths[i]} positions "
+                                   "as the index claims them ran out of memory"))
 
 
 def validate(path: str | os.PathLike, *, max_problems: int = 20) -> ValidationReport:

@@ -22,7 +22,7 @@ import numpy as np
 from sparselabels.codecs import DEFAULT_CODEC, ChunkInput, get_codec
 from sparselabels.errors import FormatError, InputError, SparseLabelsError, check_int
 from sparselabels.format import metadata as meta_format
-from sparselabels.format.checks import check_labels
+from sparselabels.format.checks import check_labels, too_many_labels
 from sparselabels.format.layout import (
     CHUNK_HEADER_SIZE,
     DEFAULT_MAX_SEQUENCE_POSITIONS,
@@ -360,7 +360,8 @@ class LabelWriter:
         positions, labels, sizes = (counts[:, k].astype(np.int64) for k in range(3))
         if np.any(sizes % 8) or sum(sizes.tolist()) != header.records_size:
             return False
-        return not np.any(self.codec.over_capacity(positions, labels, sizes))
+        return not np.any(self.codec.over_capacity(positions, labels, sizes)
+                          | too_many_labels(positions, labels, self.value_kind, self.rounds))
 
     # -- writing -------------------------------------------------------------------------------------------
     @property

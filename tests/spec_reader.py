@@ -93,14 +93,14 @@ def _map(pairs: list) -> dict:
     return dict(pairs)
 
 
-def _tree(value, level: int) -> None:
-    """Types of section 5, and maps and arrays at most 32 levels deep (the top-level map is level 1)."""
+def _tree(value, level: int) -> int:
+    """Types of section 5, and maps and arrays at most 32 levels deep (the top-level map is level 1); returns
+    how many maps and arrays ``value`` holds, itself included."""
     if isinstance(value, dict | list):
         _need(level <= 32, "metadata: nested deeper than 32 levels")
-        for item in value.values() if isinstance(value, dict) else value:
-            _tree(item, level + 1)
-    else:
-        _need(value is None or isinstance(value, bool | int | float | str | bytes), "metadata: type not allowed")
+        return 1 + sum(_tree(item, level + 1) for item in (value.values() if isinstance(value, dict) else value))
+    _need(value is None or isinstance(value, bool | int | float | str | bytes), "metadata: type not allowed")
+    return 0
 
 
 def _is_int(value) -> bool:
@@ -116,7 +116,7 @@ def _metadata(raw: bytes) -> dict:
     except Exception as exc:
         raise SpecError(f"metadata: not one msgpack value ({type(exc).__name__})") from None
     _need(isinstance(meta, dict), "metadata: not a map")
-    _tree(meta, 1)
+    _need(_tree(meta, 1) <= 65536, "metadata: more than 65536 maps and arrays")
     for key in REQUIRED_KEYS:
         _need(key in meta, f"metadata: required key {key!r} is missing")
     _need(isinstance(meta["format_version"], str) and re.fullmatch(r"1\.(0|[1-9][0-9]*)", meta["format_version"]),

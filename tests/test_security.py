@@ -395,3 +395,19 @@ def test_an_index_claiming_more_labels_than_its_positions_hold_is_refused_at_ope
     path.write_bytes(bytes(f.data))
     with pytest.raises(sl.FormatError, match="sequence 0 claims 52 labels in 1 positions, more than the label rules"):
         sl.open_labels(path, verify="structure")
+
+
+def test_metadata_of_many_empty_containers_is_refused_early(tmp_path: Path) -> None:
+    """16 MiB of empty maps is valid msgpack that decodes to ~70x its size: refused at the 65,537th container,
+    by the writer and by readers (which stop decoding there)."""
+    from sparselabels.format import metadata as meta_format
+
+    with pytest.raises(sl.InputError, match="more than 65536 maps and arrays"):
+        sl.LabelWriter(tmp_path / "w.slbl", vocab_size=10, rounds=50, metadata={"x": [[]] * 65536})
+    with sl.LabelWriter(tmp_path / "ok.slbl", vocab_size=10, rounds=50, metadata={"x": [[]] * 65534}) as w:
+        w.write([1], [50], [0, 1])
+    assert len(sl.open_labels(tmp_path / "ok.slbl").metadata["x"]) == 65534
+    stored = meta_format.decode(meta_format.encode(sl.open_labels(tmp_path / "ok.slbl").metadata))
+    stored["x"] = [{}] * 2_000_000
+    with pytest.raises(sl.FormatError, match="more than 65536 maps and arrays"):
+        meta_format.decode(msgpack.packb(stored, use_bin_type=True))

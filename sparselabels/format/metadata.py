@@ -20,6 +20,9 @@ from sparselabels.format.values import VALUE_KINDS
 
 REQUIRED_KEYS = ("format_version", "vocab_size", "value_kind", "rounds", "codec", "library_version")
 MAX_DEPTH = 32
+# Maps and arrays in all: an empty one costs 1 byte to store and ~70 to decode, so without a bound 16 MiB of
+# them would take >1 GB at every open (and in every DataLoader worker).
+MAX_CONTAINERS = 65_536
 MAX_VOCAB = 1 << 32
 
 # Optional keys the library knows; their types are checked when present. Any other str key is user metadata.
@@ -120,6 +123,15 @@ def _no_ext(code: int, data: bytes) -> Any:
 def decode(data: bytes) -> dict:
     """Decode and check a metadata block read from a file."""
     n = len(data)
+    containers = 0
+
+    def counted(value: Any) -> Any:  # called as each map or array is complete: stops decoding early
+        nonlocal containers
+        containers += 1
+        if containers > MAX_CONTAINERS:
+            raise FormatError(f"metadata: more than {MAX_CONTAINERS} maps and arrays")
+        return value
+
     try:
         meta = msgpack.unpackb(
             data,
@@ -132,7 +144,8 @@ def decode(data: bytes) -> dict:
             max_array_len=n,
             max_map_len=n,
             max_ext_len=0,
-            object_pairs_hook=_unique_keys,
+            object_pairs_hook=lambda pairs: counted(_unique_keys(pairs)),
+            list_hook=counted,
         )
     except FormatError:
         raise
@@ -156,7 +169,8 @@ def check(meta: Any) -> None:
     """Check structure, required keys and the types of known keys; raise FormatError naming the key."""
     if not isinstance(meta, dict):
         raise FormatError(f"metadata: top level is {type(meta).__name__}, expected a map")
-    _check_tree(meta, 0)
+    if _check_tree(meta, 0) > MAX_CONTAINERS:
+        raise FormatError(f"metadata: more than {MAX_CONTAINERS} maps and arrays")
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
         raise FormatError(f"metadata: required keys missing: {missing}")
@@ -201,18 +215,18 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_tree(value: Any, level: int) -> None:
+def _check_tree(value: Any, level: int) -> int:
     """``level``: the containers (maps, arrays) around ``value``; the top-level map is at level 1, and a
-    container at level 33 is too deep whatever it holds."""
+    container at level 33 is too deep whatever it holds. Returns the number of containers in ``value``."""
     if isinstance(value, dict | list | tuple) and level + 1 > MAX_DEPTH:
         raise FormatError(f"metadata: maps and arrays nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, dict):
-        for key, item in value.items():
+        for key in value:
             if not isinstance(key, str):
                 raise FormatError(f"metadata: map key {key!r} is not a string")
-            _check_tree(item, level + 1)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            _check_tree(item, level + 1)
-    elif not isinstance(value, str | bytes | int | float | bool | type(None)):
+        return 1 + sum(_check_tree(item, level + 1) for item in value.values())
+    if isinstance(value, list | tuple):
+        return 1 + sum(_check_tree(item, level + 1) for item in value)
+    if not isinstance(value, str | bytes | int | float | bool | type(None)):
         raise FormatError(f"metadata: value of type {type(value).__name__} is not allowed")
+    return 0

@@ -255,3 +255,19 @@ def test_input_ids_as_lists_and_tensors():
         assert torch.equal(out["input_ids"], expected)
     with pytest.raises(InputError, match="not integers"):
         collate([SparseItem(0, ids, counts, indptr, [0.5, 1, 2, 3], 50, VOCAB)])
+
+
+def test_padding_to_one_very_wide_position_is_refused_unless_bounded():
+    """A valid probability file may hold a position of 65,535 labels: padding a 4,000-position batch to it
+    would take 3 GB for 69 K labels. Refused with the way out named; max_labels bounds it."""
+    T, wide = 4000, 65535
+    ids = np.concatenate([np.arange(wide), np.arange(T - 1)]).astype(np.uint32)
+    probs = np.full(ids.size, 1e-5, np.float16)
+    indptr = np.concatenate([[0, wide], wide + np.arange(1, T)]).astype(np.int64)
+    item = SparseItem(7, ids, probs, indptr, None, None, 70_000)
+    with pytest.raises(InputError, match=r"sequences \[7\].*\[1, 4000, 65535\].*bound K with max_labels"):
+        collate([item])
+    out = collate([item], max_labels=64, on_overflow="drop_smallest")
+    assert out["target_ids"].shape == (1, T, 64) and out["dropped_labels"][0, 0] == wide - 64
+    narrow = SparseItem(8, ids[wide:], probs[wide:], indptr[1:] - wide, None, None, 70_000)
+    assert collate([narrow] * 16)["target_ids"].shape == (16, T - 1, 1)  # ordinary batches are untouched

@@ -278,6 +278,22 @@ def _checked_options(**options: Any) -> dict[str, Any]:
     return options
 
 
+# Padding every position to the widest one is refused when it would take this many slots (12 bytes each:
+# id and weight) and more than _MAX_PADDING times the labels there are: one position of 65,535 labels in a
+# 4,000-position sequence (a valid 400 KB file) would otherwise take 3 GB.
+_PADDING_FREE_SLOTS = 1 << 24
+_MAX_PADDING = 64
+
+
+def _check_padding(B: int, T: int, K: int, labels: int, indices: np.ndarray) -> None:
+    slots = B * T * K
+    if slots > _PADDING_FREE_SLOTS and slots > _MAX_PADDING * max(labels, 1):
+        raise InputError(
+            f"collate: padding the batch (sequences {indices.tolist()[:8]}{'...' if B > 8 else ''}) to its widest "
+            f"position, {K} labels, takes [{B}, {T}, {K}] = {slots:,} slots ({12 * slots / 2**30:.1f} GiB) for "
+            f"{labels:,} labels; bound K with max_labels (and on_overflow='drop_smallest' or 'truncate')")
+
+
 def _padded_length(longest: int, pad_to: int | None, multiple: int | None) -> int:
     T = longest
     if pad_to is not None:
@@ -373,6 +389,7 @@ def _collate(batch: SequenceABC, *, max_labels: int | None, on_overflow: str, vo
         raise InputError(f"collate: sequence {indices[b]} (batch slot {b}) has an inconsistent indptr")
     K = max(1, widest if max_labels is None else min(widest, int(max_labels)))
     T = _padded_length(int(lengths.max()), pad_to, pad_to_multiple_of)
+    _check_padding(B, T, K, int(ids.shape[0]), indices)
     tokens = _batch_tokens(batch, lengths, indices)
     if tokens is not None and pad_token_id is None:
         raise InputError("collate: the items carry input ids, so pad_token_id is needed to pad them (it is None)")

@@ -286,7 +286,8 @@ def test_manifest_paths_inside_the_directory_work(shard_dir: Path, base: ff.Base
 
 HOSTILE_JSON = {
     "integer of 5000 digits": ('{"format": "sparselabels-manifest", "n": ' + "1" * 5000 + "}", "not valid JSON"),
-    "arrays nested 100,000 deep": ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
+    "arrays nested 100,000 deep": ("[" * 100_000 + "]" * 100_000, "more maps and arrays than a manifest"),
+    "arrays nested 1,000 deep in a long string": ("[" * 1_000 + "]" * 1_000 + " " * 40_000, "not valid JSON"),
     "invalid UTF-8": (b'{"format": "\xff\xfe"}', "not valid JSON"),
     "a list at the top": ("[]", "not a sparselabels manifest"),
 }
@@ -307,6 +308,7 @@ def test_manifest_totals_cannot_wrap_64_bit_prefix_sums(shard_dir: Path) -> None
     body = json.loads(manifest.read_text())
     for entry in body["shards"]:
         entry["num_positions"] = (1 << 63) - 1  # each below 2**63, their sum not
+        entry["bytes"] = (1 << 63) - 1  # (a file size that could hold them)
     body["num_positions"] = 2 * ((1 << 63) - 1)
     manifest.write_text(json.dumps(body))
     with pytest.raises(sl.FormatError, match=r"num_positions 18446744073709551614 is out of range \(>= 2\*\*63\)"):
@@ -339,8 +341,8 @@ def test_non_regular_files_are_refused_without_blocking(shard_dir: Path) -> None
                     sl.LabelFile(target, mmap=mmap)
         for name in ("fifo.slbl", "dir.slbl"):
             manifest = _manifest_with(shard_dir, name, f"{name}.json")
-            with sl.open_labels(manifest) as shards, pytest.raises(sl.FormatError, match="not a regular file"):
-                shards[0]
+            with pytest.raises(sl.FormatError, match="not a regular file"):
+                sl.open_labels(manifest)
             report = sl.validate(manifest)
             assert not report.ok and "not a regular file" in report.problems[0]
     finally:

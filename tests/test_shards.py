@@ -123,15 +123,41 @@ def test_manifest_confinement_and_staleness(tmp_path):
         bad.write_text(json.dumps(body))
         with pytest.raises(FormatError, match="shard path"):
             sl.open_labels(bad)
-    # A shard replaced after the manifest was written is caught when it is opened.
-    body = json.loads(manifest.read_text())
+    # A shard replaced after the manifest was written is caught: by its size when the manifest is opened (the
+    # counts behind len() are bounded by the sizes), by its footer when the shard is opened.
+    data = paths[1].read_bytes()
     with sl.LabelWriter(paths[1], vocab_size=300, rounds=50, overwrite=True, metadata={"teacher": "t"}) as w:
         w.write([1], [50], [0, 1], fingerprint=3)
-    with sl.open_labels(manifest) as labels, pytest.raises(FormatError, match="the shard changed"):
+    with pytest.raises(FormatError, match=r"shard 1 .*bytes is 504, the manifest says 3048; the shard changed"):
+        sl.open_labels(manifest)
+    paths[1].write_bytes(data[:-64] + bytes(a ^ 1 for a in data[-64:]))  # same size, another footer
+    with sl.open_labels(manifest) as labels, pytest.raises(FormatError, match=r"shard-00001.slbl"):
         labels[len(labels) - 1]
     paths[0].unlink()
-    with sl.open_labels(manifest) as labels, pytest.raises(FormatError, match="missing"):
-        labels[0]
+    with pytest.raises(FormatError, match=r"shard 0 .*missing"):
+        sl.open_labels(manifest)
+
+
+def test_manifest_counts_are_bounded_by_the_shard_sizes(tmp_path):
+    """len() comes from the manifest before any shard is opened: a claim of 2**62 sequences for a 6-sequence
+    shard made samplers allocate until memory ran out."""
+    paths, _ = make_shards(tmp_path / "d", count=1)
+    manifest = sl.merge(tmp_path / "d" / "manifest.json", paths)
+    body = json.loads(manifest.read_text())
+    for key in ("num_sequences", "num_positions", "num_labels"):
+        evil = json.loads(json.dumps(body))
+        evil["shards"][0][key] = evil[key] = 1 << 40
+        (tmp_path / "d" / "evil.json").write_text(json.dumps(evil))
+        with pytest.raises(FormatError, match=r"more than a .*-byte file holds"):
+            sl.open_labels(tmp_path / "d" / "evil.json")
+    evil = json.loads(json.dumps(body))
+    evil["shards"][0]["bytes"] = 1 << 50  # and the size must be the file's
+    (tmp_path / "d" / "evil.json").write_text(json.dumps(evil))
+    with pytest.raises(FormatError, match="the manifest says 1125899906842624"):
+        sl.open_labels(tmp_path / "d" / "evil.json")
+    (tmp_path / "d" / "bomb.json").write_text("[" + "{}," * 100_000 + "{}]")
+    with pytest.raises(FormatError, match="more maps and arrays than a manifest"):
+        sl.open_labels(tmp_path / "d" / "bomb.json")
 
 
 def test_malformed_manifests(tmp_path):

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import stat
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
@@ -152,8 +153,12 @@ def read_manifest(path: str | os.PathLike) -> dict:
     size = path.stat().st_size
     if size > MAX_MANIFEST_BYTES:
         raise FormatError(f"{where}: {size} bytes, more than the limit of {MAX_MANIFEST_BYTES}")
+    data = path.read_bytes()
+    # a manifest needs one map per shard and a few more: 64 MB of "{}," would decode to 1.7 GB of dicts
+    if data.count(b"{") + data.count(b"[") > len(data) // 32 + 64:
+        raise FormatError(f"{where}: more maps and arrays than a manifest's shard entries need")
     try:
-        body = json.loads(path.read_bytes())
+        body = json.loads(data)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, over-long integers
         raise FormatError(f"{where}: not valid JSON ({exc})") from None
     if not isinstance(body, dict) or body.get("format") != MANIFEST_FORMAT:
@@ -173,6 +178,12 @@ def read_manifest(path: str | os.PathLike) -> dict:
             if not isinstance(value, typ) or isinstance(value, bool) or (typ is int and not 0 <= value < 1 << 63):
                 raise FormatError(f"{where}: shard {i}: field {key!r} is missing or invalid ({value!r})")
         _confined(entry["path"], f"{where}: shard {i}")
+        # what a file of that size can hold (>= 64 bytes of index and entries per sequence; <= 20 positions or
+        # labels per byte in any codec), so a manifest cannot make len() and the samplers built on it huge
+        if entry["num_sequences"] * 64 > entry["bytes"] or max(entry["num_positions"], entry["num_labels"]) > (
+                20 * entry["bytes"]):
+            raise FormatError(f"{where}: shard {i}: counts {entry['num_sequences']}, {entry['num_positions']}, "
+                              f"{entry['num_labels']} are more than a {entry['bytes']}-byte file holds")
     for key in ("num_sequences", "num_positions", "num_labels"):
         if body.get(key) != sum(e[key] for e in shards):
             raise FormatError(f"{where}: {key} does not equal the sum over its shards")
@@ -215,8 +226,20 @@ class LabelShards(Labels):
     @classmethod
     def from_manifest(cls, path: str | os.PathLike, **kwargs) -> LabelShards:
         body = read_manifest(path)
-        return cls(body["shards"], root=Path(path).parent, metadata=body["metadata"], source=os.fspath(path),
-                   **kwargs)
+        root = Path(path).parent
+        for k, entry in enumerate(body["shards"]):  # one stat each: the sizes the counts were bounded by are real
+            shard = root / entry["path"]
+            try:
+                info = shard.stat()
+            except FileNotFoundError:
+                raise FormatError(f"shard {k} ({str(shard)!r}): file is missing") from None
+            if not stat.S_ISREG(info.st_mode):
+                raise FormatError(f"shard {k} ({str(shard)!r}): not a regular file")
+            size = info.st_size
+            if size != entry["bytes"]:
+                raise FormatError(f"shard {k} ({str(shard)!r}): bytes is {size}, the manifest says {entry['bytes']}; "
+                                  "the shard changed")
+        return cls(body["shards"], root=root, metadata=body["metadata"], source=os.fspath(path), **kwargs)
 
     @classmethod
     def from_files(cls, paths: list[Path], **kwargs) -> LabelShards:

@@ -121,13 +121,15 @@ def test_cli_export(tmp_path):
 def test_metadata_never_overrides_the_export_attributes(tmp_path):
     """The label file's own format_version and user keys named like the export's attributes used to replace
     them (and wipe metadata_json); a string with a NUL byte broke the export. All of it stays in metadata_json."""
-    meta = {"format": "chatml", "metadata_json": "x", "note": "a\x00b"}
+    meta = {"format": "chatml", "metadata_json": "x", "note": "a\x00b", "": 1, "k" * 70_000: 2, "a\x00": 3, "ok": 4}
     with sl.LabelWriter(tmp_path / "m.slbl", vocab_size=10, rounds=50, metadata=meta) as w:
         w.write(np.array([3], np.uint32), np.array([50], np.uint8), np.array([0, 1]))
     out = export_hdf5(tmp_path / "m.slbl", tmp_path / "m.h5")
     with h5py.File(out, "r") as h5, sl.open_labels(tmp_path / "m.slbl") as f:
         assert h5.attrs["format"] == "sparselabels-hdf5" and h5.attrs["format_version"] == 1
-        assert int(h5.attrs["rounds"]) == 50 and "note" not in h5.attrs
+        assert int(h5.attrs["rounds"]) == 50 and "note" not in h5.attrs and h5.attrs["ok"] == 4
+        assert sorted(h5.attrs) == sorted(["format", "format_version", "metadata_json", "rounds", "ok", "vocab_size",
+                                           "value_kind", "codec", "library_version"])  # odd names: JSON only
         assert json.loads(h5.attrs["metadata_json"]) == json.loads(json.dumps(f.metadata))
     with pytest.raises(sl.InputError, match="is the input"):
         export_hdf5(tmp_path / "m.slbl", tmp_path / "m.slbl", overwrite=True)

@@ -294,3 +294,33 @@ def test_directories_of_unfinished_or_incomplete_runs_are_refused(tmp_path):
     shutil.copyfile(run / "shard-00000-of-00003.slbl", run / "shard-00005-of-00003.slbl")  # no such rank
     with pytest.raises(FormatError, match="not as one complete run \\(a shard numbered 5"):
         sl.open_labels(run)
+
+
+def test_commands_over_more_shards_than_descriptors(tmp_path):
+    """info, merge --copy and export read a directory of 400 shards under a limit of 350 descriptors: each
+    keeps at most max_open (256) shards open, and none holds on to the ones it dropped."""
+    import subprocess
+    import sys
+    import textwrap
+
+    d = tmp_path / "d"
+    d.mkdir()
+    for k in range(400):
+        with sl.LabelWriter(d / f"s{k:04d}.slbl", vocab_size=300, rounds=50, durable=False) as w:
+            w.write([k % 300], [50], [0, 1])
+    script = textwrap.dedent(f"""
+        import resource, sys
+        import h5py, torch  # imported before the limit: their libraries are not what is tested
+        from sparselabels.cli.main import main
+        resource.setrlimit(resource.RLIMIT_NOFILE, (350, 350))
+        d, out = {str(d)!r}, {str(tmp_path)!r}
+        for argv in (["info", d], ["merge", "--copy", out + "/all.slbl", d], ["export", d, out + "/all.h5"]):
+            code = main(argv)
+            print(argv[0], code, file=sys.stderr)
+            if code:
+                sys.exit(code)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with sl.open_labels(tmp_path / "all.slbl") as merged:
+        assert len(merged) == 400 and merged[399].ids.tolist() == [399 % 300]

@@ -7,7 +7,7 @@ import json
 import os
 
 from sparselabels.io.reader import LabelFile
-from sparselabels.io.shards import LabelShards, open_labels
+from sparselabels.io.shards import open_labels
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -20,9 +20,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def describe(path: str) -> dict:
     """The facts ``info`` prints, as a dict."""
     with open_labels(path) as labels:
-        files = [labels] if isinstance(labels, LabelFile) else [
-            labels.shard(k) for k in range(labels.num_shards)] if isinstance(labels, LabelShards) else []
-        total_bytes = sum(f.file_size for f in files)
+        # each shard's facts, not the shards: a set of thousands keeps at most max_open of them open
+        shards = [] if isinstance(labels, LabelFile) else [_shard_facts(labels.shard(k))
+                                                            for k in range(labels.num_shards)]
+        total_bytes = labels.file_size if isinstance(labels, LabelFile) else sum(s["bytes"] for s in shards)
         positions = labels.num_positions
         out = {
             "path": path,
@@ -44,9 +45,13 @@ def describe(path: str) -> dict:
                 "fingerprints": labels.fingerprints is not None,
             })
         else:
-            out["shards"] = [{"path": os.fspath(f.path), "sequences": len(f), "positions": f.num_positions,
-                              "bytes": f.file_size, "codec": f.codec.name} for f in files]
+            out["shards"] = shards
         return out
+
+
+def _shard_facts(f: LabelFile) -> dict:
+    return {"path": os.fspath(f.path), "sequences": len(f), "positions": f.num_positions, "bytes": f.file_size,
+            "codec": f.codec.name}
 
 
 def _jsonable(value):

@@ -20,6 +20,7 @@ from sparselabels.io.shards import (
     check_fingerprints_agree,
     check_manifest_name,
     common_metadata,
+    footer_crc32,
     open_labels,
     write_manifest,
 )
@@ -65,36 +66,44 @@ def merge(out: str | os.PathLike, inputs: list[str | os.PathLike], *, copy: bool
 
 
 def _merge_copy(out: Path, files: list[Path], *, codec: str | None, overwrite: bool) -> Path:
-    opened = [LabelFile(p, verify="index") for p in files]
-    try:
-        first = opened[0]
-        for f in opened[1:]:
-            check_compatible(first.metadata, f.metadata, what=f"input {f.path!r}", reference_name=first.path)
-        check_fingerprints_agree(f.fingerprints is not None for f in opened if len(f))
-        codecs = {f.codec.name for f in opened}
-        target = codec or (codecs.pop() if len(codecs) == 1 else None)
-        if target is None:
-            raise CompatibilityError(f"inputs use different codecs {sorted(codecs)}; choose one with codec=...")
-        metas = [f.metadata for f in opened]
-        merged = {k: v for k, v in common_metadata(metas).items() if k not in REQUIRED_KEYS}
-        differing = sorted({k for m in metas for k in m} - set(merged) - set(REQUIRED_KEYS))
-        if differing:
-            merged["merged_from"] = [
-                {"file": Path(f.path).name, "num_sequences": len(f), **{k: f.metadata.get(k) for k in differing}}
-                for f in opened
-            ]
-        # a merge cannot resume: a failure leaves no partial file that would block the next attempt
-        with LabelWriter(out, vocab_size=first.vocab_size, rounds=first.rounds, value_kind=first.value_kind,
-                         codec=target, metadata=merged, overwrite=overwrite, resumable=False) as writer:
-            for f in opened:
+    # one input open at a time (thousands of shards must not need a descriptor each): a first pass checks
+    # that they agree, a second copies them, each checked again against what the first pass saw
+    facts = []
+    for p in files:
+        with LabelFile(p, verify="index") as f:
+            facts.append({"path": f.path, "metadata": f.metadata, "codec": f.codec.name, "sequences": len(f),
+                          "fingerprints": f.fingerprints is not None, "identity": (f.file_size, footer_crc32(f))})
+    first = facts[0]
+    for fact in facts[1:]:
+        check_compatible(first["metadata"], fact["metadata"], what=f"input {fact['path']!r}",
+                         reference_name=first["path"])
+    check_fingerprints_agree(fact["fingerprints"] for fact in facts if fact["sequences"])
+    codecs = {fact["codec"] for fact in facts}
+    target = codec or (codecs.pop() if len(codecs) == 1 else None)
+    if target is None:
+        raise CompatibilityError(f"inputs use different codecs {sorted(codecs)}; choose one with codec=...")
+    metas = [fact["metadata"] for fact in facts]
+    merged = {k: v for k, v in common_metadata(metas).items() if k not in REQUIRED_KEYS}
+    differing = sorted({k for m in metas for k in m} - set(merged) - set(REQUIRED_KEYS))
+    if differing:
+        merged["merged_from"] = [
+            {"file": Path(fact["path"]).name, "num_sequences": fact["sequences"],
+             **{k: fact["metadata"].get(k) for k in differing}}
+            for fact in facts
+        ]
+    ref = first["metadata"]
+    # a merge cannot resume: a failure leaves no partial file that would block the next attempt
+    with LabelWriter(out, vocab_size=ref["vocab_size"], rounds=ref["rounds"], value_kind=ref["value_kind"],
+                     codec=target, metadata=merged, overwrite=overwrite, resumable=False) as writer:
+        for p, fact in zip(files, facts, strict=True):
+            with LabelFile(p, verify="index") as f:
+                if (f.file_size, footer_crc32(f)) != fact["identity"]:
+                    raise CompatibilityError(f"input {f.path!r} changed during the merge; merge again")
                 if f.codec.name == target:
                     _copy_chunks(f, writer)
                 else:
                     _reencode(f, writer)
-        return out
-    finally:
-        for f in opened:
-            f.close()
+    return out
 
 
 def _copy_chunks(f: LabelFile, writer: LabelWriter) -> None:

@@ -102,7 +102,7 @@ def export_hdf5(labels: str | os.PathLike, out: str | os.PathLike, *, compressio
                             "metadata_json": json.dumps(meta, default=_json_default, sort_keys=True),
                             "rounds": int(meta.get("rounds") or 0)}
                 for key, value in meta.items():
-                    if key not in reserved and _attribute_value(value):
+                    if key not in reserved and _attribute_name(key) and _attribute_value(value):
                         h5.attrs[key] = value
                 for key, value in reserved.items():
                     h5.attrs[key] = value
@@ -123,8 +123,9 @@ def export_hdf5(labels: str | os.PathLike, out: str | os.PathLike, *, compressio
                 base = 0
                 for i in range(num_seq):
                     s = src[i]
-                    ids.add(np.asarray(s.ids, dtype=np.uint32))
-                    vals.add(np.asarray(s.counts, dtype=values_dtype))
+                    # copies: a buffered view would keep an evicted shard's map (and descriptor) alive
+                    ids.add(np.array(s.ids, dtype=np.uint32))
+                    vals.add(np.array(s.counts, dtype=values_dtype))
                     indptr.add(np.asarray(s.indptr[1:], dtype=np.int64) + base)
                     base += s.num_labels
                 for appender in (ids, vals, indptr):
@@ -137,6 +138,12 @@ def export_hdf5(labels: str | os.PathLike, out: str | os.PathLike, *, compressio
             partial.unlink(missing_ok=True)
             raise
     return out
+
+
+def _attribute_name(key: str) -> bool:
+    """Names HDF5 takes for attributes (not empty, no NUL, short: an attribute lives in a 64 KiB object
+    header); other keys stay in metadata_json only."""
+    return 0 < len(key.encode("utf-8", "surrogatepass")) <= 1024 and "\x00" not in key
 
 
 def _attribute_value(value) -> bool:

@@ -413,3 +413,14 @@ def test_metadata_of_many_empty_containers_is_refused_early(tmp_path: Path) -> N
     stored["x"] = [{}] * 2_000_000
     with pytest.raises(sl.FormatError, match="more than 65536 maps and arrays"):
         meta_format.decode(msgpack.packb(stored, use_bin_type=True))
+
+
+@pytest.mark.parametrize("codec", ["raw", "rans"])
+def test_record_capacity_checks_never_wrap(codec) -> None:
+    """Index or chunk-entry claims near 2**63 (CRC-sealed by a hostile writer) must fail the capacity check,
+    not wrap past it: the rans bound on positions and labels together once let resume keep such a chunk."""
+    from sparselabels.codecs import get_codec
+
+    big = (1 << 63) - 1
+    over = get_codec(codec).over_capacity(np.array([big, 9, big, 0]), np.array([9, big, big, 0]), np.array([8] * 4))
+    assert over.tolist() == [True, True, True, False]

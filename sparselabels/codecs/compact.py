@@ -79,8 +79,10 @@ class CompactCodec(Codec):
     def over_capacity(cls, positions, labels, record_sizes):
         """Stream 0 holds one symbol per position and one per label, <= 19.9 per byte of the record
         (spec/codecs/rans.md section 5): positions and labels together are bounded, not only each alone."""
-        sizes = np.asarray(record_sizes, dtype=np.int64)
-        return np.asarray(positions) + np.asarray(labels) > sizes * cls.max_positions_per_byte
+        cap = np.asarray(record_sizes, dtype=np.int64) * cls.max_positions_per_byte
+        positions, labels = np.asarray(positions, dtype=np.int64), np.asarray(labels, dtype=np.int64)
+        # each alone first, then the sum as cap - labels: claims near 2**63 must not wrap past the check
+        return (positions > cap) | (labels > cap) | (positions > cap - labels)
 
     def __reduce__(self):  # picklable (the cache and its lock are rebuilt, not copied)
         return (type(self), (self._cache_size,))

@@ -3,7 +3,8 @@
 The big parts of these files are holes in sparse files: a sequence of 2**32 + 5 empty positions is, in the raw
 codec, 2**32 + 8 zero bytes, so it is valid and costs no disk. Its chunk CRC is computed without reading
 zeros (the CRC of appended zero bytes is a linear map, raised to the n-th power by squaring). A second file
-carries a *constructed index*: one sequence claiming 2**32 + 7 labels in a 2**32 + 8-byte record of zeros;
+carries a *constructed index*: one sequence claiming 2**32 + 7 labels (in the 2**32 / 50 positions the label
+rules need for them) in a 2**32 + 8-byte record of zeros;
 it is never decoded successfully (reading it is a clean FormatError) but it puts every later label offset
 past 2**32. Small real sequences after the holes are read back exactly, one by one, across sequence and
 shard boundaries, from the files, from a manifest over them and from a copy-merge of them.
@@ -40,6 +41,7 @@ VOCAB = 128_256
 ROUNDS = 50
 BIG_POSITIONS = (1 << 32) + 5
 BIG_LABELS = (1 << 32) + 7
+CLAIM_POSITIONS = -(-BIG_LABELS // ROUNDS)  # the fewest positions that may hold them (<= rounds labels each)
 GiB = 1 << 30
 
 
@@ -214,8 +216,9 @@ def big_files(tmp_path_factory):
     head, tail, small = _real_sequences(rng, 2), _real_sequences(rng, 4), _real_sequences(rng, 3)
     # positions: 2 small sequences, 2**32+5 empty positions (a 4 GiB hole), 4 small sequences after it
     write_sparse_file(directory / "positions.slbl", [head, [_empty_positions(BIG_POSITIONS)], tail])
-    # labels: a constructed sequence claiming 2**32+7 labels in a 2**32+8-byte record, then small ones
-    claim = Seq(1, BIG_LABELS, (1 << 32) + 8, 777)
+    # labels: a constructed sequence claiming 2**32+7 labels (in as few positions as the label rules allow) in a
+    # 2**32+8-byte record, then small ones
+    claim = Seq(CLAIM_POSITIONS, BIG_LABELS, (1 << 32) + 8, 777)
     labels_tail = _real_sequences(rng, 3)
     write_sparse_file(directory / "labels.slbl", [[claim], labels_tail])
     write_sparse_file(directory / "small.slbl", [small])
@@ -268,10 +271,13 @@ def test_label_offsets_past_2_32(big_files: dict, mmap: bool) -> None:
         for i, expected in enumerate(labels_tail, start=1):
             _assert_same(f[i], expected)
         if mmap:  # decoding the constructed record is a clean error that prints the 64-bit counts exactly
-            needed = (4 + 5 * BIG_LABELS + 7) // 8 * 8  # 1 lpp byte padded to 4, ids, counts, padded to 8
-            with pytest.raises(sl.FormatError, match=rf"sequence 0: raw record is {(1 << 32) + 8} bytes; 1 positions "
-                                                     rf"and {BIG_LABELS} labels need exactly {needed}$"):
-                f[0]
+            # lpp bytes padded to 4, ids, counts, padded to 8
+            needed = ((CLAIM_POSITIONS + 3) // 4 * 4 + 5 * BIG_LABELS + 7) // 8 * 8
+            with pytest.raises(sl.FormatError, match=rf"sequence 0: raw record is {(1 << 32) + 8} bytes; "
+                                                     rf"{CLAIM_POSITIONS} positions and {BIG_LABELS} labels need "
+                                                     rf"exactly {needed}$"), sl.open_labels(
+                    path, max_sequence_positions=CLAIM_POSITIONS) as g:
+                g[0]  # (the record's size is checked before anything is allocated)
 
 
 def test_manifest_over_big_shards(big_files: dict) -> None:

@@ -377,24 +377,20 @@ class LabelFile(Labels):
         src = self._opened()
         record = src.view(int(col["record_offset"][index]), int(col["record_size"][index]), f"sequence {index}")
         if self._has_tables:
-            chunk = int(np.searchsorted(col["chunk_first_sequence"], index, side="right")) - 1
+            chunk = self._chunk_index(index)
             table = src.view(int(col["chunk_table_offset"][chunk]), int(col["chunk_table_size"][chunk]),
                              f"table of chunk {chunk}")
         else:
             table = _EMPTY
         return record, table
 
-    def _chunk_of(self, index: int) -> str:
-        """" (chunk c)" for messages about a sequence whose decoding involves its chunk's table, else ""."""
-        if not self._has_tables:
-            return ""
-        return f" (chunk {int(np.searchsorted(self._col['chunk_first_sequence'], index, side='right')) - 1})"
+    def _chunk_index(self, index: int) -> int:
+        """The chunk holding sequence ``index``."""
+        return int(np.searchsorted(self._col["chunk_first_sequence"], index, side="right")) - 1
 
     def _chunk_of(self, index: int) -> str:
         """" (chunk c)" for messages about a sequence whose decoding involves its chunk's table, else ""."""
-        if not self._has_tables:
-            return ""
-        return f" (chunk {int(np.searchsorted(self._col['chunk_first_sequence'], index, side='right')) - 1})"
+        return f" (chunk {self._chunk_index(index)})" if self._has_tables else ""
 
     def read(self, index: int, *, check: bool = True) -> Sequence:
         index = self._sequence_index(index, f" in {self.path!r}")

@@ -49,8 +49,8 @@ class ByteSource:
 class MmapSource(ByteSource):
     """Zero-copy views into a read-only memory map of the whole file (the map holds the only descriptor)."""
 
-    def __init__(self, path: str, fd: int, info: os.stat_result) -> None:
-        super().__init__(path, info.st_size)
+    def __init__(self, path: str, fd: int, size: int) -> None:
+        super().__init__(path, size)
         self._map = mmap.mmap(fd, self.size, access=mmap.ACCESS_READ) if self.size else None
         self._array = (
             np.frombuffer(self._map, dtype=np.uint8) if self._map is not None else np.zeros(0, np.uint8)
@@ -93,8 +93,8 @@ class MmapSource(ByteSource):
 class PreadSource(ByteSource):
     """Positioned reads through a descriptor of its own; every view is a fresh array."""
 
-    def __init__(self, path: str, fd: int, info: os.stat_result) -> None:
-        super().__init__(path, info.st_size)
+    def __init__(self, path: str, fd: int, size: int) -> None:
+        super().__init__(path, size)
         self._fd = os.dup(fd)
 
     def close(self) -> None:
@@ -126,6 +126,6 @@ def open_source(path: str, *, use_mmap: bool) -> ByteSource:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise FormatError(f"file {path!r}: not a regular file")
-        return MmapSource(path, fd, info) if use_mmap else PreadSource(path, fd, info)
+        return MmapSource(path, fd, info.st_size) if use_mmap else PreadSource(path, fd, info.st_size)
     finally:
         os.close(fd)

@@ -303,16 +303,6 @@ def check_logprobs(rows, tolerance: float, describe: Callable[[int], str]) -> No
                          f"(tolerance {tolerance}); if the input holds logits, use kind='logits'")
 
 
-def check_finite(rows, vocab_size: int, describe: Callable[[int], str]) -> None:
-    """The sampler's check of every row (no NaN or +inf, some finite logit), with rows named by ``describe``."""
-    from sparselabels.sampling.checks import as_rows, first_bad_row, raise_for_bad_row
-
-    checked = as_rows(rows, vocab_size)
-    row = first_bad_row(checked)
-    if row is not None:
-        raise_for_bad_row(checked, row, where=describe(row))
-
-
 def _label_chunk(rows, row_ids, *, topk: int | None, rounds: int, temperature: float, vocab_size: int,
                  seed: int) -> CsrLabels:
     if topk is not None:
@@ -448,7 +438,9 @@ def convert(
                             csr = _label_chunk(rows, row_ids, topk=topk, rounds=rounds, temperature=temperature,
                                                vocab_size=vocab, seed=seed)
                         except InputError:  # a NaN/inf row first, named in the input's terms (only on this path)
-                            check_finite(rows, vocab, describe)
+                            from sparselabels.sampling.checks import as_rows, check_rows_finite
+
+                            check_rows_finite(as_rows(rows, vocab), describe)
                             raise
                     else:
                         csr = concat_csr([])

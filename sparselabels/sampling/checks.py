@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,20 +134,16 @@ def as_rows(logits: torch.Tensor, vocab_size: int | None) -> Rows:
     return Rows(logits.reshape(-1, width), tuple(logits.shape[:-1]), vocab)
 
 
-def check_rows_finite(rows: Rows) -> None:
-    """Raise :class:`InputError` for the first row with NaN, +inf, or no finite logit (one host sync)."""
-    row = first_bad_row(rows)
-    if row is not None:
-        raise_for_bad_row(rows, row)
-
-
-def first_bad_row(rows: Rows) -> int | None:
-    """The first row with NaN, +inf, or no finite logit, or None."""
+def check_rows_finite(rows: Rows, describe: Callable[[int], str] | None = None) -> None:
+    """Raise :class:`InputError` for the first row with NaN, +inf, or no finite logit (one host sync);
+    ``describe(row)`` names the row in the error, when the caller knows it better than its index in ``rows``."""
     if rows.num_rows == 0:
-        return None
+        return
     x = rows.valid
     bad = torch.isnan(x).any(-1) | torch.isposinf(x).any(-1) | ~(x > float("-inf")).any(-1)
-    return int(torch.nonzero(bad)[0, 0]) if bool(bad.any()) else None
+    if bool(bad.any()):
+        row = int(torch.nonzero(bad)[0, 0])
+        raise_for_bad_row(rows, row, where=describe(row) if describe is not None else None)
 
 
 def raise_for_bad_row(rows: Rows, row: int, *, note: str = "", where: str | None = None) -> None:

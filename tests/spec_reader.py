@@ -229,7 +229,10 @@ def read(path) -> dict:
     per_position = meta["rounds"] if kind == "count" else 65535
     many = np.flatnonzero((seq_lab + per_position - 1) // per_position > seq_pos)  # M > per_position * T
     _need(not many.size, f"index: sequence {many[0] if many.size else 0} claims more labels than its positions hold")
-    over = np.flatnonzero((seq_pos > per_byte * rec_size) | (seq_lab > per_byte * rec_size))
+    over = (seq_pos > per_byte * rec_size) | (seq_lab > per_byte * rec_size)
+    if meta["codec"] == "rans":  # rans.md section 5: positions and labels together, T + M <= 20·B
+        over |= seq_pos > per_byte * rec_size - np.minimum(seq_lab, per_byte * rec_size)
+    over = np.flatnonzero(over)
     _need(not over.size, f"index: sequence {over[0] if over.size else 0} claims more than its record can hold")
     # full validation: chunk headers and entries (section 6); then 6. every record and its labels
     sequences = []

@@ -31,6 +31,7 @@ from sparselabels.format.layout import (
     crc32,
     entry_size,
 )
+from sparselabels.io.remote import is_url
 from sparselabels.io.sequence import Sequence
 from sparselabels.io.source import ByteSource, open_source
 
@@ -65,6 +66,16 @@ class Labels(abc.ABC):
         """Sequence ``index`` (negative counts from the end). With ``check`` (the default) the record's CRC-32 is
         verified before it is decoded and the labels are checked against the label rules, so a damaged file never
         reads back as different labels; ``check=False`` skips both, for data verified as a whole."""
+
+    def prefetch(self, indices) -> None:  # noqa: B027 - local sources have nothing to start early
+        """Start fetching the bytes of sequences ``indices`` without waiting (a remote store fetches them
+        concurrently, coalesced; local files need nothing). A hint: bad indices are left to the reads."""
+
+    def read_many(self, indices, *, check: bool = True) -> list[Sequence]:
+        """Sequences ``indices`` (a batch), each as :meth:`read` returns it; their bytes are fetched together."""
+        indices = list(indices)
+        self.prefetch(indices)
+        return [self.read(i, check=check) for i in indices]
 
     @property
     @abc.abstractmethod
@@ -157,17 +168,19 @@ class LabelFile(Labels):
     read verifies its record's CRC-32 and the label rules whatever the level (see :meth:`read`).
     ``max_sequence_positions`` bounds what one read may allocate: a longer sequence is refused rather than
     trusted (the default, 2**24, is far above real documents; raise it for genuinely longer sequences).
-    Instances pickle by path and reopen lazily in the receiving process (DataLoader workers).
+    Instances pickle by path and reopen lazily in the receiving process (DataLoader workers). ``path`` may be
+    a URL (``s3://...``; ``remote`` holds the fsspec options and caches, see :mod:`sparselabels.io.remote`).
     """
 
     def __init__(self, path: str | os.PathLike, *, mmap: bool = True, verify: str = "index",
-                 max_sequence_positions: int = DEFAULT_MAX_SEQUENCE_POSITIONS) -> None:
+                 max_sequence_positions: int = DEFAULT_MAX_SEQUENCE_POSITIONS, remote=None) -> None:
         if verify not in VERIFY_LEVELS:
             raise InputError(f"verify must be one of {VERIFY_LEVELS}, got {verify!r}")
         self.path = os.fspath(path)
         self._use_mmap = mmap
         self._verify = verify
         self.max_sequence_positions = check_int("max_sequence_positions", max_sequence_positions, 1)
+        self._remote = remote
         self._source: ByteSource | None = None
         self._open()
 
@@ -176,7 +189,13 @@ class LabelFile(Labels):
         return FormatError(f"file {self.path!r}: {message}")
 
     def _open(self) -> None:
-        self._source = open_source(self.path, use_mmap=self._use_mmap)  # OSError (missing file...) passes through
+        if self._remote is not None or is_url(self.path):
+            from sparselabels.io.remote import RemoteOptions, RemoteSource
+
+            self._remote = self._remote or RemoteOptions()
+            self._source = RemoteSource(self.path, self._remote)
+        else:
+            self._source = open_source(self.path, use_mmap=self._use_mmap)  # OSError (missing file...) passes through
         try:
             self._read_structure()
             if self._verify == "full":
@@ -392,6 +411,21 @@ class LabelFile(Labels):
         """" (chunk c)" for messages about a sequence whose decoding involves its chunk's table, else ""."""
         return f" (chunk {self._chunk_index(index)})" if self._has_tables else ""
 
+    def prefetch(self, indices) -> None:
+        fetch = getattr(self._opened(), "prefetch", None)
+        if fetch is None:
+            return
+        col, n = self._index(), len(self)
+        ranges = []
+        for i in indices:
+            if -n <= i < n:
+                i %= n
+                ranges.append((int(col["record_offset"][i]), int(col["record_size"][i])))
+                if self._has_tables:
+                    c = self._chunk_index(i)
+                    ranges.append((int(col["chunk_table_offset"][c]), int(col["chunk_table_size"][c])))
+        fetch(ranges)
+
     def read(self, index: int, *, check: bool = True) -> Sequence:
         index = self._sequence_index(index, f" in {self.path!r}")
         record, table = self.record_bytes(index)
@@ -433,12 +467,14 @@ class LabelFile(Labels):
     # -- pickling: by path, reopened in the receiving process ---------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "mmap": self._use_mmap, "verify": self._verify,
-                "max_sequence_positions": self.max_sequence_positions, "identity": self._identity()}
+                "max_sequence_positions": self.max_sequence_positions, "identity": self._identity(),
+                "remote": self._remote}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.path = state["path"]
         self._use_mmap = state["mmap"]
         self.max_sequence_positions = state["max_sequence_positions"]
+        self._remote = state.get("remote")
         self._verify = "structure"  # the sending process already verified the index
         self._source = None
         self._open()

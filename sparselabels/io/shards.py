@@ -17,7 +17,7 @@ import re
 import secrets
 import stat
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -27,6 +27,7 @@ from sparselabels._forksafe import ForkSafeLock
 from sparselabels.errors import CompatibilityError, FormatError, InputError, check_int
 from sparselabels.format.metadata import COMPATIBILITY_KEYS
 from sparselabels.io.reader import DEFAULT_MAX_SEQUENCE_POSITIONS, LabelFile, Labels
+from sparselabels.io.remote import is_url
 from sparselabels.io.sequence import Sequence
 
 MANIFEST_FORMAT = "sparselabels-manifest"
@@ -83,32 +84,21 @@ def check_manifest_name(path: Path, hint: str = "") -> None:
         raise InputError(f"{path}: a manifest is JSON; name it *.json{hint}")
 
 
-def write_manifest(path: str | os.PathLike, shards: list[str | os.PathLike]) -> Path:
-    """Write a manifest at ``path`` (``*.json``) for shard files that live in its directory tree (checked
-    compatible)."""
-    path = Path(path)
-    check_manifest_name(path)
-    root = path.parent.resolve()
+def manifest_body(named: Iterable[tuple[str, str, Callable[[], LabelFile]]]) -> dict:
+    """A manifest's content for shards given as (path relative to the manifest, name for messages, opener),
+    checked compatible; each shard is opened in turn and closed again."""
     entries, metas, first_name, with_fingerprints = [], [], None, []
-    for shard in shards:
-        shard_path = Path(shard).resolve()
-        try:
-            rel = shard_path.relative_to(root)
-        except ValueError:
-            raise CompatibilityError(
-                f"shard {str(shard)!r} is outside the manifest's directory {str(root)!r}; a manifest may only "
-                "list files beside or below it (or merge with copy=True)"
-            ) from None
-        with LabelFile(shard_path) as f:
+    for rel, name, opener in named:
+        with opener() as f:
             if metas:
-                check_compatible(metas[0], f.metadata, what=f"shard {str(shard)!r}", reference_name=first_name)
+                check_compatible(metas[0], f.metadata, what=f"shard {name!r}", reference_name=first_name)
             else:
-                first_name = str(shard)
+                first_name = name
             metas.append(f.metadata)
             if len(f):
                 with_fingerprints.append(f.fingerprints is not None)
             entries.append({
-                "path": rel.as_posix(),
+                "path": rel,
                 "bytes": f.file_size,
                 "num_sequences": len(f),
                 "num_positions": f.num_positions,
@@ -118,7 +108,7 @@ def write_manifest(path: str | os.PathLike, shards: list[str | os.PathLike]) -> 
     if not entries:
         raise CompatibilityError("a manifest needs at least one shard")
     check_fingerprints_agree(with_fingerprints)
-    body = {
+    return {
         "format": MANIFEST_FORMAT,
         "manifest_version": MANIFEST_VERSION,
         "num_sequences": sum(e["num_sequences"] for e in entries),
@@ -127,6 +117,26 @@ def write_manifest(path: str | os.PathLike, shards: list[str | os.PathLike]) -> 
         "metadata": common_metadata(metas),
         "shards": entries,
     }
+
+
+def write_manifest(path: str | os.PathLike, shards: list[str | os.PathLike]) -> Path:
+    """Write a manifest at ``path`` (``*.json``) for shard files that live in its directory tree (checked
+    compatible)."""
+    path = Path(path)
+    check_manifest_name(path)
+    root = path.parent.resolve()
+    named = []
+    for shard in shards:
+        shard_path = Path(shard).resolve()
+        try:
+            rel = shard_path.relative_to(root)
+        except ValueError:
+            raise CompatibilityError(
+                f"shard {str(shard)!r} is outside the manifest's directory {str(root)!r}; a manifest may only "
+                "list files beside or below it (or merge with copy=True)"
+            ) from None
+        named.append((rel.as_posix(), str(shard), lambda p=shard_path: LabelFile(p)))
+    body = manifest_body(named)
     # A temporary name of its own (two merges writing one manifest must not write into each other's file),
     # synced before the rename so that readers only ever see a complete manifest.
     # (os.open rather than mkstemp, whose files are 0600: other users of a shared cluster must read the manifest
@@ -153,7 +163,11 @@ def read_manifest(path: str | os.PathLike) -> dict:
     size = path.stat().st_size
     if size > MAX_MANIFEST_BYTES:
         raise FormatError(f"{where}: {size} bytes, more than the limit of {MAX_MANIFEST_BYTES}")
-    data = path.read_bytes()
+    return parse_manifest(path.read_bytes(), where)
+
+
+def parse_manifest(data: bytes, where: str) -> dict:
+    """Check a manifest's bytes (at most MAX_MANIFEST_BYTES, read by the caller) as :func:`read_manifest` does."""
     # a manifest needs one map per shard and a few more: 64 MB of "{}," would decode to 1.7 GB of dicts
     if data.count(b"{") + data.count(b"[") > len(data) // 32 + 64:
         raise FormatError(f"{where}: more maps and arrays than a manifest's shard entries need")
@@ -278,7 +292,14 @@ class LabelShards(Labels):
         return len(self._entries)
 
     def shard_paths(self) -> list[Path]:
-        return [self._root / e["path"] for e in self._entries]
+        return [self._shard_location(k) for k in range(self.num_shards)]
+
+    def _shard_location(self, k: int):
+        """Where shard ``k`` lives (a remote shard set gives URLs)."""
+        return self._root / self._entries[k]["path"]
+
+    def _new_file(self, location, verify: str) -> LabelFile:
+        return LabelFile(location, mmap=self._mmap, verify=verify, max_sequence_positions=self._max_sequence_positions)
 
     def shard(self, k: int) -> LabelFile:
         """Shard ``k``, opened (and checked against its manifest entry) on first use."""
@@ -310,13 +331,13 @@ class LabelShards(Labels):
 
     def _open_shard(self, k: int) -> LabelFile:
         entry = self._entries[k]
-        path = self._root / entry["path"]
+        path = self._shard_location(k)
         where = f"shard {k} ({str(path)!r})"
         # reopened after eviction: the footer (which holds the index CRC) is compared with the entry below, so
         # the index CRC need not be computed again; the structure is always checked
         verify = "structure" if k in self._verified and self._verify == "index" else self._verify
         try:
-            f = LabelFile(path, mmap=self._mmap, verify=verify, max_sequence_positions=self._max_sequence_positions)
+            f = self._new_file(path, verify)
         except FileNotFoundError:
             raise FormatError(f"{where}: file is missing") from None
         found = {"bytes": f.file_size, "num_sequences": len(f), "num_positions": f.num_positions,
@@ -355,6 +376,19 @@ class LabelShards(Labels):
         k, local = self.locate_sequence(index)
         s = self.shard(k).read(local, check=check)
         return Sequence(s.ids, s.counts, s.indptr, s.fingerprint, index)
+
+    def prefetch(self, indices) -> None:
+        """Group ``indices`` by shard and start each shard's fetches (see :meth:`Labels.prefetch`)."""
+        for k, local in self._by_shard(indices).items():
+            self.shard(k).prefetch(local)
+
+    def _by_shard(self, indices) -> dict[int, list[int]]:
+        n, groups = len(self), {}
+        for i in indices:
+            if -n <= i < n:
+                k, local = self.locate_sequence(i % n)
+                groups.setdefault(k, []).append(local)
+        return groups
 
     def _locate(self, position: int) -> tuple[int, int]:
         k = int(np.searchsorted(self._pos_starts, position, side="right")) - 1
@@ -411,16 +445,23 @@ def shard_files(directory: Path) -> list[Path]:
     when the shards of a labeling run (``shard-RRRRR-of-WWWWW``) are not all there: the directory would read as
     a dataset silently missing sequences."""
     names = {p.name for p in directory.iterdir()}
+    files = {n for n in names if n.endswith(SHARD_SUFFIX) and (directory / n).is_file()}
+    return [directory / n for n in shard_names(names, files, str(directory))]
+
+
+def shard_names(names: Iterable[str], files: Iterable[str], directory: str) -> list[str]:
+    """The shard file names among a directory's ``names`` (``files``: those that are regular files), in order,
+    checked as :func:`shard_files` describes."""
     unfinished = sorted(n for n in names if n.endswith(SHARD_SUFFIX + ".partial"))
     if unfinished:
-        raise FormatError(f"directory {str(directory)!r} holds {unfinished[0]}, an unfinished label file (a writer "
+        raise FormatError(f"directory {directory!r} holds {unfinished[0]}, an unfinished label file (a writer "
                           "is running or was interrupted): finish or resume it before reading the directory")
-    files = sorted(directory / n for n in names if n.endswith(SHARD_SUFFIX) and (directory / n).is_file())
-    if not files:
-        raise FormatError(f"directory {str(directory)!r} holds no {MANIFEST_NAME} and no *{SHARD_SUFFIX} files")
+    found = sorted(n for n in files if n.endswith(SHARD_SUFFIX))
+    if not found:
+        raise FormatError(f"directory {directory!r} holds no {MANIFEST_NAME} and no *{SHARD_SUFFIX} files")
     runs: dict[int, set[int]] = {}
-    for p in files:
-        m = RUN_SHARD_RE.match(p.name)
+    for name in found:
+        m = RUN_SHARD_RE.match(name)
         if m:
             runs.setdefault(int(m.group(2)), set()).add(int(m.group(1)))
     for world_size, ranks in runs.items():
@@ -429,17 +470,29 @@ def shard_files(directory: Path) -> list[Path]:
         if missing or stray or len(runs) > 1:
             what = (f"shard {missing[0]} is missing" if missing else f"a shard numbered {stray[0]}" if stray
                     else f"shards of runs with {sorted(runs)} ranks")
-            raise FormatError(f"directory {str(directory)!r} holds the shards of a {world_size}-rank labeling run "
+            raise FormatError(f"directory {directory!r} holds the shards of a {world_size}-rank labeling run "
                               f"but not as one complete run ({what})")
-    return files
+    return found
 
 
 def open_labels(path: str | os.PathLike, *, mmap: bool = True, verify: str = "index", max_open: int = DEFAULT_MAX_OPEN,
-                max_sequence_positions: int = DEFAULT_MAX_SEQUENCE_POSITIONS) -> Labels:
+                max_sequence_positions: int = DEFAULT_MAX_SEQUENCE_POSITIONS, storage_options: dict | None = None,
+                cache_dir: str | os.PathLike | None = None, **remote_options: Any) -> Labels:
     """Open a label file, a manifest (``*.json``) or a directory of shards (its manifest.json if present).
 
     ``max_open``: shards kept open at a time; ``mmap``, ``verify`` and ``max_sequence_positions``: as for
-    :class:`LabelFile`, applied to every shard."""
+    :class:`LabelFile`, applied to every shard. ``path`` may be a URL (``s3://bucket/labels/``, any fsspec
+    URL; needs the ``[remote]`` extra): ``storage_options`` go to fsspec, ``cache_dir`` keeps fetched bytes
+    locally, and ``remote_options`` tune the reads (see :class:`~sparselabels.io.remote.RemoteOptions`)."""
+    if is_url(path):
+        from sparselabels.io.remote_store import open_remote_labels
+
+        return open_remote_labels(path, verify=verify, max_open=max_open, max_sequence_positions=max_sequence_positions,
+                                  storage_options=storage_options, cache_dir=cache_dir, **remote_options)
+    if storage_options is not None or cache_dir is not None or remote_options:
+        given = sorted([*remote_options, *(["storage_options"] if storage_options is not None else []),
+                        *(["cache_dir"] if cache_dir is not None else [])])
+        raise InputError(f"{given} apply to URLs (s3://..., gs://...), not to the local path {os.fspath(path)!r}")
     path = Path(path)
     shard_options = {"mmap": mmap, "verify": verify, "max_open": max_open,
                      "max_sequence_positions": max_sequence_positions}

@@ -80,7 +80,8 @@ def _first_fingerprint_mismatch(tokens: TokenSource, stored: np.ndarray) -> int 
 class SparseLabelDataset(torch.utils.data.Dataset):
     """Item ``i`` is sequence ``i``'s sparse labels (and input ids when ``tokens`` is given) as a SparseItem.
 
-    ``labels``: a Labels object or a path (file, shard directory, manifest). ``tokens``: anything
+    ``labels``: a Labels object or a path (file, shard directory, manifest) or URL (``s3://...``; open it with
+    :func:`~sparselabels.open_labels` to pass ``storage_options`` or ``cache_dir``). ``tokens``: anything
     :func:`~sparselabels.data.tokens.open_tokens` accepts (``token_column`` names a ``datasets`` column).
     ``check_labels=False`` skips the reader's per-read label-rule pass (ascending ids, counts summing to
     ``rounds``), for files already checked with ``sparselabels validate``; :func:`collate` still checks every id
@@ -148,7 +149,15 @@ class SparseLabelDataset(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> SparseItem:
-        seq = self.labels.read(index, check=self.check_labels)
+        return self._item(self.labels.read(index, check=self.check_labels), index)
+
+    def __getitems__(self, indices: list[int]) -> list[SparseItem]:
+        """A batch of items, their labels read together (``DataLoader`` calls this with a sampler's batch): a
+        remote store fetches the batch's records concurrently, in as few requests as they allow."""
+        seqs = self.labels.read_many(indices, check=self.check_labels)
+        return [self._item(seq, index) for seq, index in zip(seqs, indices, strict=True)]
+
+    def _item(self, seq, index: int) -> SparseItem:
         i = int(seq.index) if seq.index is not None else int(index)
         input_ids = None
         if self.tokens is not None:

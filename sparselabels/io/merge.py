@@ -14,6 +14,7 @@ from pathlib import Path
 from sparselabels.errors import ChecksumError, CompatibilityError, FormatError, InputError
 from sparselabels.format.metadata import REQUIRED_KEYS
 from sparselabels.io.reader import LabelFile
+from sparselabels.io.remote import is_url
 from sparselabels.io.shards import (
     LabelShards,
     check_compatible,
@@ -28,28 +29,33 @@ from sparselabels.io.validate import checked_chunk
 from sparselabels.io.writer import LabelWriter
 
 
-def input_files(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Expand files, manifests and shard directories into the list of shard files, in order."""
-    files: list[Path] = []
+def input_files(inputs: list[str | os.PathLike]) -> list[Path | str]:
+    """Expand files, manifests and shard directories (local, or URLs) into the list of shard files, in order."""
+    files: list[Path | str] = []
     for item in inputs:
         labels = open_labels(item, verify="structure")
         try:
             if isinstance(labels, LabelShards):
                 files.extend(labels.shard_paths())
             else:
-                files.append(Path(item))
+                files.append(item if is_url(item) else Path(item))
         finally:
             labels.close()
     return files
 
 
 def merge(out: str | os.PathLike, inputs: list[str | os.PathLike], *, copy: bool = False,
-          codec: str | None = None, overwrite: bool = False) -> Path:
+          codec: str | None = None, overwrite: bool = False, storage_options: dict | None = None) -> Path | str:
     """Merge ``inputs`` (files, manifests or directories) into ``out``.
 
     ``copy=False`` writes a manifest at ``out`` (the shards must live in its directory tree). ``copy=True``
-    writes one label file at ``out``; ``codec`` picks its codec (default: the inputs' common codec).
+    writes one label file at ``out``; ``codec`` picks its codec (default: the inputs' common codec). With
+    ``copy=True``, ``out`` may be a URL: the file is written locally, then uploaded (``storage_options`` go to
+    fsspec; URL inputs are read with fsspec's configuration).
     """
+    if is_url(out):
+        return _merge_to_url(os.fspath(out), inputs, copy=copy, codec=codec, overwrite=overwrite,
+                             storage_options=storage_options)
     out = Path(out)
     if not copy:
         check_manifest_name(out, ", or pass copy=True to write one label file")
@@ -65,7 +71,7 @@ def merge(out: str | os.PathLike, inputs: list[str | os.PathLike], *, copy: bool
     return _merge_copy(out, files, codec=codec, overwrite=overwrite)
 
 
-def _merge_copy(out: Path, files: list[Path], *, codec: str | None, overwrite: bool) -> Path:
+def _merge_copy(out: Path, files: list[Path | str], *, codec: str | None, overwrite: bool) -> Path:
     # one input open at a time (thousands of shards must not need a descriptor each): a first pass checks
     # that they agree, a second copies them, each checked again against what the first pass saw
     facts = []
@@ -103,6 +109,30 @@ def _merge_copy(out: Path, files: list[Path], *, codec: str | None, overwrite: b
                     _copy_chunks(f, writer)
                 else:
                     _reencode(f, writer)
+    return out
+
+
+def _merge_to_url(out: str, inputs: list, *, copy: bool, codec: str | None, overwrite: bool,
+                  storage_options: dict | None) -> str:
+    """``merge(copy=True)`` to a URL: one label file written in a temporary directory, then uploaded whole."""
+    import tempfile
+
+    from sparselabels.io.remote import url_parent
+    from sparselabels.io.upload import RemoteTarget
+
+    if not copy:
+        raise InputError(f"{out!r}: merging to a URL writes one label file; pass copy=True (a manifest over "
+                         "remote shards is written by generate)")
+    target = RemoteTarget(url_parent(out), storage_options)
+    name = out.rstrip("/").rsplit("/", 1)[-1]
+    if name in target.names() and not overwrite:
+        raise CompatibilityError(f"{out} exists; pass overwrite=True to replace it")
+    files = input_files(inputs)
+    if not files:
+        raise CompatibilityError("merge needs at least one input")
+    with tempfile.TemporaryDirectory(prefix="sparselabels-merge-") as tmp:
+        local = _merge_copy(Path(tmp) / name, files, codec=codec, overwrite=False)
+        target.upload(local, name)
     return out
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from sparselabels.errors import ChecksumError, FormatError, InputError, SparseLabelsError
 from sparselabels.format.layout import CHUNK_HEADER_SIZE, ChunkHeader, crc32
 from sparselabels.io.reader import LabelFile
+from sparselabels.io.remote import is_url
 
 _CRC_BLOCK = 16 << 20
 
@@ -184,11 +185,14 @@ def _check_sequences(f: LabelFile, report: ValidationReport, max_problems: int) 
                                    "as the index claims them ran out of memory"))
 
 
-def validate(path: str | os.PathLike, *, max_problems: int = 20) -> ValidationReport:
-    """Validate a file, a manifest or a shard directory; every shard is checked completely."""
+def validate(path: str | os.PathLike, *, max_problems: int = 20, **open_options) -> ValidationReport:
+    """Validate a file, a manifest or a shard directory; every shard is checked completely. A URL is read as
+    :func:`~sparselabels.open_labels` reads it (``open_options``: ``storage_options``, ``cache_dir``, ...)."""
     from sparselabels.io.shards import LabelShards, open_labels
 
     _check_max_problems(max_problems)
+    if is_url(path):
+        return _validate_url(path, max_problems, open_options)
     path = Path(path)
     if path.is_file() and path.suffix != ".json":
         return validate_file(path, max_problems=max_problems)
@@ -216,4 +220,35 @@ def validate(path: str | os.PathLike, *, max_problems: int = 20) -> ValidationRe
             report.num_labels += sub.num_labels
             if len(report.problems) >= max_problems:
                 break
+    return report
+
+
+def _validate_url(url: str, max_problems: int, open_options: dict) -> ValidationReport:
+    """``validate`` of a remote store: every shard opened with its index CRC checked, then checked completely."""
+    from sparselabels.io.shards import LabelShards, open_labels
+
+    report = ValidationReport(url)
+    try:
+        labels = open_labels(url, verify="index", **open_options)
+    except (SparseLabelsError, OSError) as exc:
+        report.problems.append(str(exc))
+        return report
+    with labels:
+        if not isinstance(labels, LabelShards):
+            return validate_file(url, labels=labels, max_problems=max_problems)
+        for k in range(labels.num_shards):
+            if len(report.problems) >= max_problems:
+                break
+            try:
+                shard = labels.shard(k)
+            except (SparseLabelsError, OSError) as exc:
+                report.problems.append(str(exc))
+                continue
+            sub = validate_file(shard.path, labels=shard, max_problems=max_problems - len(report.problems))
+            report.problems.extend(sub.problems)
+            report.first_error = report.first_error or sub.first_error
+            report.files += 1
+            report.num_sequences += sub.num_sequences
+            report.num_positions += sub.num_positions
+            report.num_labels += sub.num_labels
     return report

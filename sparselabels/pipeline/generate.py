@@ -36,6 +36,7 @@ import numpy as np
 from sparselabels.codecs import DEFAULT_CODEC
 from sparselabels.errors import CompatibilityError, InputError, SparseLabelsError, check_int
 from sparselabels.format.fingerprint import input_fingerprint
+from sparselabels.io.remote import is_url
 from sparselabels.io.sequence import CsrLabels, concat_csr, split_csr
 from sparselabels.io.shards import run_shard_name
 from sparselabels.io.writer import DEFAULT_CHUNK_BYTES, LabelWriter
@@ -276,7 +277,8 @@ def generate(
     write_behind: bool = True,
     metadata: dict | None = None,
     log_interval: float = 60.0,
-) -> Path:
+    storage_options: dict | None = None,
+) -> Path | str:
     """Label ``tokens`` with ``model`` into the directory ``out`` (one shard per rank and ``manifest.json``).
 
     ``model``: a local Hugging Face model directory or a loaded ``nn.Module``. ``tokens``: anything
@@ -290,7 +292,10 @@ def generate(
     ``vocab_size`` overrides the label vocabulary (default: the tokenizer's length when smaller than the
     output layer, else the output size); ``tokenizer`` is the tokenizer directory (default: the model's);
     ``teacher_name``/``teacher_fingerprint`` override the computed identity. ``metadata`` is stored under the
-    ``"user"`` key. Returns ``out``.
+    ``"user"`` key. ``out`` may be a URL (``s3://bucket/labels``; ``storage_options`` go to fsspec): each
+    shard is written to a local staging directory (:func:`sparselabels.io.upload.staging_dir`), uploaded when
+    complete, and the manifest last; ``resume=True`` continues from the staging directory and uploads what is
+    missing. Returns ``out``.
     """
     # as Python ints from here on (numpy integers are accepted, but metadata stores only plain values)
     batch_size, flush_every, chunk_bytes = (check_int(name, value, 1) for name, value in (
@@ -303,19 +308,29 @@ def generate(
         raise InputError("resume and overwrite exclude each other")
     run = RunOptions(batch_size, dtype, codec, resume, overwrite, progress, flush_every, chunk_bytes, write_behind,
                      metadata, log_interval)
+    target = None
+    if is_url(out):
+        from sparselabels.io.upload import RemoteTarget
+
+        target = RemoteTarget(out, storage_options)
+    elif storage_options is not None:
+        raise InputError("storage_options apply to an output URL (s3://...), not to a local directory")
     world = distributed.init(resolve_device(device).type)
     try:
         teacher = load_teacher(model, dtype=dtype, device=device, tokenizer=tokenizer, vocab_size=vocab_size,
                                name=teacher_name, fingerprint=teacher_fingerprint)
         sampling = SamplingOptions(rounds, temperature, seed, teacher.vocab_size, max_rows)
-        _run(teacher, _open_tokens(tokens, column), Path(out), world, sampling, run)
+        _run(teacher, _open_tokens(tokens, column), target.staging if target else Path(out), world, sampling, run,
+             target)
     finally:
         distributed.finish(world)
-    return Path(out)
+    return target.url if target else Path(out)
 
 
 def _run(teacher: Teacher, src, out: Path, world: distributed.World, sampling: SamplingOptions,
-         run: RunOptions) -> None:
+         run: RunOptions, target=None) -> None:
+    """Label this rank's slice into ``out``; with a ``target`` (a URL's RemoteTarget), ``out`` is the local
+    staging directory, the finished shard is uploaded and rank 0 uploads the manifest last."""
     lengths = np.asarray(src.lengths(), dtype=np.int64)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
@@ -332,6 +347,8 @@ def _run(teacher: Teacher, src, out: Path, world: distributed.World, sampling: S
     meta = _metadata(teacher, sampling, run, source_fp=source_fp, shard=shard_meta)
 
     distributed.check_no_foreign_shards(out, world.size)
+    if target is not None:
+        target.check_run_output(world.size, resume=run.resume, overwrite=run.overwrite, rank=world.rank)
     shard = out / run_shard_name(world.rank, world.size)
     if shard.exists() and not (run.resume or run.overwrite):
         raise SparseLabelsError(
@@ -343,8 +360,12 @@ def _run(teacher: Teacher, src, out: Path, world: distributed.World, sampling: S
                        expected_from="this rank's slice")
     else:
         _write_shard(teacher, src, shard, world, sampling, run, meta, offsets, range(seq_lo, seq_hi))
+    if target is not None:
+        target.upload(shard)
     distributed.barrier(world)
-    if world.rank == 0:
+    if world.rank == 0 and target is not None:
+        target.write_manifest([run_shard_name(r, world.size) for r in range(world.size)])
+    elif world.rank == 0:
         distributed.write_run_manifest(out, world.size)
     distributed.barrier(world)
 

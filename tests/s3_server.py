@@ -71,6 +71,7 @@ class DelayProxy:
         self.target_port = target_port
         self.delay = delay
         self.requests = 0
+        self.methods: list[bytes] = []  # the method of every request seen, in order
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._loop = asyncio.new_event_loop()
@@ -99,8 +100,10 @@ class DelayProxy:
             while data := await reader.read(1 << 16):
                 # HTTP/1.1 clients send a request on a kept-alive connection only after reading the previous
                 # response, so a read beginning with a method is a new request (a body's bytes practically never do)
-                if data.split(b" ", 1)[0] in _METHODS:
+                method = data.split(b" ", 1)[0]
+                if method in _METHODS:
                     self.requests += 1
+                    self.methods.append(method)
                     await asyncio.sleep(self.delay)
                 up_writer.write(data)
                 await up_writer.drain()

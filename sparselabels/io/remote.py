@@ -36,7 +36,7 @@ DEFAULT_BLOCK_SIZE = 128 << 10
 DEFAULT_MEMORY_BYTES = 256 << 20
 DEFAULT_CONCURRENCY = 32
 DEFAULT_CACHE_DIR_BYTES = 16 << 30
-_OPEN_TAIL = 64 << 10  # fetched at open with the footer: the whole index of a file of up to ~1,000 sequences
+OPEN_TAIL_BLOCKS = 4  # fetched at open with the footer: the whole index of up to ~8,000 sequences by default
 
 
 def is_url(path: object) -> bool:
@@ -164,13 +164,14 @@ class RemoteSource(ByteSource):
         if details.get("type", "file") != "file":
             raise FormatError(f"file {url!r}: not a file (a directory or prefix)")
         super().__init__(url, int(details["size"]))
+        self.block_size = options.block_size
         self.etag = str(details.get("ETag") or details.get("etag") or "")
+        self._ranged = hasattr(self._file, "_fetch_range")
         # S3 files read with If-Match on the ETag seen at open: no footer check needed beside each fetch
         self._conditional = bool(getattr(self._file, "read_kw", {}).get("IfMatch"))
-        self.block_size = options.block_size
         self._footer = b""
         self._key = ""
-        tail_start = max(self.size - _OPEN_TAIL, 0)
+        tail_start = max(self.size - OPEN_TAIL_BLOCKS * self.block_size, 0)
         tail = self._get(tail_start, self.size)
         if len(tail) != self.size - tail_start:
             raise FormatError(f"file {url!r}: {len(tail)} bytes at its end, expected {self.size - tail_start}")
@@ -193,7 +194,10 @@ class RemoteSource(ByteSource):
         """Bytes ``start..end-1`` from the store (one request), refusing an object replaced since open."""
         self.rt.count("requests")
         try:
-            data = self._file._fetch_range(start, end)
+            if self._ranged:  # a buffered fsspec file: the store's own ranged GET (conditional on S3)
+                data = self._file._fetch_range(start, end)
+            else:
+                data = self._fs.cat_file(self._fspath, start=start, end=end)
         except OSError as exc:
             if type(exc).__name__ == "FileExpired":  # s3fs: the If-Match on the ETag seen at open failed
                 raise self._changed("its ETag differs") from None

@@ -6,7 +6,8 @@ blocks are never served for it. Files appear only complete: written under a name
 into place (``os.replace`` is atomic), so DataLoader workers and ranks sharing the directory never read half a
 block and never need a lock. The total is bounded: a process that has written an eighth of the bound since it
 last looked lists the directory and deletes the least recently used files (reads refresh a file's mtime) down
-to three quarters of the bound; a file deleted under a reader is just a miss.
+to three quarters of the bound (so between two looks it may exceed the bound by that eighth); a file deleted
+under a reader is just a miss.
 """
 
 from __future__ import annotations

@@ -45,9 +45,9 @@ class MotoServer:
                 time.sleep(0.1)
 
     def storage_options(self, endpoint: str | None = None) -> dict:
+        """s3fs options for this server (or a proxy in front of it at ``endpoint``)."""
         return {"key": CREDENTIALS["AWS_ACCESS_KEY_ID"], "secret": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-                "client_kwargs": {"endpoint_url": endpoint or self.endpoint},
-                "skip_instance_cache": True}
+                "client_kwargs": {"endpoint_url": endpoint or self.endpoint}}
 
     def env(self, endpoint: str | None = None) -> dict:
         """Environment for a subprocess using s3:// URLs through fsspec's configuration variables."""
@@ -82,12 +82,16 @@ class DelayProxy:
 
     def _run(self, started: threading.Event) -> None:
         asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port))
-        self._server = server
+        self._server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port))
         started.set()
         self._loop.run_forever()
-        server.close()
-        self._loop.run_until_complete(server.wait_closed())
+
+    async def _shutdown(self) -> None:
+        self._server.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -119,5 +123,8 @@ class DelayProxy:
             await asyncio.gather(client_to_server(), server_to_client())
 
     def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        self._loop.close()

@@ -127,7 +127,7 @@ def test_manifest_shard_missing_or_resized_is_refused(bucket, tmp_path):
     store = make_store(tmp_path / "store")
     upload(fs, store, f"{name}/m")
     fs.rm_file(f"{name}/m/part-2.slbl")
-    with pytest.raises(FormatError, match="part-2.slbl.*file is missing"):
+    with pytest.raises(FormatError, match=r"part-2\.slbl.*file is missing"):
         sl.open_labels(f"s3://{name}/m/manifest.json", storage_options=options)
     fs.put_file(str(store / "part-0.slbl"), f"{name}/m/part-2.slbl")
     with pytest.raises(FormatError, match="the shard changed"):
@@ -224,7 +224,8 @@ def test_dataloader_workers_read_the_remote_store_as_the_local_one(bucket, tmp_p
 
     def batches(ds, workers):
         sampler = ResumableSampler(len(ds), shuffle=True, seed=5)
-        return list(DataLoader(ds, batch_size=4, sampler=sampler, num_workers=workers, collate_fn=SparseLabelCollator()))
+        return list(DataLoader(ds, batch_size=4, sampler=sampler, num_workers=workers,
+                               collate_fn=SparseLabelCollator()))
 
     got, expected = batches(remote, 2), batches(local, 0)
     assert len(got) == len(expected) == 8
@@ -246,7 +247,7 @@ def test_cache_dir_serves_a_second_epoch_locally_and_never_a_replaced_object(buc
     second = sl.open_labels(url, storage_options=options, cache_dir=cache, **small_blocks())  # a new process's view
     assert_same_store(second, sl.open_labels(store))
     warm = second.remote_stats()
-    assert warm["requests"] == 3  # one footer-and-index fetch per shard at open; every record came from disk
+    assert warm["requests"] == 0  # every byte came from the cache (opening a shard asks only for its size and ETag)
     assert warm["disk_hits"] > 0
     # a replaced shard is another object: its blocks are fetched, never taken from the old one's cache entries
     other = write_file(tmp_path / "other.slbl", random_sequences(50, 9, max_positions=300))
@@ -278,7 +279,7 @@ def test_urls_without_fsspec_name_the_extra(monkeypatch):
 
 def test_remote_options_on_local_paths_are_refused(tmp_path):
     path = write_file(tmp_path / "a.slbl", random_sequences(0, 2))
-    with pytest.raises(InputError, match="storage_options.*apply to URLs"):
+    with pytest.raises(InputError, match=r"storage_options.*apply to URLs"):
         sl.open_labels(path, storage_options={"anon": True})
 
 
@@ -346,7 +347,7 @@ def test_an_upload_killed_midway_leaves_no_manifest_and_resumes(s3, bucket, tmp_
         proxy.stop()
     fs.invalidate_cache()
     assert not fs.exists(f"{name}/run/manifest.json")
-    with pytest.raises(FormatError, match="missing|no manifest.json|holds no"):
+    with pytest.raises((FormatError, FileNotFoundError)):  # nothing there, or shards without their manifest
         sl.open_labels(f"s3://{name}/run", storage_options=options)
     staged = list((tmp_path / "staging").rglob("shard-00000-of-00001.slbl"))
     assert len(staged) == 1  # the labels themselves were finished locally before the upload began

@@ -72,6 +72,11 @@ def filesystem(url: str, storage_options: dict | None):
         raise InputError(f"{url!r}: {exc}") from None
 
 
+def filesystem_path(fs, url: str) -> str:
+    """``url`` as a path of ``fs`` (what ``url_to_fs`` returns beside the filesystem)."""
+    return fs._strip_protocol(url)
+
+
 @dataclass
 class RemoteOptions:
     """How a remote store is read (one instance is shared by every shard of a store, and pickled with it).
@@ -126,11 +131,21 @@ class _Runtime:
         self.memory_bytes = options.memory_bytes
         self.inflight: dict[tuple[str, int], Future] = {}
         self.stats = {"requests": 0, "bytes_fetched": 0, "memory_hits": 0, "disk_hits": 0}
+        self._options = options
+        self._fs = None
         self.disk = None
         if options.cache_dir is not None:
             from sparselabels.io.remote_cache import DiskCache
 
             self.disk = DiskCache(options.cache_dir, options.cache_dir_bytes)
+
+    def filesystem(self, url: str):
+        """(filesystem, path) for ``url``: one filesystem object per store and process (creating an S3 client
+        costs a good fraction of a second)."""
+        with self.lock:  # shards opened concurrently share the one filesystem made first
+            if self._fs is None:
+                self._fs = filesystem(url, self._options.storage_options)[0]
+        return self._fs, filesystem_path(self._fs, url)
 
     def count(self, name: str, n: int = 1) -> None:
         with self.lock:
@@ -154,7 +169,7 @@ class RemoteSource(ByteSource):
     def __init__(self, url: str, options: RemoteOptions, info: dict | None = None) -> None:
         self.options = options
         self.rt = options.runtime()
-        fs, path = filesystem(url, options.storage_options)
+        fs, path = self.rt.filesystem(url)
         self._fs, self._fspath = fs, path
         try:
             self._file = fs.open(path, "rb", cache_type="none", block_size=options.block_size)
@@ -171,15 +186,19 @@ class RemoteSource(ByteSource):
         self._conditional = bool(getattr(self._file, "read_kw", {}).get("IfMatch"))
         self._footer = b""
         self._key = ""
+        # The cache key: URL, size and ETag where the store gives one (S3 gives every new object a new ETag), so
+        # the tail too may come from the cache; else also the footer bytes, fetched now (the tail, in one request)
         tail_start = max(self.size - OPEN_TAIL_BLOCKS * self.block_size, 0)
-        tail = self._get(tail_start, self.size)
-        if len(tail) != self.size - tail_start:
-            raise FormatError(f"file {url!r}: {len(tail)} bytes at its end, expected {self.size - tail_start}")
-        self._footer = tail[-FOOTER_SIZE:]
-        self._key = hashlib.sha256(
-            "\0".join([url, str(self.size), self.etag, self._footer.hex()]).encode()
-        ).hexdigest()[:40]
-        self._blocks_tail(tail_start, tail)
+        if self.etag:
+            self._key = _digest(url, str(self.size), self.etag)
+            self.prefetch([(tail_start, self.size - tail_start)])
+            at = max(self.size - FOOTER_SIZE, 0)
+            self._footer = self.view(at, self.size - at, "footer").tobytes()
+        else:
+            tail = self._get(tail_start, self.size)
+            self._footer = tail[-FOOTER_SIZE:]
+            self._key = _digest(url, str(self.size), "", self._footer.hex())
+            self._blocks_tail(tail_start, tail)
 
     # -- identity and change -----------------------------------------------------------------------------
     @property
@@ -208,7 +227,7 @@ class RemoteSource(ByteSource):
         return data
 
     def _check_footer(self) -> None:
-        if self._footer and self._get(self.size - FOOTER_SIZE, self.size) != self._footer:
+        if self._footer and self._get(max(self.size - FOOTER_SIZE, 0), self.size) != self._footer:
             raise self._changed("other footer bytes")
 
     # -- blocks --------------------------------------------------------------------------------------------
@@ -317,6 +336,10 @@ class RemoteSource(ByteSource):
         if f is not None:
             self._file = None
             f.close()
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:40]
 
 
 def _runs(blocks: list[int]) -> list[tuple[int, int]]:

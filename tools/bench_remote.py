@@ -9,8 +9,9 @@ sequence once), with ``read_many`` (the dataset's ``__getitems__``), in one proc
 
 * ``local``: the store on local disk (memory-mapped; the page cache is warm);
 * ``remote, batched``: each batch's records fetched concurrently and coalesced, one batch at a time;
-* ``remote, pipelined``: as above, with the next batch's fetch started (``prefetch``) before this batch is
-  decoded, what a training loop does while the GPU works; the target row;
+* ``remote, pipelined``: as above, with the fetches of the next ``--depth`` batches (default 4) started
+  (``prefetch``) before this batch is decoded, as a loader running a few batches ahead of training does (a
+  DataLoader's workers and ``prefetch_factor``); the target row;
 * ``remote, naive``: one GET per record and per table, one at a time, no cache (a reader without coalescing,
   concurrency or caching; a few batches only, it is slow);
 * ``remote, cached 2nd epoch``: a fresh open of the store with ``cache_dir`` after a first epoch filled the
@@ -59,12 +60,15 @@ def build_store(directory: Path, num_sequences: int, shards: int, seed: int) -> 
     return directory
 
 
-def epoch(labels, batches: list[list[int]], *, pipelined: bool) -> float:
-    """Wall seconds to read every batch with ``read_many`` (prefetching the next batch when ``pipelined``)."""
+def epoch(labels, batches: list[list[int]], *, depth: int = 0) -> float:
+    """Wall seconds to read every batch with ``read_many``, the batches ``depth`` ahead already being fetched
+    (``prefetch``), as a loader a few batches ahead of training does."""
     start = time.perf_counter()
+    for k in range(min(depth, len(batches))):
+        labels.prefetch(batches[k])
     for k, batch in enumerate(batches):
-        if pipelined and k + 1 < len(batches):
-            labels.prefetch(batches[k + 1])
+        if depth and k + depth < len(batches):
+            labels.prefetch(batches[k + depth])
         labels.read_many(batch)
     return time.perf_counter() - start
 
@@ -83,6 +87,7 @@ def main() -> int:
     parser.add_argument("--shards", type=int, default=16)
     parser.add_argument("--latency", type=float, default=0.02, help="seconds added to every request (default 0.02)")
     parser.add_argument("--naive-batches", type=int, default=4)
+    parser.add_argument("--depth", type=int, default=4, help="batches fetched ahead when pipelined (default 4)")
     parser.add_argument("--seed", type=int, default=0)
     add_common_args(parser, "bench_remote")
     args = parser.parse_args()
@@ -106,13 +111,13 @@ def main() -> int:
         positions = args.sequences * SEQ_LEN
 
         local = sl.open_labels(store)
-        epoch(local, batches[:2], pipelined=False)  # opens every shard, compiles the decoder
-        t_local = epoch(local, batches, pipelined=False)
+        epoch(local, batches[:2])  # opens every shard, compiles the decoder
+        t_local = epoch(local, batches)
         rows = [{"mode": "local disk", "seconds": t_local, "positions_per_s": positions / t_local}]
 
-        for name, pipelined in (("remote, batched", False), ("remote, pipelined", True)):
+        for name, depth in (("remote, batched", 0), (f"remote, pipelined ({args.depth} batches ahead)", args.depth)):
             before = proxy.requests
-            t = epoch(sl.open_labels(url, storage_options=options), batches, pipelined=pipelined)
+            t = epoch(sl.open_labels(url, storage_options=options), batches, depth=depth)
             rows.append({"mode": name, "seconds": t, "positions_per_s": positions / t,
                          "requests": proxy.requests - before})
 
@@ -126,9 +131,9 @@ def main() -> int:
                      "requests": proxy.requests - before})
 
         cache = work / "cache"
-        epoch(sl.open_labels(url, storage_options=options, cache_dir=cache), batches, pipelined=True)
+        epoch(sl.open_labels(url, storage_options=options, cache_dir=cache), batches, depth=args.depth)
         before = proxy.requests
-        t_cached = epoch(sl.open_labels(url, storage_options=options, cache_dir=cache), batches, pipelined=True)
+        t_cached = epoch(sl.open_labels(url, storage_options=options, cache_dir=cache), batches, depth=args.depth)
         rows.append({"mode": "remote, cached 2nd epoch (cache_dir)", "seconds": t_cached,
                      "positions_per_s": positions / t_cached, "requests": proxy.requests - before})
     finally:
@@ -150,7 +155,8 @@ def main() -> int:
     for name, goal in goals.items():
         print(f"{name}: {goal['value']:,.2f} (target {goal['target']}): {'met' if goal['met'] else 'NOT met'}")
     write_json(args.out, {"benchmark": "bench_remote", "sequences": args.sequences, "seq_len": SEQ_LEN,
-                          "batch": BATCH, "shards": args.shards, "latency_s": args.latency, "quick": args.quick,
+                          "batch": BATCH, "shards": args.shards, "latency_s": args.latency, "depth": args.depth,
+                          "quick": args.quick,
                           "rows": rows, "goals": goals})
     return 0
 

@@ -2,7 +2,7 @@
 
 The README quotes only measured numbers; regenerating its tables from the JSON keeps them in step:
 
-    python tools/readme_tables.py codec     # or: io, loader, fidelity, fuzz, sampler, loss, generate
+    python tools/readme_tables.py codec     # or: io, loader, fidelity, fuzz, sampler, loss, generate, remote
 """
 
 from __future__ import annotations
@@ -194,15 +194,28 @@ def generate() -> str:
     return "\n".join(lines)
 
 
+def remote() -> str:
+    d = _load("bench_remote")
+    lines = [f"<!-- tools/results/bench_remote.json: {_when(d)}; {d['sequences']:,} x {d['seq_len']:,} positions in "
+             f"{d['shards']} shards, batches of {d['batch']}, {1e3 * d['latency_s']:.0f} ms added per request -->",
+             "| read path | positions/s | requests |", "|---|---|---|"]
+    for r in d["rows"]:
+        lines.append(f"| {r['mode']} | {r['positions_per_s']:,.0f} | {r.get('requests', '-')} |")
+    return "\n".join(lines)
+
+
+# tables that live in a docs/ page rather than the README
+DOC_TABLES = {"remote": (remote, "docs/remote.md")}
+
 TABLES = {"codec": codec, "loader": loader, "io": io, "fidelity": fidelity, "fuzz": fuzz, "sampler": sampler,
           "loss": loss, "generate": generate}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("table", choices=sorted(TABLES))
+    parser.add_argument("table", choices=sorted([*TABLES, *DOC_TABLES]))
     args = parser.parse_args(argv)
-    print(TABLES[args.table]())
+    print(TABLES[args.table]() if args.table in TABLES else DOC_TABLES[args.table][0]())
     return 0
 
 

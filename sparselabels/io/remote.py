@@ -166,22 +166,12 @@ class _Runtime:
 class RemoteSource(ByteSource):
     """A label file in object storage read by ranges (see the module docstring)."""
 
-    def __init__(self, url: str, options: RemoteOptions, info: dict | None = None) -> None:
+    def __init__(self, url: str, options: RemoteOptions) -> None:
         self.options = options
-        self.rt = options.runtime()
-        fs, path = self.rt.filesystem(url)
-        self._fs, self._fspath = fs, path
-        try:
-            self._file = fs.open(path, "rb", cache_type="none", block_size=options.block_size)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{url!r}: no such object") from None
-        details = getattr(self._file, "details", None) or info or fs.info(path)
-        if details.get("type", "file") != "file":
-            raise FormatError(f"file {url!r}: not a file (a directory or prefix)")
+        details = self._connect(url)
         super().__init__(url, int(details["size"]))
         self.block_size = options.block_size
-        self.etag = str(details.get("ETag") or details.get("etag") or "")
-        self._ranged = hasattr(self._file, "_fetch_range")
+        self.etag = _etag(details)
         # S3 files read with If-Match on the ETag seen at open: no footer check needed beside each fetch
         self._conditional = bool(getattr(self._file, "read_kw", {}).get("IfMatch"))
         self._footer = b""
@@ -200,6 +190,29 @@ class RemoteSource(ByteSource):
             self._key = _digest(url, str(self.size), "", self._footer.hex())
             self._blocks_tail(tail_start, tail)
 
+    def _connect(self, url: str) -> dict:
+        """Open the object in this process (its pool, filesystem and file object); return its details."""
+        self._pid = os.getpid()
+        self.rt = self.options.runtime()
+        self._fs, self._fspath = self.rt.filesystem(url)
+        try:
+            self._file = self._fs.open(self._fspath, "rb", cache_type="none", block_size=self.options.block_size)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{url!r}: no such object") from None
+        details = getattr(self._file, "details", None) or self._fs.info(self._fspath)
+        if details.get("type", "file") != "file":
+            raise FormatError(f"file {url!r}: not a file (a directory or prefix)")
+        self._ranged = hasattr(self._file, "_fetch_range")
+        return details
+
+    def _here(self) -> None:
+        """In a forked child (a DataLoader worker given an open store), the parent's threads and connections are
+        gone: connect again, and refuse an object that is no longer the one opened."""
+        if self._pid != os.getpid():
+            details = self._connect(self.path)
+            if int(details["size"]) != self.size or _etag(details) != self.etag:
+                raise self._changed(f"now {details['size']} bytes, ETag {_etag(details)!r}")
+
     # -- identity and change -----------------------------------------------------------------------------
     @property
     def identity(self) -> str:
@@ -211,6 +224,7 @@ class RemoteSource(ByteSource):
 
     def _get(self, start: int, end: int) -> bytes:
         """Bytes ``start..end-1`` from the store (one request), refusing an object replaced since open."""
+        self._here()
         self.rt.count("requests")
         try:
             if self._ranged:  # a buffered fsspec file: the store's own ranged GET (conditional on S3)
@@ -262,6 +276,7 @@ class RemoteSource(ByteSource):
 
     def _request(self, blocks: list[int]) -> dict[int, bytes | Future]:
         """Each block from memory or disk, or the future fetching it (started here if none is in flight)."""
+        self._here()
         rt = self.rt
         found: dict[int, bytes | Future] = {}
         missing = []
@@ -336,6 +351,10 @@ class RemoteSource(ByteSource):
         if f is not None:
             self._file = None
             f.close()
+
+
+def _etag(details: dict) -> str:
+    return str(details.get("ETag") or details.get("etag") or "")
 
 
 def _digest(*parts: str) -> str:

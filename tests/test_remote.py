@@ -217,7 +217,9 @@ def test_dataloader_workers_read_the_remote_store_as_the_local_one(bucket, tmp_p
     fs, name, options = bucket
     store = make_store(tmp_path / "store", shards=3, per_shard=30)  # shards of many blocks
     upload(fs, store, f"{name}/dl")
-    remote = SparseLabelDataset(sl.open_labels(f"s3://{name}/dl/", storage_options=options, **small_blocks()))
+    cache = tmp_path / "cache"  # shared by the workers, which fill it at the same time
+    remote = SparseLabelDataset(sl.open_labels(f"s3://{name}/dl/", storage_options=options, cache_dir=cache,
+                                               **small_blocks()))
     local = SparseLabelDataset(store)
     clone = pickle.loads(pickle.dumps(remote))  # by URL and options, reopened here
     assert clone[4].ids.tolist() == local[4].ids.tolist()
@@ -234,6 +236,11 @@ def test_dataloader_workers_read_the_remote_store_as_the_local_one(bucket, tmp_p
         assert g.keys() == e.keys()
         for key in e:
             assert np.array_equal(g[key].numpy(), e[key].numpy()), key
+    blocks = [p for p in cache.rglob("*") if p.is_file()]
+    assert blocks and not [p for p in blocks if p.name.endswith(".tmp")]  # only complete blocks, renamed in
+    again = SparseLabelDataset(sl.open_labels(f"s3://{name}/dl/", storage_options=options, cache_dir=cache,
+                                              **small_blocks()))
+    assert [again[i].ids.tolist() for i in range(len(local))] == [local[i].ids.tolist() for i in range(len(local))]
 
 
 def test_cache_dir_serves_a_second_epoch_locally_and_never_a_replaced_object(bucket, tmp_path):

@@ -46,8 +46,8 @@ def test_the_front_page_stays_a_front_page():
 
 
 def test_quick_runs_never_write_the_committed_results():
-    """A smoke run (``--quick``) as the tools' docstrings show it used to overwrite tools/results/, and the
-    README's tables would then be printed from its numbers."""
+    """A smoke run (``--quick``, as the tools' docstrings show it) must not overwrite tools/results/: the docs'
+    tables would then be printed from its numbers."""
     import argparse
     import sys
 

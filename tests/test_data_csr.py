@@ -231,3 +231,15 @@ def test_dataloader_workers_and_pin_memory_return_the_single_process_batches(tmp
                 assert tb.offsets.is_shared()
             else:
                 assert torch.equal(a[key], b[key]), key
+
+
+def test_to_padded_refuses_unbounded_padding_as_the_padded_collate_does():
+    """One position of 60,000 labels among 4,000 positions: CSR holds it in its labels; padding it is refused."""
+    wide = SparseItem(0, np.arange(60_000, dtype=np.uint32), np.full(60_000, 1e-5, np.float16),
+                      np.concatenate([[0, 60_000], np.full(3_999, 60_000)]), None, None, 100_000)
+    with pytest.raises(InputError, match="bound K with max_labels"):
+        collate([wide])
+    targets = collate([wide], layout="csr")["targets"]
+    assert targets.width == 60_000 and targets.num_labels == 60_000
+    with pytest.raises(InputError, match="to_padded: padding 60,000 labels"):
+        targets.to_padded()

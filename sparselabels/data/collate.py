@@ -41,7 +41,7 @@ import torch
 from numba import types
 from numba.extending import overload
 
-from sparselabels.data.targets import SparseTargets
+from sparselabels.data.targets import SparseTargets, padding_is_unbounded
 from sparselabels.errors import InputError, check_int
 
 OVERFLOW_POLICIES = ("error", "drop_smallest", "truncate")
@@ -417,16 +417,9 @@ def _checked_options(**options: Any) -> dict[str, Any]:
     return options
 
 
-# Padding every position to the widest one is refused when it would take this many slots (12 bytes each:
-# id and weight) and more than _MAX_PADDING times the labels there are: one position of 65,535 labels in a
-# 4,000-position sequence (a valid 400 KB file) would otherwise take 3 GB.
-_PADDING_FREE_SLOTS = 1 << 24
-_MAX_PADDING = 64
-
-
 def _check_padding(B: int, T: int, K: int, labels: int, indices: np.ndarray) -> None:
     slots = B * T * K
-    if slots > _PADDING_FREE_SLOTS and slots > _MAX_PADDING * max(labels, 1):
+    if padding_is_unbounded(slots, labels):
         raise InputError(
             f"collate: padding the batch (sequences {indices.tolist()[:8]}{'...' if B > 8 else ''}) to its widest "
             f"position, {K} labels, takes [{B}, {T}, {K}] = {slots:,} slots ({12 * slots / 2**30:.1f} GiB) for "

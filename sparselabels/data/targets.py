@@ -31,6 +31,19 @@ _PARTS = ("offsets", "ids", "counts", "probs")
 _DTYPES = {"offsets": torch.int64, "ids": torch.int32, "counts": torch.uint8, "probs": torch.float32}
 
 
+# Padding every position to the widest one is refused when it would take this many slots (12 bytes each:
+# id and weight) and more than _MAX_PADDING times the labels there are: one position of 65,535 labels in a
+# 4,000-position sequence (a valid 400 KB file) would otherwise take 3 GB.
+_PADDING_FREE_SLOTS = 1 << 24
+_MAX_PADDING = 64
+
+
+def padding_is_unbounded(slots: int, labels: int) -> bool:
+    """Whether ``slots`` padded slots for ``labels`` labels is past the bound (the padded collate and
+    :meth:`SparseTargets.to_padded` refuse it)."""
+    return slots > _PADDING_FREE_SLOTS and slots > _MAX_PADDING * max(labels, 1)
+
+
 class SparseTargets:
     """Sparse teacher targets of a ``[B, T]`` batch in CSR form. See the module docstring.
 
@@ -168,6 +181,10 @@ class SparseTargets:
         them (K = ``max(width, 1)``; id 0 and weight 0 in empty slots), on the targets' device."""
         K = max(self.width, 1)
         R = self.num_positions
+        if padding_is_unbounded(R * K, self.num_labels):
+            raise InputError(f"SparseTargets.to_padded: padding {self.num_labels:,} labels to the widest position, "
+                             f"{K} labels, takes {R:,} x {K} = {R * K:,} slots ({12 * R * K / 2**30:.1f} GiB); use "
+                             f"the CSR targets directly, or collate with max_labels")
         out_ids = torch.zeros((R, K), dtype=torch.int64, device=self.device)
         out_w = torch.zeros((R, K), dtype=torch.float32, device=self.device)
         if self.num_labels:

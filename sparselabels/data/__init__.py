@@ -1,10 +1,12 @@
 """The torch side of reading labels: a Dataset joined to input tokens, a padding collate, a resumable sampler.
 
 ``SparseLabelDataset(labels, tokens)`` → items; ``collate`` / ``SparseLabelCollator`` → padded ``[B, T, K]``
-targets; ``ResumableSampler`` → a deterministic order that resumes exactly, also across world sizes.
+targets or compact CSR ``SparseTargets`` (``layout="csr"``); ``ResumableSampler`` → a deterministic order that
+resumes exactly, also across world sizes.
 """
 
 from sparselabels.data.collate import (
+    LAYOUTS,
     OVERFLOW_POLICIES,
     SparseBatch,
     SparseLabelCollator,
@@ -13,6 +15,7 @@ from sparselabels.data.collate import (
 )
 from sparselabels.data.dataset import SparseItem, SparseLabelDataset
 from sparselabels.data.sampler import ResumableSampler, epoch_order
+from sparselabels.data.targets import SparseTargets
 from sparselabels.data.tokens import (
     ArrayTokens,
     HFTokens,
@@ -24,6 +27,7 @@ from sparselabels.data.tokens import (
 )
 
 __all__ = [
+    "LAYOUTS",
     "OVERFLOW_POLICIES",
     "ArrayTokens",
     "HFTokens",
@@ -34,6 +38,7 @@ __all__ = [
     "SparseItem",
     "SparseLabelCollator",
     "SparseLabelDataset",
+    "SparseTargets",
     "TokenSource",
     "collate",
     "collate_reference",

@@ -257,6 +257,17 @@ def test_cache_dir_serves_a_second_epoch_locally_and_never_a_replaced_object(buc
     warm = second.remote_stats()
     assert warm["requests"] == 0  # every byte came from the cache (opening a shard asks only for its size and ETag)
     assert warm["disk_hits"] > 0
+    # a damaged cache file is a miss, fetched again, never read as labels (even unchecked)
+    files = sorted(p for p in cache.rglob("*") if p.is_file())
+    for p in files[::3]:
+        data = bytearray(p.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        p.write_bytes(bytes(data))
+    damaged = sl.open_labels(url, storage_options=options, cache_dir=cache, **small_blocks())
+    local = sl.open_labels(store)
+    for i in range(len(local)):
+        assert damaged.read(i, check=False).ids.tolist() == local[i].ids.tolist()
+    assert damaged.remote_stats()["requests"] > 0
     # a replaced shard is another object: its blocks are fetched, never taken from the old one's cache entries
     other = write_file(tmp_path / "other.slbl", random_sequences(50, 9, max_positions=300))
     fs.put_file(str(other), f"{name}/c/part-0.slbl")

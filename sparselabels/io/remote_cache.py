@@ -7,7 +7,8 @@ into place (``os.replace`` is atomic), so DataLoader workers and ranks sharing t
 block and never need a lock. The total is bounded: a process that has written an eighth of the bound since it
 last looked lists the directory and deletes the least recently used files (reads refresh a file's mtime) down
 to three quarters of the bound (so between two looks it may exceed the bound by that eighth); a file deleted
-under a reader is just a miss.
+under a reader is just a miss. Each file ends with the block's CRC-32, checked on every read: a damaged cache file
+is a miss (and is deleted), never bytes blamed on the object or, with ``check=False``, read as labels.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 import os
 import secrets
 import time
+import zlib
 from pathlib import Path
 
 from sparselabels._forksafe import ForkSafeLock
@@ -39,8 +41,13 @@ class DiskCache:
         path = self._path(key, block)
         try:
             with open(path, "rb") as f:
-                data = f.read()
+                stored = f.read()
         except (FileNotFoundError, NotADirectoryError):
+            return None
+        data, crc = stored[:-4], stored[-4:]
+        if len(stored) < 4 or zlib.crc32(data).to_bytes(4, "little") != crc:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
             return None
         with contextlib.suppress(OSError):
             os.utime(path)  # least recently *used*, not written, goes first
@@ -56,6 +63,7 @@ class DiskCache:
                 self._dirs.add(key)
             with open(tmp, "xb") as f:
                 f.write(data)
+                f.write(zlib.crc32(data).to_bytes(4, "little"))
             os.replace(tmp, path)
         except OSError:
             with contextlib.suppress(OSError):

@@ -1,7 +1,8 @@
 """The torch side of reading labels: a Dataset joined to input tokens, a padding collate, a resumable sampler.
 
 ``SparseLabelDataset(labels, tokens)`` → items; ``collate`` / ``SparseLabelCollator`` → padded ``[B, T, K]``
-targets; ``ResumableSampler`` → a deterministic order that resumes exactly, also across world sizes.
+targets; ``ResumableSampler`` → a deterministic order that resumes exactly, also across world sizes;
+``PackedDataset`` → whole documents packed into fixed-length rows (position ids and boundaries for attention).
 """
 
 from sparselabels.data.collate import (
@@ -12,6 +13,7 @@ from sparselabels.data.collate import (
     collate_reference,
 )
 from sparselabels.data.dataset import SparseItem, SparseLabelDataset
+from sparselabels.data.packing import PackedCollator, PackedDataset, PackedItem
 from sparselabels.data.sampler import ResumableSampler, epoch_order
 from sparselabels.data.tokens import (
     ArrayTokens,
@@ -29,6 +31,9 @@ __all__ = [
     "HFTokens",
     "MegatronTokens",
     "NpyTokens",
+    "PackedCollator",
+    "PackedDataset",
+    "PackedItem",
     "ResumableSampler",
     "SparseBatch",
     "SparseItem",

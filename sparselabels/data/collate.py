@@ -9,6 +9,8 @@ Output (a :class:`SparseBatch`: a dict of CPU tensors that are views of one stor
 * ``num_labels`` int32 ``[B, T]``: labels kept per position; ``attention_mask`` bool ``[B, T]``: True at real
   positions; ``lengths`` int64 ``[B]``; ``indices`` int64 ``[B]``: the sequences' indices (-1 if unknown).
 * ``input_ids`` int64 ``[B, T]`` (``pad_token_id`` in padding) when the items carry input ids.
+* ``loss_mask`` bool ``[B, T]``: the positions to train (False in padding) when any item carries a ``loss_mask``
+  (see :mod:`sparselabels.data.masks`).
 * with ``max_labels`` set: ``dropped_labels`` int32 ``[B, T]`` and ``dropped_mass`` float32 ``[B, T]``, what the
   overflow policy removed (all zero when nothing was).
 
@@ -36,6 +38,7 @@ import torch
 from numba import types
 from numba.extending import overload
 
+from sparselabels.data.masks import batch_masks, fill_padded
 from sparselabels.errors import InputError, check_int
 
 OVERFLOW_POLICIES = ("error", "drop_smallest", "truncate")
@@ -408,6 +411,9 @@ def _collate(batch: SequenceABC, *, max_labels: int | None, on_overflow: str, vo
         specs["dropped_mass"] = ((B, T), torch.float32)
     if tokens is not None:
         specs["input_ids"] = ((B, T), torch.int64)
+    loss_masks = batch_masks(batch, lengths, indices)
+    if loss_masks is not None:
+        specs["loss_mask"] = ((B, T), torch.bool)
     out = _allocate(specs, shared=shared, pinned=pin_memory)
 
     if policy >= 0:
@@ -427,6 +433,8 @@ def _collate(batch: SequenceABC, *, max_labels: int | None, on_overflow: str, vo
     np.less(np.arange(T)[None, :], lengths[:, None], out=out["attention_mask"].numpy())
     out["lengths"].numpy()[:] = lengths
     out["indices"].numpy()[:] = indices
+    if loss_masks is not None:
+        fill_padded(loss_masks, lengths, out["loss_mask"].numpy())
     if tokens is not None:
         token_start = np.zeros(B, dtype=np.int64)
         np.cumsum(lengths[:-1], out=token_start[1:])

@@ -1,11 +1,13 @@
 """The torch side of reading labels: a Dataset joined to input tokens, a padding collate, a resumable sampler.
 
 ``SparseLabelDataset(labels, tokens)`` → items; ``collate`` / ``SparseLabelCollator`` → padded ``[B, T, K]``
-targets; ``ResumableSampler`` → a deterministic order that resumes exactly, also across world sizes;
-``PackedDataset`` → whole documents packed into fixed-length rows (position ids and boundaries for attention).
+targets or compact CSR ``SparseTargets`` (``layout="csr"``); ``ResumableSampler`` → a deterministic order that
+resumes exactly, also across world sizes; ``PackedDataset`` → whole documents packed into fixed-length rows
+(position ids and boundaries for attention).
 """
 
 from sparselabels.data.collate import (
+    LAYOUTS,
     OVERFLOW_POLICIES,
     SparseBatch,
     SparseLabelCollator,
@@ -15,6 +17,7 @@ from sparselabels.data.collate import (
 from sparselabels.data.dataset import SparseItem, SparseLabelDataset
 from sparselabels.data.packing import PackedCollator, PackedDataset, PackedItem
 from sparselabels.data.sampler import ResumableSampler, epoch_order
+from sparselabels.data.targets import SparseTargets
 from sparselabels.data.tokens import (
     ArrayTokens,
     HFTokens,
@@ -26,6 +29,7 @@ from sparselabels.data.tokens import (
 )
 
 __all__ = [
+    "LAYOUTS",
     "OVERFLOW_POLICIES",
     "ArrayTokens",
     "HFTokens",
@@ -39,6 +43,7 @@ __all__ = [
     "SparseItem",
     "SparseLabelCollator",
     "SparseLabelDataset",
+    "SparseTargets",
     "TokenSource",
     "collate",
     "collate_reference",

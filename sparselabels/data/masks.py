@@ -14,6 +14,7 @@ is (an all-ones mask keeps every position, exactly as no mask does).
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from sparselabels.errors import InputError
 
@@ -94,10 +95,18 @@ def batch_masks(batch, lengths: np.ndarray, indices: np.ndarray) -> np.ndarray |
     return np.concatenate(out)
 
 
-def fill_padded(flat: np.ndarray, lengths: np.ndarray, out: np.ndarray) -> None:
-    """``out[B, T]`` = the rows of ``flat`` (concatenated per sequence), False in padding."""
-    out[:] = False
-    start = 0
-    for b, n in enumerate(lengths.tolist()):
-        out[b, :n] = flat[start : start + n]
-        start += n
+def with_loss_mask(batch, out: dict) -> dict:
+    """``out`` (a collated batch) with ``loss_mask`` bool ``[B, T]`` added when any item carries one (False in
+    padding; an item without one keeps all its positions)."""
+    lengths = out["lengths"].numpy()
+    flat = batch_masks(batch, lengths, out["indices"].numpy())
+    if flat is not None:
+        B, T = out["attention_mask"].shape
+        mask = np.zeros((B, T), dtype=np.bool_)
+        start = 0
+        for b, n in enumerate(lengths.tolist()):
+            mask[b, :n] = flat[start : start + n]
+            start += n
+        pinned = out["attention_mask"].is_pinned()
+        out["loss_mask"] = torch.from_numpy(mask).pin_memory() if pinned else torch.from_numpy(mask)
+    return out

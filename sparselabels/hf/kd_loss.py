@@ -84,7 +84,7 @@ def count_positions(batch: dict) -> torch.Tensor:
 
     A KD position must also hold labels (a position stored empty, as ``generate --mask-column`` writes masked
     ones, adds nothing and is not counted)."""
-    ids, weights = targets_of(batch)
+    _, weights = targets_of(batch)
     has_labels = (weights != 0).any(-1)
     n_kd = (kd_mask(batch) & has_labels).sum()
     n_ce = (next_token_labels(batch) != IGNORE_INDEX).sum() if "input_ids" in batch else torch.zeros_like(n_kd)

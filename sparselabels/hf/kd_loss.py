@@ -84,8 +84,11 @@ def count_positions(batch: dict) -> torch.Tensor:
 
     A KD position must also hold labels (a position stored empty, as ``generate --mask-column`` writes masked
     ones, adds nothing and is not counted)."""
-    _, weights = targets_of(batch)
-    has_labels = (weights != 0).any(-1)
+    targets = batch.get("targets")
+    if targets is not None and hasattr(targets, "labels_per_position"):
+        has_labels = targets.labels_per_position() > 0
+    else:
+        has_labels = (targets_of(batch)[1] != 0).any(-1)
     n_kd = (kd_mask(batch) & has_labels).sum()
     n_ce = (next_token_labels(batch) != IGNORE_INDEX).sum() if "input_ids" in batch else torch.zeros_like(n_kd)
     return torch.stack([n_kd, n_ce]).to(torch.int64)

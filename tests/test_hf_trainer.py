@@ -209,7 +209,8 @@ def test_bad_mask_columns_refused(tmp_path):
     with pytest.raises(InputError, match="mask value -100 is not 0 or 1"):
         SparseLabelDataset(path, tokens, masks=[ok[0], np.array([1, -100, 1, 1])])[1]
     shifted = [np.append(t[1:], -100) for t in tokens]  # labels stored pre-shifted: refused, not misaligned
-    hf = datasets.Dataset.from_dict({"input_ids": [t.tolist() for t in tokens], "labels": [s.tolist() for s in shifted]})
+    hf = datasets.Dataset.from_dict({"input_ids": [t.tolist() for t in tokens],
+                                     "labels": [s.tolist() for s in shifted]})
     with pytest.raises(InputError, match="neither -100 nor the input token"):
         SparseLabelDataset(path, hf, mask_column="labels")[0]
     with pytest.raises(InputError, match="names a column of a datasets source"):

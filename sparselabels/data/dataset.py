@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch.utils.data
 
-from sparselabels.data.masks import mask_kind, read_position_mask
-from sparselabels.data.tokens import HFTokens, TokenSource, open_tokens
+from sparselabels.data.masks import mask_source, read_position_mask
+from sparselabels.data.tokens import TokenSource, open_tokens
 from sparselabels.errors import AlignmentError, InputError
 from sparselabels.format.fingerprint import input_fingerprint
 from sparselabels.io.reader import Labels
@@ -115,7 +115,7 @@ class SparseLabelDataset(torch.utils.data.Dataset):
         self._check_fingerprints = False
         if self.tokens is not None:
             self._check_alignment(verify_fingerprints)
-        self.masks, self.mask_kind = _open_masks(self.tokens, mask_column, masks)
+        self.masks, self.mask_kind = mask_source(self.tokens, mask_column, masks)
 
     def _check_alignment(self, verify: str) -> None:
         labels, tokens = self.labels, self.tokens
@@ -177,34 +177,6 @@ class SparseLabelDataset(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         tok = f", tokens={self.tokens.describe()!r}" if self.tokens is not None else ""
         return f"SparseLabelDataset({_describe(self.labels)!r}{tok}, sequences={len(self)})"
-
-
-def _open_masks(tokens: TokenSource | None, column: str | None, masks: Any):
-    """The mask source (or None) and its kind, lengths checked against the tokens."""
-    if column is None and masks is None:
-        return None, "mask"
-    if column is not None and masks is not None:
-        raise InputError("pass mask_column (a column of the datasets token source) or masks, not both")
-    if tokens is None:
-        raise InputError("a loss mask needs the tokens (pass tokens= with mask_column or masks)")
-    if column is not None:
-        if not isinstance(tokens, HFTokens):
-            raise InputError(f"mask_column={column!r} names a column of a datasets source, but the tokens are "
-                             f"{tokens.describe()}; pass the mask values as masks= instead")
-        source, kind = HFTokens(tokens.dataset, column=column, path=tokens.path), mask_kind(column)
-    else:
-        source, kind = open_tokens(masks), "mask"
-    mask_lengths = np.asarray(source.lengths(), dtype=np.int64)
-    token_lengths = np.asarray(tokens.lengths(), dtype=np.int64)
-    if mask_lengths.shape != token_lengths.shape:
-        raise InputError(f"mask {source.describe()}: {mask_lengths.shape[0]} sequences but {tokens.describe()} "
-                         f"has {token_lengths.shape[0]}")
-    bad = np.flatnonzero(mask_lengths != token_lengths)
-    if bad.size:
-        i = int(bad[0])
-        raise InputError(f"mask {source.describe()}, sequence {i}: {mask_lengths[i]} mask values for "
-                         f"{token_lengths[i]} tokens ({bad.size} sequences differ)")
-    return source, kind
 
 
 def _describe(labels: Labels) -> str:

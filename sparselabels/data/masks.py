@@ -13,9 +13,12 @@ is (an all-ones mask keeps every position, exactly as no mask does).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
+from sparselabels.data.tokens import HFTokens, TokenSource, open_tokens
 from sparselabels.errors import InputError
 
 IGNORE_INDEX = -100
@@ -66,6 +69,35 @@ def position_mask(keep_tokens: np.ndarray) -> np.ndarray:
         out[:-1] = keep_tokens[1:]
         out[-1] = keep_tokens[-1]
     return out
+
+
+def mask_source(tokens: TokenSource | None, column: str | None, masks: Any) -> tuple[TokenSource | None, str]:
+    """The source of mask values (None without a mask) and its kind, every sequence's length checked against
+    ``tokens``. ``column`` names a column of a ``datasets`` token source; ``masks`` is any other token source."""
+    if column is None and masks is None:
+        return None, "mask"
+    if column is not None and masks is not None:
+        raise InputError("pass mask_column (a column of the datasets token source) or masks, not both")
+    if tokens is None:
+        raise InputError("a loss mask needs the tokens (pass tokens= with mask_column or masks)")
+    if column is not None:
+        if not isinstance(tokens, HFTokens):
+            raise InputError(f"mask_column={column!r} names a column of a datasets source, but the tokens are "
+                             f"{tokens.describe()}; pass the mask values as masks= instead")
+        source, kind = HFTokens(tokens.dataset, column=column, path=tokens.path), mask_kind(column)
+    else:
+        source, kind = open_tokens(masks), "mask"
+    mask_lengths = np.asarray(source.lengths(), dtype=np.int64)
+    token_lengths = np.asarray(tokens.lengths(), dtype=np.int64)
+    if mask_lengths.shape != token_lengths.shape:
+        raise InputError(f"mask {source.describe()}: {mask_lengths.shape[0]} sequences but {tokens.describe()} "
+                         f"has {token_lengths.shape[0]}")
+    bad = np.flatnonzero(mask_lengths != token_lengths)
+    if bad.size:
+        i = int(bad[0])
+        raise InputError(f"mask {source.describe()}, sequence {i}: {mask_lengths[i]} mask values for "
+                         f"{token_lengths[i]} tokens ({bad.size} sequences differ)")
+    return source, kind
 
 
 def read_position_mask(source, index: int, input_ids: np.ndarray | None, kind: str, what: str) -> np.ndarray:

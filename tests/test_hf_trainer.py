@@ -242,3 +242,21 @@ def test_lora_model_trains_adapters_only(dataset, tmp_path):
 
 def test_sl_hf_is_a_submodule():
     assert sl.hf.SparseKDTrainer is SparseKDTrainer
+
+
+@pytest.mark.slow
+def test_example_hf_trainer_quick(tmp_path):
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pipeline_fixtures import subprocess_env
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "hf_trainer.py"
+    done = subprocess.run([sys.executable, str(example), "--quick", "--out", str(tmp_path)], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert re.search(r"packing efficiency \d+\.\d%", done.stdout)
+    before, after = map(float, re.search(r"KD loss on the first rows: (\S+) -> (\S+)", done.stdout).groups())
+    assert after < before

@@ -149,3 +149,22 @@ def test_resumable_sampler_over_packed_rows(dataset):
     resumed.load_state_dict(state)
     assert first + list(iter(resumed)) == order
     assert [packed[i].documents.tolist() for i in order] == [packed.rows[i].tolist() for i in order]
+
+
+def test_bench_packing_quick(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "bench_packing.py"
+    out = tmp_path / "bench_packing.json"
+    proc = subprocess.run([sys.executable, str(tool), "--quick", "--out", str(out)], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    body = json.loads(out.read_text())
+    assert body["machine"]["cpu"] and {r["corpus"] for r in body["results"]} == {"chat-lognormal", "web-pareto",
+                                                                                 "uniform"}
+    for r in body["results"]:
+        assert 0.9 < r["packed"] <= 1.0
+        assert r["pad_to_seq_len"] < r["pad_to_longest"] < r["packed"]

@@ -76,7 +76,7 @@ def test_masked_positions_empty_kept_positions_as_unmasked(llama, tmp_path, colu
 
 
 def test_mask_column_from_the_command_line(llama, tmp_path):
-    chat, tokens, labels = _chat(tmp_path, lengths=(7, 10))
+    chat, _, labels = _chat(tmp_path, lengths=(7, 10))
     out = subprocess.run([*cli(), "generate", "--model", str(llama), "--tokens", str(chat), "--out",
                           str(tmp_path / "cli"), "--dtype", "float32", "--device", "cpu", "--no-progress",
                           "--mask-column", "labels", "--seed", "7", "--rounds", "30", "--batch-size", "2"],

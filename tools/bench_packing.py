@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> dict:
             plan_s = time.perf_counter() - start
             tokens = int(lengths.sum())
             rows.append({
-                "corpus": kind, "seq_len": seq_len, "documents": int(lengths.size), "mean_length": tokens / lengths.size,
+                "corpus": kind, "seq_len": seq_len, "documents": int(lengths.size),
+                "mean_length": tokens / lengths.size,
                 "rows": len(plan), "packed": tokens / (len(plan) * seq_len),
                 "pad_to_seq_len": tokens / (lengths.size * seq_len),
                 "pad_to_longest": padded_longest(lengths, args.batch_size),

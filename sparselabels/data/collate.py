@@ -340,6 +340,24 @@ class SparseBatch(dict):
     def __copy__(self) -> SparseBatch:
         return SparseBatch(self)
 
+    def _moved(self, move) -> SparseBatch:
+        """The batch with ``move`` (a pin, a copy to a device) applied to its one buffer once, other values one by
+        one."""
+        base, views, others = self._layout()
+        others = {name: value if isinstance(value, _TargetsLayout) or not hasattr(value, "to") else move(value)
+                  for name, value in others.items()}
+        return _rebuild_batch(None if base is None else move(base), views, others)
+
+    def pin_memory(self, device: Any = None) -> SparseBatch:
+        """The batch in page-locked memory: one allocation and one copy (``DataLoader(pin_memory=True)`` calls this
+        on torch versions that look for a ``pin_memory`` method before treating a batch as a dict)."""
+        return self._moved(lambda t: t.pin_memory())
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> SparseBatch:
+        """The batch on ``device``: its buffer crosses in one copy."""
+        device = torch.device(device)
+        return self._moved(lambda t: t if t.device == device else t.to(device, non_blocking=non_blocking))
+
 
 class _TargetsLayout:
     """Stands for a SparseTargets in a pickled SparseBatch whose parts travel as views of the batch's buffer."""
@@ -354,7 +372,7 @@ def _rebuild_batch(base: torch.Tensor | None, views: list, others: dict) -> Spar
     if base is not None:
         storage = base.untyped_storage()
         for name, dtype, byte_offset, shape in views:
-            t = torch.empty(0, dtype=dtype).set_(storage, byte_offset // dtype.itemsize, shape)
+            t = torch.empty(0, dtype=dtype, device=base.device).set_(storage, byte_offset // dtype.itemsize, shape)
             if isinstance(name, tuple):
                 parts.setdefault(name[0], {})[name[1]] = t
             else:

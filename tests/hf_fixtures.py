@@ -49,9 +49,11 @@ def dense_reference(model, batch: dict, *, kd_weight: float = 1.0, ce_weight: fl
     ids, mask = batch["input_ids"], batch["attention_mask"].bool()
     logp = torch.log_softmax(m(input_ids=ids, attention_mask=mask.long()).logits.double(), -1)
     keep = mask & batch["loss_mask"].bool() if "loss_mask" in batch else mask
-    w = batch["target_weights"].double()
+    target_ids, w = batch["targets"].to_padded() if "targets" in batch else (batch["target_ids"],
+                                                                               batch["target_weights"])
+    w = w.double()
     has = (w != 0).any(-1)
-    kl = (torch.xlogy(w, w) - w * logp.gather(-1, batch["target_ids"])).sum(-1)
+    kl = (torch.xlogy(w, w) - w * logp.gather(-1, target_ids)).sum(-1)
     kd = kl[keep & has].sum() / (keep & has).sum()
     total = kd_weight * kd
     if ce_weight:

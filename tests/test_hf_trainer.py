@@ -125,6 +125,7 @@ def test_trainer_loss_equals_kd_loss_and_reference(dataset, tmp_path):
     trainer = SparseKDTrainer(model=model, args=_args(tmp_path), train_dataset=dataset, ce_weight=0.25)
     batch = next(iter(trainer.get_train_dataloader()))
     batch = trainer._prepare_inputs(batch)
+    assert isinstance(batch["targets"], sl.data.SparseTargets)  # CSR by default
     got = trainer.compute_loss(model, batch)
     assert got.item() == pytest.approx(kd_loss(model, batch, kd_weight=1.0, ce_weight=0.25).item(), rel=1e-6)
     assert got.item() == pytest.approx(dense_reference(model, batch, ce_weight=0.25).item(), rel=1e-5)

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from sparselabels.data.targets import SparseTargets
 from sparselabels.errors import InputError
 from sparselabels.loss import sparse_kd_loss_from_hidden
 
@@ -35,16 +36,13 @@ IGNORE_INDEX = -100
 
 
 def targets_of(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Padded ``[B, T, K]`` target ids and weights of a batch: ``target_ids``/``target_weights``, or a
-    ``targets`` object (CSR batches) converted with its ``to_padded()``."""
+    """Padded ``[B, T, K]`` target ids and weights of a batch: ``target_ids``/``target_weights``, or CSR
+    ``targets`` (:class:`~sparselabels.data.SparseTargets`) padded."""
     if "target_ids" in batch and "target_weights" in batch:
         return batch["target_ids"], batch["target_weights"]
     targets = batch.get("targets")
-    if targets is not None and hasattr(targets, "to_padded"):
-        padded = targets.to_padded()
-        if isinstance(padded, dict):
-            return padded["target_ids"], padded["target_weights"]
-        return padded[0], padded[1]
+    if isinstance(targets, SparseTargets):
+        return targets.to_padded()
     raise InputError(f"the batch holds no targets (keys: {sorted(batch)}); collate it with sparselabels.data")
 
 
@@ -85,7 +83,7 @@ def count_positions(batch: dict) -> torch.Tensor:
     A KD position must also hold labels (a position stored empty, as ``generate --mask-column`` writes masked
     ones, adds nothing and is not counted)."""
     targets = batch.get("targets")
-    if targets is not None and hasattr(targets, "labels_per_position"):
+    if isinstance(targets, SparseTargets):
         has_labels = targets.labels_per_position() > 0
     else:
         has_labels = (targets_of(batch)[1] != 0).any(-1)
@@ -200,10 +198,12 @@ def kd_loss(
         chunk_size, backend: passed to :func:`~sparselabels.loss.sparse_kd_loss_from_hidden`.
     """
     kd_w, ce_w = _check_weights(kd_weight, ce_weight)
-    target_ids, target_weights = targets_of(batch)
+    targets = batch.get("targets")
+    # CSR targets go to the loss as they are: it reads them chunk by chunk, never padded to K
+    target_args = (targets, None) if isinstance(targets, SparseTargets) else targets_of(batch)
     mask = kd_mask(batch)
     counts = count_positions(batch) if num_items is None else torch.as_tensor(num_items)
-    counts = counts.to(device=target_weights.device, dtype=torch.float64).reshape(-1)
+    counts = counts.to(device=mask.device, dtype=torch.float64).reshape(-1)
     if counts.shape[0] != 2:
         raise InputError(f"num_items must be (KD positions, CE positions), got {num_items!r}")
     labels = next_token_labels(batch) if ce_w > 0 else None
@@ -218,7 +218,7 @@ def kd_loss(
     total = float(kd_scale + ce_scale)
     alpha = float(ce_scale) / total
     loss = sparse_kd_loss_from_hidden(
-        hidden, weight, target_ids, target_weights, labels=labels, ce_weight=alpha, chunk_size=chunk_size,
+        hidden, weight, *target_args, labels=labels, ce_weight=alpha, chunk_size=chunk_size,
         temperature=temperature, mask=mask, reduction="sum", backend=backend,
     )
     return loss * total

@@ -2,7 +2,7 @@
 
 It differs from ``Trainer`` in three places only:
 
-* **data**: the default collator is the library's (padded targets, or packed rows for a
+* **data**: the default collator is the library's (CSR targets; packed rows for a
   :class:`~sparselabels.data.PackedDataset`), and items reach it whole whatever ``remove_unused_columns`` says
   (the teacher's targets are not arguments of ``model.forward``, and dropping them silently is the failure this
   class exists to prevent);
@@ -20,16 +20,17 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from sparselabels.data import SparseLabelCollator
+from sparselabels.data import SparseLabelCollator, SparseTargets
 from sparselabels.data.packing import PackedDataset
 from sparselabels.hf.kd_loss import count_positions, kd_loss
 
 
-def default_collator(dataset: Any, pad_token_id: int = 0):
-    """The library's collator for ``dataset``: packed rows for a PackedDataset, padded batches otherwise."""
+def default_collator(dataset: Any, pad_token_id: int = 0, layout: str = "csr"):
+    """The library's collator for ``dataset``: packed rows for a PackedDataset, one sequence per row otherwise;
+    CSR targets by default (~5 bytes per label in the batch, read chunk by chunk by the fused loss)."""
     if isinstance(dataset, PackedDataset):
-        return dataset.collator(pad_token_id=pad_token_id)
-    return SparseLabelCollator(pad_token_id=pad_token_id)
+        return dataset.collator(pad_token_id=pad_token_id, layout=layout)
+    return SparseLabelCollator(pad_token_id=pad_token_id, layout=layout)
 
 
 class SparseKDTrainer(Trainer):
@@ -57,6 +58,12 @@ class SparseKDTrainer(Trainer):
 
     def _get_collator_with_removed_columns(self, data_collator, description: str | None = None):
         return data_collator
+
+    def _prepare_input(self, data):
+        """Tensors as Trainer moves them, and CSR targets (not a tensor, so Trainer would leave them behind)."""
+        if isinstance(data, SparseTargets):
+            return data.to(self.args.device)
+        return super()._prepare_input(data)
 
     # -- accumulation ----------------------------------------------------------------------------------------
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:

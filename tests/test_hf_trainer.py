@@ -261,3 +261,38 @@ def test_example_hf_trainer_quick(tmp_path):
     assert re.search(r"packing efficiency \d+\.\d%", done.stdout)
     before, after = map(float, re.search(r"KD loss on the first rows: (\S+) -> (\S+)", done.stdout).groups())
     assert after < before
+
+
+def _family(name: str):
+    import transformers as tf
+
+    torch.manual_seed(0)
+    kw = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if name == "gpt2":  # tied head, learned positions, dropout (compared in eval mode)
+        return tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=2, bos_token_id=1,
+                                                eos_token_id=2))
+    if name == "qwen2":
+        return tf.Qwen2ForCausalLM(tf.Qwen2Config(**kw))
+    if name == "cohere":  # logits = logit_scale * head(h)
+        return tf.CohereForCausalLM(tf.CohereConfig(**kw, logit_scale=0.5))
+    if name == "granite":  # logits = head(h) / logits_scaling
+        return tf.GraniteForCausalLM(tf.GraniteConfig(**kw, logits_scaling=4.0))
+    raise ValueError(name)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "qwen2", "cohere", "granite"])
+def test_kd_loss_other_model_families(dataset, family):
+    model = _family(family).eval()
+    batch = collate([dataset[i] for i in range(4)], layout="csr")
+    got = kd_loss(model, batch, ce_weight=0.2)
+    assert got.item() == pytest.approx(dense_reference(model, batch, ce_weight=0.2).item(), rel=1e-5)
+
+
+def test_soft_capped_logits_refused(dataset):
+    import transformers as tf
+
+    model = tf.Gemma2ForCausalLM(tf.Gemma2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, head_dim=8,
+                                                 num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2))
+    with pytest.raises(InputError, match="soft-caps its logits"):
+        kd_loss(model, collate([dataset[0]]))

@@ -122,6 +122,25 @@ def lm_head_weight(model: torch.nn.Module) -> torch.Tensor:
     return head.weight
 
 
+def logit_scale(model: torch.nn.Module) -> float:
+    """The factor a model applies to ``hidden @ W.T`` to form its logits (Cohere's ``logit_scale``, Granite's and
+    MiniCPM3's ``1 / logits_scaling``; 1 for most models). Soft-capped logits (Gemma 2/3) are refused: the fused
+    loss works on the linear head only."""
+    config = getattr(_unwrap(model), "config", None)
+    if config is None:
+        return 1.0
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(text, "final_logit_softcapping", None):
+        raise InputError(f"{type(_unwrap(model)).__name__} soft-caps its logits (final_logit_softcapping="
+                         f"{text.final_logit_softcapping}); the fused KD loss applies a linear LM head only")
+    scale = 1.0
+    if isinstance(getattr(text, "logit_scale", None), int | float):
+        scale *= float(text.logit_scale)
+    if isinstance(getattr(text, "logits_scaling", None), int | float) and text.logits_scaling:
+        scale /= float(text.logits_scaling)
+    return scale
+
+
 def _model_inputs(model: torch.nn.Module, batch: dict) -> dict[str, Any]:
     inner = _unwrap(model)
     kwargs: dict[str, Any] = {"input_ids": batch["input_ids"], "use_cache": False}
@@ -211,6 +230,9 @@ def kd_loss(
     weight = lm_head_weight(model)
     if hidden.dtype != weight.dtype:
         hidden = hidden.to(weight.dtype)
+    scale = logit_scale(model)
+    if scale != 1.0:  # logits = scale * (hidden @ W.T) = (scale * hidden) @ W.T
+        hidden = hidden * scale
     # per-term scales: kd_w / n_kd on KD sums, ce_w / n_ce on CE sums (a term without positions adds nothing)
     kd_scale = kd_w / counts[0].clamp(min=1)
     ce_scale = ce_w / counts[1].clamp(min=1) if ce_w > 0 else torch.zeros((), dtype=torch.float64,

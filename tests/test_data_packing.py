@@ -168,3 +168,17 @@ def test_bench_packing_quick(tmp_path):
     for r in body["results"]:
         assert 0.9 < r["packed"] <= 1.0
         assert r["pad_to_seq_len"] < r["pad_to_longest"] < r["packed"]
+
+
+def test_packed_csr_batches_through_a_worker_equal_in_process(dataset):
+    packed = PackedDataset(dataset, seq_len=SEQ_LEN)
+    collator = packed.collator(layout="csr")
+    loader = torch.utils.data.DataLoader(packed, batch_size=2, num_workers=1, collate_fn=collator)
+    for r, got in zip(range(0, len(packed), 2), loader, strict=False):
+        want = collator([packed[i] for i in range(r, min(r + 2, len(packed)))])
+        assert sorted(got) == sorted(want)
+        for key in ("position_ids", "cu_seq_lens", "loss_mask", "input_ids", "attention_mask", "documents"):
+            assert torch.equal(got[key], want[key]), key
+        assert got["max_length"] == want["max_length"]
+        for a, b in zip(got["targets"].to_padded(), want["targets"].to_padded(), strict=True):
+            assert torch.equal(a, b)

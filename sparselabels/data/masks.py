@@ -45,7 +45,10 @@ def token_mask(values: np.ndarray, input_ids: np.ndarray | None, kind: str, wher
         bad = np.flatnonzero((v != 0) & (v != 1))
         if bad.size:
             t = int(bad[0])
-            raise InputError(f"{where}, token {t}: mask value {int(v[t])} is not 0 or 1 ({bad.size} such values)")
+            hint = ("; a Hugging Face labels column (-100 / token ids) is read as one only under the name 'labels'"
+                    if (v == IGNORE_INDEX).any() else "")
+            raise InputError(f"{where}, token {t}: mask value {int(v[t])} is not 0 or 1 ({bad.size} such values)"
+                             f"{hint}")
         return v == 1
     if kind != "labels":
         raise InputError(f"mask kind must be 'mask' or 'labels', got {kind!r}")

@@ -117,6 +117,14 @@ def test_bad_weights_refused(dataset):
             kd_loss(tiny_student(), batch, kd_weight=kd_w, ce_weight=ce_w)
     with pytest.raises(InputError, match="no targets"):
         kd_loss(tiny_student(), {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
+    with pytest.raises(InputError, match="no input_ids"):
+        kd_loss(tiny_student(), {k: v for k, v in batch.items() if k != "input_ids"})
+
+
+def test_trainer_refuses_a_dataset_without_tokens(store, tmp_path):
+    labels_only = SparseLabelDataset(store[0])
+    with pytest.raises(InputError, match="has labels but no tokens"):
+        SparseKDTrainer(model=tiny_student(), args=_args(tmp_path), train_dataset=labels_only)
 
 
 # -- the trainer ----------------------------------------------------------------------------------------------

@@ -142,6 +142,8 @@ def logit_scale(model: torch.nn.Module) -> float:
 
 
 def _model_inputs(model: torch.nn.Module, batch: dict) -> dict[str, Any]:
+    if batch.get("input_ids") is None:
+        raise InputError("the batch has no input_ids: the student needs the tokens (build the dataset with tokens=)")
     inner = _unwrap(model)
     kwargs: dict[str, Any] = {"input_ids": batch["input_ids"], "use_cache": False}
     if batch.get("position_ids") is not None:

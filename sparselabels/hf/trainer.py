@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from sparselabels.data import SparseLabelCollator, SparseTargets
+from sparselabels.data import SparseLabelCollator, SparseLabelDataset, SparseTargets
 from sparselabels.data.packing import PackedDataset
+from sparselabels.errors import InputError
 from sparselabels.hf.kd_loss import count_positions, kd_loss
 
 
@@ -47,6 +48,11 @@ class SparseKDTrainer(Trainer):
 
         self.kd_weight, self.ce_weight = _check_weights(kd_weight, ce_weight)
         self.temperature = float(temperature)
+        for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+            inner = getattr(dataset, "dataset", dataset)  # a PackedDataset's documents
+            if isinstance(inner, SparseLabelDataset) and inner.tokens is None:
+                raise InputError(f"{name} {inner!r} has labels but no tokens; the student needs its input ids: "
+                                 "SparseLabelDataset(labels, tokens)")
         if data_collator is None:
             data_collator = default_collator(train_dataset if train_dataset is not None else eval_dataset)
         super().__init__(model, args, data_collator, train_dataset, eval_dataset, *rest, **kwargs)

@@ -56,6 +56,9 @@ class SparseKDTrainer(Trainer):
         if data_collator is None:
             data_collator = default_collator(train_dataset if train_dataset is not None else eval_dataset)
         super().__init__(model, args, data_collator, train_dataset, eval_dataset, *rest, **kwargs)
+        if self.args.n_gpu > 1:
+            raise InputError(f"{self.args.n_gpu} GPUs in one process (torch.nn.DataParallel) are not supported; "
+                             "run one process per GPU with torchrun (DDP)")
         self.loss_is_scaled_for_ga = True  # compute_loss divides by the whole step's positions itself
 
     # -- data: nothing is removed from the items or the batch -----------------------------------------------

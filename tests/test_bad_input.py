@@ -802,6 +802,47 @@ def _(tmp_path):
     sparse_kd_loss(torch.zeros(2, 4, 100), torch.zeros(2, 3, 5, dtype=torch.int64), torch.zeros(2, 3, 5))
 
 
+def _sparse_targets(offsets: list[int], ids: list[int], shape: tuple[int, ...]):
+    import torch
+
+    from sparselabels.data import SparseTargets
+
+    counts = torch.full((len(ids),), 25, dtype=torch.uint8)
+    return SparseTargets(torch.tensor(offsets), torch.tensor(ids, dtype=torch.int32), counts=counts, rounds=50,
+                         shape=shape, width=2)
+
+
+@row("loss-csr-offsets", "sparse_kd_loss", "SparseTargets whose offsets decrease or overrun the labels", InputError,
+     "SparseTargets.offsets decrease at position (0, 1): 2 -> 1")
+def _(tmp_path):
+    import torch
+
+    from sparselabels.loss import sparse_kd_loss
+
+    sparse_kd_loss(torch.zeros(1, 3, 100), _sparse_targets([0, 2, 1, 4], [1, 2, 3, 4], (1, 3)))
+
+
+@row("loss-csr-ids", "sparse_kd_loss", "SparseTargets holding an id outside the student's vocabulary", InputError,
+     "SparseTargets: label 3 (position (0, 2)): id 100 is outside the vocabulary [0, 100)")
+def _(tmp_path):
+    import torch
+
+    from sparselabels.loss import sparse_kd_loss
+
+    sparse_kd_loss(torch.zeros(1, 3, 100), _sparse_targets([0, 2, 2, 4], [1, 2, 3, 100], (1, 3)))
+
+
+@row("loss-csr-shape", "sparse_kd_loss_from_hidden", "SparseTargets whose shape differs from the hidden states'",
+     InputError, "SparseTargets of shape [3, 1] does not match hidden.shape[:-1] = [1, 3]")
+def _(tmp_path):
+    import torch
+
+    from sparselabels.loss import sparse_kd_loss_from_hidden
+
+    sparse_kd_loss_from_hidden(torch.zeros(1, 3, 8), torch.zeros(100, 8), _sparse_targets([0, 2, 2, 4], [1, 2, 3, 4],
+                                                                                           (3, 1)))
+
+
 # -- the tests -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("row_id", list(ROWS))
 def test_bad_input(row_id: str, tmp_path: Path) -> None:

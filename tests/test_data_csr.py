@@ -161,6 +161,15 @@ def test_moving_targets_copies_one_buffer(tmp_path):
     assert meta.device.type == "meta" and meta.shape == targets.shape and meta.width == targets.width
     assert meta.offsets.shape == targets.offsets.shape and meta.probs.dtype == torch.float32
     assert len({t.untyped_storage().data_ptr() for t in (meta.offsets, meta.ids, meta.probs)}) == 1
+    batch = collate([dataset[i] for i in range(5)], layout="csr")
+    moved = batch.to("meta")  # the whole batch: its one buffer crosses once, targets included
+    assert moved.keys() == batch.keys() and moved["targets"].device.type == "meta"
+    assert moved["input_ids"].device.type == "meta" and moved["input_ids"].shape == batch["input_ids"].shape
+    copied = batch._moved(torch.clone)  # the path of .to()/.pin_memory(), with a host copy standing for the move
+    parts = [copied["input_ids"], copied["attention_mask"], copied["targets"].ids, copied["targets"].values]
+    assert len({t.untyped_storage().data_ptr() for t in parts}) == 1
+    assert parts[0].untyped_storage().data_ptr() != batch["input_ids"].untyped_storage().data_ptr()
+    assert torch.equal(copied["targets"].ids, batch["targets"].ids) and torch.equal(parts[0], batch["input_ids"])
     from sparselabels.data.targets import _move_together
 
     copied = _move_together(targets._parts(), torch.clone)  # the path .to()/.pin_memory() take, with a copy

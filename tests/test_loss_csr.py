@@ -133,3 +133,20 @@ def test_sparse_targets_are_passed_alone():
         L.sparse_kd_loss(torch.randn(3, 1, VOCAB), targets, torch.ones(3, 1, 2))
     with pytest.raises(InputError, match="target_weights is missing"):
         L.sparse_kd_loss(torch.randn(3, 1, VOCAB), torch.zeros(3, 1, 2, dtype=torch.int64))
+
+
+def test_sliced_logits_and_one_position():
+    """Non-contiguous logits (a slice of positions) and a single position of shape ()."""
+    g = torch.Generator().manual_seed(10)
+    targets = random_targets((2, 4), VOCAB, g)
+    ids, weights = targets.to_padded()
+    logits = torch.randn(2, 5, VOCAB, generator=g, dtype=torch.float64)[:, 1:]
+    assert not logits.is_contiguous()
+    torch.testing.assert_close(L.sparse_kd_loss(logits, targets, reduction="none"),
+                               L.sparse_kd_loss(logits, ids, weights, reduction="none"), rtol=1e-12, atol=1e-12)
+    one = SparseTargets(torch.tensor([0, 2]), torch.tensor([3, 9], dtype=torch.int32),
+                        probs=torch.tensor([0.25, 0.75]), shape=())
+    z = torch.randn(VOCAB, generator=g, dtype=torch.float64)
+    one_ids, one_weights = one.to_padded()
+    assert one_ids.shape == (2,)
+    torch.testing.assert_close(L.sparse_kd_loss(z, one), L.sparse_kd_loss(z, one_ids, one_weights))

@@ -87,13 +87,14 @@ def sparse_kd_per_position(
         targets = check_sparse_targets(logits.shape[:-1], target_ids, target_weights, mask, device=logits.device,
                                        source="student_logits", vocab_size=logits.shape[-1],
                                        check_values=check_inputs)
-        z = logits.to(compute_dtype(logits.dtype)).reshape(-1, logits.shape[-1])
+        z = logits.to(compute_dtype(logits.dtype))
         if temperature != 1.0:
             z = z / temperature
         rows = targets.row_index()
-        z_targets = z[rows, targets.ids.long()]
-        losses = kd_label_losses(targets.weights(z.dtype), z_targets, torch.logsumexp(z, dim=-1), rows)
-        return losses.reshape(logits.shape[:-1])
+        # index the logits in their own shape: a flat view would copy sliced (non-contiguous) logits
+        z_targets = z[(*torch.unravel_index(rows, z.shape[:-1]), targets.ids.long())]
+        lse = torch.logsumexp(z, dim=-1).reshape(-1)
+        return kd_label_losses(targets.weights(z.dtype), z_targets, lse, rows).reshape(logits.shape[:-1])
     check_target_tensors(
         logits.shape[:-1], target_ids, target_weights, mask, device=logits.device, source="student_logits"
     )

@@ -728,6 +728,28 @@ def _(tmp_path):
     ds[0]
 
 
+@row("dataset-mask-length", "SparseLabelDataset", "a loss mask (`masks=`, `mask_column=`) of another length than "
+     "its tokens", InputError, "sequence 1: 1 mask values for 2 tokens")
+def _(tmp_path):
+    sl.data.SparseLabelDataset(_valid_file(tmp_path), tokens=np.zeros((4, 2), dtype=np.int32),
+                               masks=[np.ones(2, np.int64), np.ones(1, np.int64), np.ones(2, np.int64),
+                                      np.ones(2, np.int64)])
+
+
+@row("dataset-mask-values", "SparseLabelDataset[i], generate(mask_column=)",
+     "a 0/1 mask value other than 0 or 1, or a `labels` value neither -100 nor the token there", InputError,
+     "sequence 0, token 1: mask value 2 is not 0 or 1")
+def _(tmp_path):
+    masks = np.array([[1, 2], [1, 1], [1, 1], [1, 1]])
+    sl.data.SparseLabelDataset(_valid_file(tmp_path), tokens=np.zeros((4, 2), dtype=np.int32), masks=masks)[0]
+
+
+@row("packing-seq-len", "PackedDataset", "a document longer than `seq_len` (documents are never split)", InputError,
+     "packing: document 0 has 2 positions, more than seq_len=1")
+def _(tmp_path):
+    sl.data.PackedDataset(sl.data.SparseLabelDataset(_valid_file(tmp_path)), seq_len=1)
+
+
 @row("collate-options", "collate", "an integer option that is not one (`pad_to_multiple_of=-8`, `max_labels=2.5`): "
      "never rounded", InputError, "pad_to_multiple_of must be an integer >= 0 or None, got -8")
 def _(tmp_path):

@@ -2,7 +2,8 @@
 
 ``SparseLabelDataset(labels, tokens)`` → items; ``collate`` / ``SparseLabelCollator`` → padded ``[B, T, K]``
 targets or compact CSR ``SparseTargets`` (``layout="csr"``); ``ResumableSampler`` → a deterministic order that
-resumes exactly, also across world sizes.
+resumes exactly, also across world sizes; ``PackedDataset`` → whole documents packed into fixed-length rows
+(position ids and boundaries for attention).
 """
 
 from sparselabels.data.collate import (
@@ -14,6 +15,7 @@ from sparselabels.data.collate import (
     collate_reference,
 )
 from sparselabels.data.dataset import SparseItem, SparseLabelDataset
+from sparselabels.data.packing import PackedCollator, PackedDataset, PackedItem
 from sparselabels.data.sampler import ResumableSampler, epoch_order
 from sparselabels.data.targets import SparseTargets
 from sparselabels.data.tokens import (
@@ -33,6 +35,9 @@ __all__ = [
     "HFTokens",
     "MegatronTokens",
     "NpyTokens",
+    "PackedCollator",
+    "PackedDataset",
+    "PackedItem",
     "ResumableSampler",
     "SparseBatch",
     "SparseItem",

@@ -9,6 +9,8 @@ Output (a :class:`SparseBatch`: a dict of CPU tensors that are views of one stor
 * ``num_labels`` int32 ``[B, T]``: labels kept per position; ``attention_mask`` bool ``[B, T]``: True at real
   positions; ``lengths`` int64 ``[B]``; ``indices`` int64 ``[B]``: the sequences' indices (-1 if unknown).
 * ``input_ids`` int64 ``[B, T]`` (``pad_token_id`` in padding) when the items carry input ids.
+* ``loss_mask`` bool ``[B, T]``: the positions to train (False in padding) when any item carries a ``loss_mask``
+  (see :mod:`sparselabels.data.masks`).
 * with ``max_labels`` set: ``dropped_labels`` int32 ``[B, T]`` and ``dropped_mass`` float32 ``[B, T]``, what the
   overflow policy removed (all zero when nothing was).
 
@@ -41,6 +43,7 @@ import torch
 from numba import types
 from numba.extending import overload
 
+from sparselabels.data.masks import with_loss_mask
 from sparselabels.data.targets import SparseTargets, padding_is_unbounded
 from sparselabels.errors import InputError, check_int
 
@@ -460,9 +463,9 @@ def collate(
     ``batch["targets"]``, a :class:`SparseTargets`, instead of padded ``target_ids``/``target_weights``. See the
     module docstring.
     """
-    return _collate(batch, **_checked_options(
+    return with_loss_mask(batch, _collate(batch, **_checked_options(
         max_labels=max_labels, on_overflow=on_overflow, vocab_size=vocab_size, rounds=rounds, pad_to=pad_to,
-        pad_to_multiple_of=pad_to_multiple_of, pad_token_id=pad_token_id, pin_memory=pin_memory, layout=layout))
+        pad_to_multiple_of=pad_to_multiple_of, pad_token_id=pad_token_id, pin_memory=pin_memory, layout=layout)))
 
 
 def _collate(batch: SequenceABC, *, max_labels: int | None, on_overflow: str, vocab_size: int | None,
@@ -702,7 +705,7 @@ class SparseLabelCollator:
                                         pad_token_id=pad_token_id, pin_memory=pin_memory, layout=layout)
 
     def __call__(self, batch: SequenceABC) -> dict[str, torch.Tensor]:
-        return _collate(batch, **self.options)
+        return with_loss_mask(batch, _collate(batch, **self.options))
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())

@@ -12,7 +12,9 @@ from sparselabels.data.collate import (
     collate_reference,
 )
 from sparselabels.data.dataset import SparseItem, SparseLabelDataset
+from sparselabels.data.identity import check_label_convention, check_tokenizer
 from sparselabels.data.sampler import ResumableSampler, epoch_order
+from sparselabels.data.streams import StreamTokens, TokenStream
 from sparselabels.data.tokens import (
     ArrayTokens,
     HFTokens,
@@ -34,7 +36,11 @@ __all__ = [
     "SparseItem",
     "SparseLabelCollator",
     "SparseLabelDataset",
+    "StreamTokens",
     "TokenSource",
+    "TokenStream",
+    "check_label_convention",
+    "check_tokenizer",
     "collate",
     "collate_reference",
     "epoch_order",

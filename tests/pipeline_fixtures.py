@@ -45,6 +45,16 @@ def tiny_gpt2(path: Path, *, vocab: int = 1000, seed: int = 1, n_positions: int 
     return path
 
 
+def config_only_model(path: Path, *, n_positions: int = 16, vocab: int = 1000) -> Path:
+    """A GPT-2 directory whose config is real but whose weight file is garbage: anything that loads the weights
+    fails, so an error about the inputs from it proves the inputs were checked before the weights loaded."""
+    from transformers import GPT2Config
+
+    GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=2, n_positions=n_positions).save_pretrained(path)
+    (path / "model.safetensors").write_bytes(b"not a safetensors file" * 10)
+    return path
+
+
 def _spread_logits(model) -> None:
     """Random init gives near-uniform next-token distributions; sharpen them so labels look like real ones
     (a dozen or so distinct ids per position rather than ~50)."""
@@ -86,10 +96,12 @@ def run_key(seed: int, sequences) -> int:
 
 
 def reference_labels(model, sequences, *, batch_size: int, seed: int, rounds: int = 50, temperature: float = 1.0,
-                     vocab_size: int | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                     vocab_size: int | None = None, key: int | None = None
+                     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The obvious labeler: the same global batches (right-padded with 0), the model's own logits, then
-    ``sample_counts`` one sequence at a time with row ids = global position, keyed by the run's stream key."""
-    key = run_key(seed, [np.asarray(s) for s in sequences])
+    ``sample_counts`` one sequence at a time with row ids = global position, keyed by the run's stream key
+    (``key``; default: the one generate derives for an indexed source)."""
+    key = run_key(seed, [np.asarray(s) for s in sequences]) if key is None else key
     out = []
     position = 0
     for lo in range(0, len(sequences), batch_size):

@@ -246,7 +246,7 @@ def context_limit(config: Any) -> tuple[int | None, str | None]:
         for key in CONTEXT_KEYS:
             value = getattr(cfg, key, None)
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value, key
+                return value, (getattr(cfg, "attribute_map", None) or {}).get(key, key)  # GPT-2: n_positions
     return None, None
 
 

@@ -27,7 +27,7 @@ from pipeline_fixtures import (
 )
 
 import sparselabels as sl
-from sparselabels.errors import FormatError, InputError
+from sparselabels.errors import CompatibilityError, FormatError, InputError, SparseLabelsError
 from sparselabels.pipeline.generate import generate
 from sparselabels.pipeline.windows import Window, WindowPolicy
 
@@ -149,6 +149,11 @@ def test_bad_inputs_fail_before_the_weights_load(broken, tmp_path):
     (tmp_path / "a-file").write_text("x")
     bad_id = good.copy()
     bad_id[1, 5] = 1000
+    done, foreign = tmp_path / "done", tmp_path / "foreign"
+    done.mkdir()
+    (done / "shard-00000-of-00001.slbl").write_bytes(b"")
+    foreign.mkdir()
+    (foreign / "shard-00001-of-00004.slbl.partial").write_bytes(b"")
     cases = [
         (tmp_path / "missing.npy", {}, InputError, "cannot open"),
         (tmp_path / "floats.npy", {}, FormatError, "token ids must be integers"),
@@ -159,6 +164,8 @@ def test_bad_inputs_fail_before_the_weights_load(broken, tmp_path):
         (random_tokens(2, 17), {}, InputError, "more than the teacher's context of 16"),
         (good, {"rounds": 0}, InputError, "rounds"),
         (good, {"seq_len": 4}, InputError, "seq_len cuts a 1-D token stream"),
+        (good, {"out": done}, SparseLabelsError, "exists; pass resume=True"),
+        (good, {"out": foreign}, CompatibilityError, "written by a run with 4 ranks"),
     ]
     for tokens, kw, error, message in cases:
         out = kw.pop("out", tmp_path / "out")

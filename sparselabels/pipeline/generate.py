@@ -387,6 +387,7 @@ def generate(
             lengths = np.asarray(src.lengths(), dtype=np.int64)
             check_context(lengths, spec, windows, src.describe())
             check_token_ids(src, _rank_sequences(len(lengths), batch_size, world), spec.input_size)
+            _claim_shard(out, world, run)  # an output that is not ours, or exists without resume/overwrite
             teacher = load()
             sampling = SamplingOptions(rounds, temperature, seed, teacher.vocab_size, max_rows)
             _run(teacher, src, out, world, sampling, run, lengths=lengths)
@@ -538,11 +539,11 @@ def _run_stream(spec: TeacherSpec, load: Callable[[], Teacher], stream, out: Pat
     head = [_checked_stream_sequence(spec, run, i, s) for i, s in enumerate(itertools.islice(sequences,
                                                                                             run.batch_size))]
     source_fp = stream_fingerprint(head)
+    shard = _claim_shard(out, world, run)
     teacher = load()
     sampling = replace(sampling, vocab_size=teacher.vocab_size, key=stream_key(sampling.seed, source_fp))
     meta = _metadata(teacher, sampling, run, source_fp=source_fp, first_row=0,
                      shard={"rank": 0, "world_size": 1, "first_sequence": 0})
-    shard = _claim_shard(out, world, run)
     if shard.exists() and run.resume:  # finished: its settings must be these (its length cannot be known)
         check_finished(shard, vocab_size=sampling.vocab_size, value_kind="count", rounds=sampling.rounds,
                        codec=run.codec, metadata=meta, num_sequences=None, expected_from="the stream")

@@ -1,10 +1,13 @@
 """The torch side of reading labels: a Dataset joined to input tokens, a padding collate, a resumable sampler.
 
 ``SparseLabelDataset(labels, tokens)`` → items; ``collate`` / ``SparseLabelCollator`` → padded ``[B, T, K]``
-targets; ``ResumableSampler`` → a deterministic order that resumes exactly, also across world sizes.
+targets or compact CSR ``SparseTargets`` (``layout="csr"``); ``ResumableSampler`` → a deterministic order that
+resumes exactly, also across world sizes; ``PackedDataset`` → whole documents packed into fixed-length rows
+(position ids and boundaries for attention).
 """
 
 from sparselabels.data.collate import (
+    LAYOUTS,
     OVERFLOW_POLICIES,
     SparseBatch,
     SparseLabelCollator,
@@ -13,8 +16,10 @@ from sparselabels.data.collate import (
 )
 from sparselabels.data.dataset import SparseItem, SparseLabelDataset
 from sparselabels.data.identity import check_label_convention, check_tokenizer
+from sparselabels.data.packing import PackedCollator, PackedDataset, PackedItem
 from sparselabels.data.sampler import ResumableSampler, epoch_order
 from sparselabels.data.streams import StreamTokens, TokenStream
+from sparselabels.data.targets import SparseTargets
 from sparselabels.data.tokens import (
     ArrayTokens,
     HFTokens,
@@ -26,16 +31,21 @@ from sparselabels.data.tokens import (
 )
 
 __all__ = [
+    "LAYOUTS",
     "OVERFLOW_POLICIES",
     "ArrayTokens",
     "HFTokens",
     "MegatronTokens",
     "NpyTokens",
+    "PackedCollator",
+    "PackedDataset",
+    "PackedItem",
     "ResumableSampler",
     "SparseBatch",
     "SparseItem",
     "SparseLabelCollator",
     "SparseLabelDataset",
+    "SparseTargets",
     "StreamTokens",
     "TokenSource",
     "TokenStream",

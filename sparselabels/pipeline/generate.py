@@ -46,6 +46,7 @@ from sparselabels.io.sequence import CsrLabels, concat_csr, split_csr
 from sparselabels.io.shards import run_shard_name
 from sparselabels.io.writer import DEFAULT_CHUNK_BYTES, LabelWriter
 from sparselabels.pipeline import distributed
+from sparselabels.pipeline.masking import masked_labels, open_mask
 from sparselabels.pipeline.prechecks import check_context, check_out, check_sequence_fits, check_token_ids
 from sparselabels.pipeline.progress import Progress
 from sparselabels.pipeline.resume import check_finished
@@ -256,6 +257,7 @@ class RunOptions:
     metadata: dict | None
     log_interval: float
     windows: WindowPolicy | None = None
+    mask_column: str | None = None
 
 
 def _metadata(teacher: Teacher, sampling: SamplingOptions, run: RunOptions, *, source_fp: str, shard: dict,
@@ -278,6 +280,9 @@ def _metadata(teacher: Teacher, sampling: SamplingOptions, run: RunOptions, *, s
     }
     if teacher.tokenizer_fingerprint is not None:
         meta["tokenizer_fingerprint"] = teacher.tokenizer_fingerprint
+    if run.mask_column is not None:
+        meta["generation"]["mask_column"] = run.mask_column
+        meta["generation"]["masked_positions"] = "stored empty (no labels): the mask column's 0 / -100 tokens"
     if run.metadata:
         meta["user"] = run.metadata
     return meta
@@ -322,6 +327,7 @@ def generate(
     write_behind: bool = True,
     metadata: dict | None = None,
     log_interval: float = 60.0,
+    mask_column: str | None = None,
 ) -> Path:
     """Label ``tokens`` with ``model`` into the directory ``out`` (one shard per rank and ``manifest.json``).
 
@@ -351,7 +357,9 @@ def generate(
     the next batch. ``vocab_size`` overrides the label vocabulary (default: the tokenizer's length when smaller
     than the output layer, else the output size); ``tokenizer`` is the tokenizer directory (default: the
     model's); ``teacher_name``/``teacher_fingerprint`` override the computed identity. ``metadata`` is stored
-    under the ``"user"`` key. Returns ``out``.
+    under the ``"user"`` key. ``mask_column`` names a per-token column of a ``datasets`` source (0/1, or
+    ``labels`` with -100): only the positions it keeps are labeled, the others are stored empty, while the
+    teacher still reads every token (see :mod:`sparselabels.pipeline.masking`). Returns ``out``.
     """
     from sparselabels.data.streams import TokenStream
     from sparselabels.sampling.checks import check_rounds, check_temperature
@@ -373,7 +381,7 @@ def generate(
     src = open_source(tokens, column, seq_len)
     spec = inspect_teacher(model)
     run = RunOptions(batch_size, dtype, codec, resume, overwrite, progress, flush_every, chunk_bytes, write_behind,
-                     metadata, log_interval, windows)
+                     metadata, log_interval, windows, mask_column)
 
     def load() -> Teacher:
         return load_teacher(spec, dtype=dtype, device=device, tokenizer=tokenizer, vocab_size=vocab_size,
@@ -382,15 +390,18 @@ def generate(
     world = distributed.init(resolve_device(device).type)
     try:
         if isinstance(src, TokenStream):
+            if mask_column is not None:
+                raise InputError("mask_column applies to an indexed datasets source, not to an iterable one")
             _run_stream(spec, load, src, out, world, SamplingOptions(rounds, temperature, seed, 0, max_rows), run)
         else:
             lengths = np.asarray(src.lengths(), dtype=np.int64)
             check_context(lengths, spec, windows, src.describe())
             check_token_ids(src, _rank_sequences(len(lengths), batch_size, world), spec.input_size)
+            mask = open_mask(src, mask_column)  # every mask checked: a bad column fails here
             _claim_shard(out, world, run)  # an output that is not ours, or exists without resume/overwrite
             teacher = load()
             sampling = SamplingOptions(rounds, temperature, seed, teacher.vocab_size, max_rows)
-            _run(teacher, src, out, world, sampling, run, lengths=lengths)
+            _run(teacher, src, out, world, sampling, run, mask, lengths=lengths)
     finally:
         distributed.finish(world)
     return out
@@ -403,7 +414,7 @@ def _rank_sequences(num_sequences: int, batch_size: int, world: distributed.Worl
 
 
 def _run(teacher: Teacher, src, out: Path, world: distributed.World, sampling: SamplingOptions,
-         run: RunOptions, lengths: np.ndarray | None = None) -> None:
+         run: RunOptions, mask=(None, "mask"), lengths: np.ndarray | None = None) -> None:
     from sparselabels.sampling.rng import stream_key
 
     if lengths is None:
@@ -425,7 +436,7 @@ def _run(teacher: Teacher, src, out: Path, world: distributed.World, sampling: S
         check_finished(shard, vocab_size=sampling.vocab_size, value_kind="count", rounds=sampling.rounds,
                        codec=run.codec, metadata=meta, num_sequences=len(mine), expected_from="this rank's slice")
     else:
-        _write_shard(teacher, src, shard, world, sampling, run, meta, offsets, mine)
+        _write_shard(teacher, src, shard, world, sampling, run, meta, offsets, mine, mask)
     _finish_run(out, world)
 
 
@@ -459,7 +470,7 @@ def _open_writer(shard: Path, sampling: SamplingOptions, run: RunOptions, meta: 
 
 
 def _write_shard(teacher: Teacher, src, shard: Path, world: distributed.World, sampling: SamplingOptions,
-                 run: RunOptions, meta: dict, offsets: np.ndarray, mine: range) -> None:
+                 run: RunOptions, meta: dict, offsets: np.ndarray, mine: range, mask=(None, "mask")) -> None:
     """Label this rank's sequences ``mine`` into ``shard``, continuing a partial shard when resuming."""
     writer = _open_writer(shard, sampling, run, meta)
     try:
@@ -473,7 +484,7 @@ def _write_shard(teacher: Teacher, src, shard: Path, world: distributed.World, s
         total, done_tokens = offsets[mine.stop] - offsets[mine.start], offsets[todo.start] - offsets[mine.start]
         with Progress(int(total), done=int(done_tokens), enabled=show, interval=run.log_interval,
                       label=label) as meter:
-            _label_range(teacher, src, writer, sampling, run, offsets, todo, meter)
+            _label_range(teacher, src, writer, sampling, run, offsets, todo, meter, mask)
         if writer.num_sequences != len(mine):
             raise SparseLabelsError(f"{shard}: {writer.num_sequences} sequences written, expected {len(mine)} "
                                     "(an internal error)")
@@ -485,7 +496,7 @@ def _write_shard(teacher: Teacher, src, shard: Path, world: distributed.World, s
 
 
 def _label_range(teacher: Teacher, src, writer: LabelWriter, sampling: SamplingOptions, run: RunOptions,
-                 offsets: np.ndarray, todo: range, progress: Progress) -> None:
+                 offsets: np.ndarray, todo: range, progress: Progress, mask=(None, "mask")) -> None:
     """Label sequences ``todo`` (a tail of this rank's slice) global batch by global batch, writing as it goes."""
     if not todo:
         return
@@ -497,7 +508,7 @@ def _label_range(teacher: Teacher, src, writer: LabelWriter, sampling: SamplingO
             sequences = [read_sequence(src, i, teacher.input_size) for i in range(lo, hi)]
             skip = max(todo.start - lo, 0)  # a resumed run reruns the first batch whole and skips what is stored
             _label_batch(teacher, sequences, lo, [int(offsets[i]) for i in range(lo, hi)], skip, k, sampling, run,
-                         writer, behind)
+                         writer, behind, mask)
             progress.update(int(offsets[hi] - offsets[lo + skip]))
         behind.drain()
     finally:
@@ -505,9 +516,12 @@ def _label_range(teacher: Teacher, src, writer: LabelWriter, sampling: SamplingO
 
 
 def _label_batch(teacher: Teacher, sequences: list[np.ndarray], lo: int, row_starts: list[int], skip: int, k: int,
-                 sampling: SamplingOptions, run: RunOptions, writer: LabelWriter, behind: WriteBehind) -> None:
-    """Label global batch ``k`` (sequences ``lo ..``) and queue the writes of all but its first ``skip``."""
+                 sampling: SamplingOptions, run: RunOptions, writer: LabelWriter, behind: WriteBehind,
+                 mask=(None, "mask")) -> None:
+    """Label global batch ``k`` (sequences ``lo ..``) and queue the writes of all but its first ``skip``; the
+    positions a loss mask drops are stored empty."""
     labels = label_sequences(teacher.model, sequences, row_starts, sampling, teacher.device, run.windows)
+    labels = masked_labels(*mask, lo, sequences, labels)
     fps = [input_fingerprint(s, where=f"tokens, sequence {lo + skip + j}") for j, s in enumerate(sequences[skip:])]
     behind.submit(_write_task(writer, labels[skip:], fps, flush=(k + 1) % run.flush_every == 0))
 

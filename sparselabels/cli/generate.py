@@ -38,7 +38,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--tokens", required=True,
                    help="token sequences: .npy (2-D, or 1-D with --seq-len), Megatron .bin/.idx prefix, or a saved "
                         "datasets directory")
-    p.add_argument("--out", required=True, help="output directory (shards and manifest.json)")
+    p.add_argument("--out", required=True,
+                   help="output directory (shards and manifest.json), or a URL (s3://...; see docs/remote.md)")
     p.add_argument("--column", default="input_ids", help="token column of a datasets source (default input_ids)")
     p.add_argument("--seq-len", type=positive_int, default=None,
                    help="read a 1-D token stream as sequences of this many tokens (the last may be shorter)")

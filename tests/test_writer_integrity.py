@@ -157,7 +157,7 @@ def test_a_writer_whose_fsync_failed_refuses_to_go_on(tmp_path, monkeypatch):
     with pytest.raises(OSError, match=r"a\.slbl\.partial"):
         w.flush()
     monkeypatch.undo()
-    with pytest.raises(SparseLabelsError, match="stopped: fsync failed.*resume=True"):
+    with pytest.raises(SparseLabelsError, match=r"stopped: fsync failed.*resume=True"):
         w.write(*SEQS[1])
     w.abort()
     assert make(path, resume=True).num_sequences <= 1
@@ -207,3 +207,53 @@ def test_write_failure_keeps_empty_fingerprint_choice_open(tmp_path, monkeypatch
     with sl.LabelFile(tmp_path / "a.slbl") as f:
         assert f.fingerprints is None and len(f) == 1
         assert np.array_equal(f.sequence_lengths, [len(SEQS[0][2]) - 1])
+
+
+TOP = 2**32 - 1
+
+
+def test_rans_refuses_a_position_it_cannot_store_and_raw_stores_it(tmp_path):
+    """vocab_size 2**32: a position whose first id is 2**32 - 1 has a gap of 2**32 from -1, beyond the rans gap
+    buckets; the writer refuses it up front (nothing else changes) and raw stores it."""
+    only_top = (np.array([TOP], np.uint32), np.array([3], np.uint8), np.array([0, 0, 1]))
+    fine = (np.array([0, TOP - 1, TOP], np.uint32), np.array([1, 1, 1], np.uint8), np.array([0, 3]))
+    w = make(tmp_path / "r.slbl", vocab_size=2**32, rounds=3, chunk_bytes=1)
+    w.write(*fine)
+    with pytest.raises(InputError, match=r"sequence 1, position 1, label 0, field 'ids': id 4294967295 as a "
+                                         r"position's first id is beyond codec 'rans'.*codec 'raw'"):
+        w.write(*only_top)
+    assert w.num_sequences == 1
+    w.close()
+    assert_reads(tmp_path / "r.slbl", [fine])
+    with make(tmp_path / "w.slbl", vocab_size=2**32, rounds=3, codec="raw") as w:
+        w.write(*only_top)
+        w.write(*fine)
+    assert_reads(tmp_path / "w.slbl", [only_top, fine])
+
+
+def test_merge_copy_refuses_a_chunk_that_does_not_decode(tmp_path, monkeypatch):
+    """A file whose CRCs all match but whose record does not decode (written by a writer without the check
+    above) is not copied into a merged file."""
+    from sparselabels.codecs.compact import CompactCodec
+
+    monkeypatch.setattr(CompactCodec, "unencodable", lambda self, ids, indptr: None, raising=False)
+    bad = tmp_path / "bad.slbl"
+    with make(bad, vocab_size=2**32, rounds=3) as w:
+        w.write(np.array([TOP], np.uint32), np.array([3], np.uint8), np.array([0, 1]))
+    monkeypatch.undo()
+    with sl.LabelFile(bad) as f, pytest.raises(sl.FormatError, match="rans record"):
+        f[0]
+    with pytest.raises(sl.FormatError, match="not copying a chunk that does not decode"):
+        sl.merge(tmp_path / "m.slbl", [bad], copy=True)
+    assert not (tmp_path / "m.slbl").exists() and not (tmp_path / "m.slbl.partial").exists()
+
+
+def test_merge_copy_takes_over_the_partial_file_a_killed_merge_left(tmp_path):
+    finished(tmp_path / "a.slbl", SEQS[:4])
+    stale = make(tmp_path / "m.slbl", resumable=False)  # a merge killed mid-way: its partial file, unlocked
+    stale.write(*SEQS[5])
+    stale.flush()
+    os.close(stale._fd)
+    stale._fd = -1
+    sl.merge(tmp_path / "m.slbl", [tmp_path / "a.slbl"], copy=True)
+    assert_reads(tmp_path / "m.slbl", SEQS[:4])

@@ -116,6 +116,12 @@ def _copy_chunks(f: LabelFile, writer: LabelWriter) -> None:
             raise ChecksumError(f"{exc}; not copying a corrupt chunk") from None
         except FormatError as exc:
             raise FormatError(f"{exc}; not copying an inconsistent chunk") from None
+        first = int(f.index_column("chunk_first_sequence")[c])
+        for i in range(first, first + chunk.header.num_sequences):
+            try:  # a chunk whose CRCs match can still hold a record that does not decode (a faulty writer)
+                f.read(i)
+            except FormatError as exc:
+                raise FormatError(f"{exc}; not copying a chunk that does not decode") from None
         header = chunk.header
         entries_2d = chunk.entries.view("<u8").reshape(header.num_sequences, -1)
         writer._emit_chunk(entries_2d, chunk.table, chunk.records, header.flags, payload_crc=chunk.payload_crc32)

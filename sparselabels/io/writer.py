@@ -422,6 +422,8 @@ class LabelWriter:
                 values_a = values_a.astype(VALUE_DTYPES["prob"])
         problem = check_labels(ids_a, values_a, indptr_a, vocab_size=self.vocab_size, value_kind=self.value_kind,
                                rounds=self.rounds)
+        if problem is None:
+            problem = self.codec.unencodable(ids_a, indptr_a)
         if problem is not None:  # counts are checked before the cast to uint8, so 256 cannot wrap to 0
             raise InputError(f"{where}, {problem.describe()}")
         has_fp = fingerprint is not None

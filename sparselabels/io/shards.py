@@ -25,7 +25,7 @@ import numpy as np
 
 from sparselabels._forksafe import ForkSafeLock
 from sparselabels.errors import CompatibilityError, FormatError, InputError, check_int
-from sparselabels.format.metadata import COMPATIBILITY_KEYS
+from sparselabels.format.metadata import COMPATIBILITY_KEYS, check_common_metadata
 from sparselabels.io.reader import DEFAULT_MAX_SEQUENCE_POSITIONS, LabelFile, Labels
 from sparselabels.io.sequence import Sequence
 
@@ -170,6 +170,10 @@ def read_manifest(path: str | os.PathLike) -> dict:
         raise FormatError(f"{where}: 'shards' must be a non-empty list")
     if not isinstance(body.get("metadata"), dict):
         raise FormatError(f"{where}: 'metadata' must be a map")
+    try:  # what readers of a shard set use without opening a shard (vocab_size, value_kind, rounds, ...)
+        check_common_metadata(body["metadata"])
+    except FormatError as exc:
+        raise FormatError(f"{where}: {exc}") from None
     for i, entry in enumerate(shards):
         if not isinstance(entry, dict):
             raise FormatError(f"{where}: shard {i} is not a map")
@@ -415,7 +419,12 @@ def shard_files(directory: Path) -> list[Path]:
     if unfinished:
         raise FormatError(f"directory {str(directory)!r} holds {unfinished[0]}, an unfinished label file (a writer "
                           "is running or was interrupted): finish or resume it before reading the directory")
-    files = sorted(directory / n for n in names if n.endswith(SHARD_SUFFIX) and (directory / n).is_file())
+    unreadable = sorted(n for n in names if n.endswith(SHARD_SUFFIX) and not (directory / n).is_file())
+    if unreadable:  # a dangling link or a directory: skipping it would read as a smaller dataset
+        what = "a link to a missing file" if (directory / unreadable[0]).is_symlink() else "not a regular file"
+        raise FormatError(f"directory {str(directory)!r} holds {unreadable[0]}, {what}: restore or remove it before "
+                          "reading the directory")
+    files = sorted(directory / n for n in names if n.endswith(SHARD_SUFFIX))
     if not files:
         raise FormatError(f"directory {str(directory)!r} holds no {MANIFEST_NAME} and no *{SHARD_SUFFIX} files")
     runs: dict[int, set[int]] = {}

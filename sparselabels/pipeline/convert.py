@@ -229,7 +229,7 @@ def make_layout(shape: tuple[int, ...], *, seq_len: int | None, lengths) -> Layo
         raise InputError("give seq_len or lengths, not both")
     if lengths is not None:
         lengths = np.asarray(lengths)
-        if lengths.ndim != 1 or (lengths.size and not np.issubdtype(lengths.dtype, np.integer)):
+        if lengths.ndim != 1 or (lengths.size and lengths.dtype.kind not in "iu"):
             raise InputError(f"lengths must be a 1-D integer array, got {lengths.dtype} {lengths.shape}")
         lengths = lengths.astype(np.int64)
         if lengths.size and lengths.min() < 0:

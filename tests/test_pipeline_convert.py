@@ -272,8 +272,9 @@ def test_resume_after_a_crash_gives_the_uninterrupted_bytes(tmp_path, monkeypatc
     opened = _open_counting(monkeypatch, reads=None)
     convert(path, out, resume=True, **args)
     assert out.read_bytes() == whole
-    rows_read = opened[-1].rows_read  # the sequences kept from the partial file are not read again
-    assert 0 < rows_read < 12 * 9 and rows_read % 9 == 0, rows_read
+    # every row is read once: the kept sequences' rows to check they are the rows they were labeled from, the
+    # others' rows to label them
+    assert opened[-1].rows_read == 12 * 9, opened[-1].rows_read
 
 
 def test_resume_of_a_finished_file_checks_it_and_keeps_it(tmp_path):
@@ -333,3 +334,40 @@ def test_cli_convert_resume(tmp_path):
     assert again.returncode != 0 and "pass --overwrite" in again.stderr
     resumed = subprocess.run([*base, "--resume"], env=subprocess_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
+
+
+@pytest.mark.parametrize("fmt", ["npy", "hdf5", "safetensors"])
+def test_resume_refuses_an_input_replaced_by_other_values(tmp_path, monkeypatch, fmt):
+    """Same name, shape and dtype, other values: resuming would mix the labels of two inputs in a valid file."""
+    first = logits_3d(12, 9, 300, seed=1)
+    path = save(fmt, tmp_path / "in", first)
+    args = dict(seed=5, chunk_rows=10, chunk_bytes=500)
+    _open_counting(monkeypatch, reads=7)
+    out = tmp_path / "labels.slbl"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        convert(path, out, **args)
+    journal = tmp_path / "labels.slbl.partial.rows"
+    assert journal.stat().st_size > 0 and journal.stat().st_size % 16 == 0  # one digest per sequence handed over
+    _open_counting(monkeypatch, reads=None)
+    other = first.copy()
+    other[1, 3, 7] += 1.0  # one value of a sequence the partial file already holds
+    save(fmt, tmp_path / "in", other)
+    with pytest.raises(sl.CompatibilityError, match="rows of sequence 1 differ"):
+        convert(path, out, resume=True, **args)
+    save(fmt, tmp_path / "in", first)  # the original input back: the resume goes through, byte for byte
+    convert(path, out, resume=True, **args)
+    assert out.read_bytes() == convert(path, tmp_path / "whole.slbl", **args).read_bytes()
+    assert not journal.exists() and not (tmp_path / "whole.slbl.partial.rows").exists()
+
+
+def test_resume_without_a_record_of_the_input_rows_is_refused(tmp_path, monkeypatch):
+    path = save("npy", tmp_path / "in", logits_3d(12, 9, 300))
+    _open_counting(monkeypatch, reads=7)
+    out = tmp_path / "labels.slbl"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        convert(path, out, seed=5, chunk_rows=10, chunk_bytes=500)
+    (tmp_path / "labels.slbl.partial.rows").unlink()
+    _open_counting(monkeypatch, reads=None)
+    with pytest.raises(sl.CompatibilityError, match="cannot be checked to be the one"):
+        convert(path, out, seed=5, chunk_rows=10, chunk_bytes=500, resume=True)
+    convert(path, out, seed=5, chunk_rows=10, chunk_bytes=500, overwrite=True)

@@ -14,7 +14,9 @@ not depend on ``chunk_rows``. Log-probs are logits up to a per-row constant (sof
 temperature); ``kind="logprobs"`` only adds a check that every row's probabilities sum to 1, to catch
 mislabelled inputs. ``topk=K`` writes Top-K probability labels (``value_kind="prob"``) for baselines. The same
 determinism makes ``resume=True`` exact: a rerun after a crash keeps the sequences already in the partial
-file and labels the rest, and the file is the one an uninterrupted run writes.
+file and labels the rest, and the file is the one an uninterrupted run writes. The kept sequences' input rows
+are hashed again and compared with the digests recorded while they were converted (``row_journal``), so an
+input replaced in between is refused rather than mixed into the file.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from sparselabels.io.sequence import CsrLabels, concat_csr, split_csr
 from sparselabels.io.writer import DEFAULT_CHUNK_BYTES, LabelWriter
 from sparselabels.pipeline.progress import Progress
 from sparselabels.pipeline.resume import check_finished
+from sparselabels.pipeline.row_journal import RowJournal, row_digest
 from sparselabels.pipeline.teacher import resolve_device
 
 KINDS = ("logits", "logprobs")
@@ -351,8 +354,9 @@ def convert(
     ``chunk_rows`` bounds the rows in memory (default: about 256 MiB of float32). ``resume=True`` continues after
     a crash or kill: the sequences in the verified chunks of ``out``'s partial file are kept and the rest are
     labeled again; sampling depends only on the seed and each row's global index, so the file is byte for byte
-    the one an uninterrupted run writes (an ``out`` already finished is checked against these arguments and
-    kept). ``chunk_bytes``: input bytes per chunk of the label file (LabelWriter).
+    the one an uninterrupted run writes; the kept sequences' input rows are read and checked to be the rows they
+    were labeled from (CompatibilityError otherwise). An ``out`` already finished is checked against these
+    arguments and kept. ``chunk_bytes``: input bytes per chunk of the label file (LabelWriter).
     """
     import torch
 
@@ -409,11 +413,16 @@ def convert(
             return Path(out)
         writer = LabelWriter(out, **settings, metadata=meta, overwrite=overwrite, resume=resume,
                              chunk_bytes=chunk_bytes)
+        journal = None
         try:
             done = writer.num_sequences  # kept from a partial file when resuming
             if done > num_sequences:
                 raise CompatibilityError(f"{writer.partial_path} holds {done} sequences but the input has only "
                                          f"{num_sequences}")
+            journal = RowJournal(writer.partial_path, kept=done)
+            if done:  # the kept labels must come from these very rows, not from an input since replaced
+                _check_kept_rows(src, layout, chunk_rows, done, journal, where=str(writer.partial_path))
+            digests: dict[int, Any] = {}
             with Progress(int(layout.offsets[-1]), done=int(layout.offsets[done]), enabled=progress,
                           label="convert") as meter:
                 pending: list[CsrLabels] = []
@@ -421,7 +430,11 @@ def convert(
                     chunk = [p for p in planned if p.seq >= done]
                     if not chunk:
                         continue
-                    blocks = [src.read(layout.rows(p.seq, p.t0, p.t1)).reshape(-1, width) for p in chunk if p.t1 > p.t0]
+                    blocks = []
+                    for p in chunk:
+                        if p.t1 > p.t0:
+                            blocks.append(src.read(layout.rows(p.seq, p.t0, p.t1)).reshape(-1, width))
+                            digests.setdefault(p.seq, row_digest()).update(_raw_bytes(blocks[-1]))
                     if blocks:
                         rows = torch.cat(blocks).to(dev) if len(blocks) > 1 else blocks[0].to(dev)
                         row_ids = torch.cat([torch.arange(p.t0, p.t1, dtype=torch.int64) + int(layout.offsets[p.seq])
@@ -450,16 +463,40 @@ def convert(
                         if p.t1 == layout.lengths[p.seq]:  # the sequence is complete
                             ids, values, indptr = concat_csr(pending)
                             pending = []
+                            journal.append((digests.pop(p.seq, None) or row_digest()).digest())
                             writer.write(ids, values, indptr,
                                          fingerprint=None if fingerprints is None else int(fingerprints[p.seq]))
                     meter.update(sum(pieces))
         except BaseException:
             writer.abort()
+            if journal is not None:
+                journal.close(remove=False)
             raise
         writer.close()
+        journal.close(remove=True)
     finally:
         src.close()
     return Path(out)
+
+
+def _raw_bytes(block) -> np.ndarray:
+    """The bytes of a block of rows as read from the input (any dtype, bfloat16 included)."""
+    import torch
+
+    return block.contiguous().view(torch.uint8).numpy()
+
+
+def _check_kept_rows(src: DenseSource, layout: Layout, chunk_rows: int, kept: int, journal: RowJournal,
+                     where: str) -> None:
+    """Hash the input rows of the ``kept`` sequences again (``chunk_rows`` at a time) and compare with the journal."""
+    digests: dict[int, Any] = {}
+    for planned in plan_chunks(layout.lengths[:kept], chunk_rows):
+        for p in planned:
+            digest = digests.setdefault(p.seq, row_digest())
+            if p.t1 > p.t0:
+                digest.update(_raw_bytes(src.read(layout.rows(p.seq, p.t0, p.t1))))
+            if p.t1 == layout.lengths[p.seq]:
+                journal.check(p.seq, digests.pop(p.seq).digest(), where)
 
 
 def _token_fingerprints(tokens, column: str, lengths: np.ndarray) -> np.ndarray | None:

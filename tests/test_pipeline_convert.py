@@ -371,3 +371,48 @@ def test_resume_without_a_record_of_the_input_rows_is_refused(tmp_path, monkeypa
     with pytest.raises(sl.CompatibilityError, match="cannot be checked to be the one"):
         convert(path, out, seed=5, chunk_rows=10, chunk_bytes=500, resume=True)
     convert(path, out, seed=5, chunk_rows=10, chunk_bytes=500, overwrite=True)
+
+
+def test_hostile_hdf5_inputs_are_refused_before_reading(tmp_path):
+    """Declared shapes cost nothing to store: a row beyond the bound is refused before any allocation; data that
+    lives outside the given file (external storage, virtual datasets, external links) is never read."""
+    hostile = tmp_path / "huge.h5"
+    with h5py.File(hostile, "w") as f:
+        f.create_dataset("logits", shape=(2, 2**28), dtype="<f4")  # no data stored: a file of a few KB
+    assert hostile.stat().st_size < 10_000
+    with pytest.raises(InputError, match=r"rows of 268435456 values are more than the 256 MiB per row"):
+        convert(hostile, tmp_path / "o.slbl")
+    with h5py.File(tmp_path / "chunky.h5", "w") as f:
+        f.create_dataset("logits", shape=(2**21, 128), chunks=(2**21, 128), dtype="<f4")
+    with pytest.raises(InputError, match=r"chunks of .* are more than the"):
+        convert(tmp_path / "chunky.h5", tmp_path / "o.slbl")
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(64, dtype="<f4").tobytes())
+    with h5py.File(tmp_path / "external.h5", "w") as f:
+        f.create_dataset("logits", shape=(4, 4), dtype="<f4", external=[(str(secret), 0, 64)])
+    with pytest.raises(InputError, match=r"stored in external files \[.*secret\.bin'\]"):
+        convert(tmp_path / "external.h5", tmp_path / "o.slbl")
+    with h5py.File(tmp_path / "source.h5", "w") as f:
+        f.create_dataset("logits", data=np.zeros((4, 4), "<f4"))
+    with h5py.File(tmp_path / "virtual.h5", "w") as f:
+        layout = h5py.VirtualLayout(shape=(4, 4), dtype="<f4")
+        layout[:] = h5py.VirtualSource(str(tmp_path / "source.h5"), "logits", shape=(4, 4))
+        f.create_virtual_dataset("logits", layout)
+    with pytest.raises(InputError, match="virtual dataset"):
+        convert(tmp_path / "virtual.h5", tmp_path / "o.slbl")
+    with h5py.File(tmp_path / "linked.h5", "w") as f:
+        f["logits"] = h5py.ExternalLink(str(tmp_path / "source.h5"), "logits")
+    with pytest.raises(InputError, match="lives in another file"):
+        convert(tmp_path / "linked.h5", tmp_path / "o.slbl", key="logits")
+    assert not list(tmp_path.glob("o.slbl*"))
+
+
+@pytest.mark.parametrize("fmt", ["npy", "hdf5"])
+def test_big_endian_inputs_convert_like_little_endian(tmp_path, fmt):
+    logits = logits_3d(3, 5, 64)
+    little = convert(save(fmt, tmp_path / "le", logits), tmp_path / "le.slbl", seed=3)
+    big = convert(save(fmt, tmp_path / "be", logits.astype(">f4")), tmp_path / "be.slbl", seed=3)
+    with sl.LabelFile(little) as a, sl.LabelFile(big) as b:
+        assert len(a) == len(b) == 3
+        for x, y in zip(a, b, strict=True):
+            assert np.array_equal(x.ids, y.ids) and np.array_equal(x.counts, y.counts)

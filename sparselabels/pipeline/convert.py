@@ -73,6 +73,18 @@ class DenseSource(abc.ABC):
 
 
 _NUMPY_FLOATS = (np.float16, np.float32, np.float64)
+# One row (a vocabulary's worth of outputs) is the least convert holds at a time, several times over while it
+# samples: 256 MiB of float32 (a vocabulary of 64M entries) is far above any real one, and a declared shape
+# beyond it (cheap to declare in an HDF5 file without storing any data) is refused before anything is read.
+MAX_ROW_BYTES = 256 << 20
+# HDF5 decompresses whole chunks: a chunk larger than this is refused for the same reason.
+MAX_HDF5_CHUNK_BYTES = 256 << 20
+
+
+def _native_float(dtype: np.dtype) -> np.dtype | None:
+    """``dtype`` in native byte order if it is float16/32/64 in either byte order, else None."""
+    native = np.dtype(dtype).newbyteorder("=")
+    return native if native in _NUMPY_FLOATS else None
 
 
 class NpySource(DenseSource):
@@ -82,10 +94,11 @@ class NpySource(DenseSource):
             self._array = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError) as exc:
             raise InputError(f"npy {str(path)!r}: cannot memory-map ({exc})") from None
-        if self._array.dtype not in _NUMPY_FLOATS:
+        self._native = _native_float(self._array.dtype)
+        if self._native is None:
             raise InputError(f"npy {str(path)!r}: dtype {self._array.dtype} is not float16, float32 or float64")
         self.shape = tuple(self._array.shape)
-        self.dtype = str(self._array.dtype)
+        self.dtype = str(self._native)
 
     @property
     def itemsize(self) -> int:
@@ -94,7 +107,8 @@ class NpySource(DenseSource):
     def read(self, index):
         import torch
 
-        return torch.from_numpy(np.array(self._array[index]))  # a private, writable copy of the mapped rows
+        # a private, writable copy of the mapped rows, in native byte order (torch has no other)
+        return torch.from_numpy(np.array(self._array[index], dtype=self._native))
 
 
 class Hdf5Source(DenseSource):
@@ -118,15 +132,17 @@ class Hdf5Source(DenseSource):
             if key not in self._file or not isinstance(self._file[key], h5py.Dataset):
                 raise InputError(f"hdf5 {str(path)!r}: no dataset {key!r}")
             self._dataset = self._file[key]
-            if self._dataset.dtype not in _NUMPY_FLOATS:
+            self._native = _native_float(self._dataset.dtype)
+            if self._native is None:
                 raise InputError(f"hdf5 {str(path)!r}, dataset {key!r}: dtype {self._dataset.dtype} is not float16, "
                                  "float32 or float64")
+            _check_hdf5_storage(self._file, self._dataset, f"hdf5 {str(path)!r}, dataset {key!r}")
         except BaseException:
             self._file.close()
             raise
         self.key = key
         self.shape = tuple(self._dataset.shape)
-        self.dtype = str(self._dataset.dtype)
+        self.dtype = str(self._native)
 
     @property
     def itemsize(self) -> int:
@@ -135,10 +151,30 @@ class Hdf5Source(DenseSource):
     def read(self, index):
         import torch
 
-        return torch.from_numpy(np.ascontiguousarray(self._dataset[index]))
+        return torch.from_numpy(np.ascontiguousarray(self._dataset[index], dtype=self._native))
 
     def close(self) -> None:
         self._file.close()
+
+
+def _check_hdf5_storage(file, dataset, where: str) -> None:
+    """Refuse a dataset whose data lies outside the given file (external storage, a virtual dataset, a link to
+    another file: convert must read only the file it was given) or whose chunks decompress to more than
+    MAX_HDF5_CHUNK_BYTES."""
+    if dataset.file.id != file.id:
+        raise InputError(f"{where}: the dataset lives in another file ({dataset.file.filename!r}, through an "
+                         "external link); convert that file itself")
+    if dataset.is_virtual:
+        raise InputError(f"{where}: a virtual dataset maps data from other files; convert the source files")
+    if dataset.external:
+        files = sorted({str(name) for name, *_ in dataset.external})
+        raise InputError(f"{where}: its data is stored in external files {files}; convert reads only the HDF5 "
+                         "file given")
+    if dataset.chunks is not None:
+        chunk_bytes = int(np.prod(dataset.chunks, dtype=np.int64)) * dataset.dtype.itemsize
+        if chunk_bytes > MAX_HDF5_CHUNK_BYTES:
+            raise InputError(f"{where}: chunks of {dataset.chunks} ({chunk_bytes} bytes) are more than the "
+                             f"{MAX_HDF5_CHUNK_BYTES} bytes convert decompresses at a time")
 
     def describe(self) -> dict:
         return {**super().describe(), "key": self.key}
@@ -204,6 +240,11 @@ def open_dense(path: str | os.PathLike, *, key: str | None = None) -> DenseSourc
     if len(source.shape) not in (2, 3) or source.width < 1:
         source.close()
         raise InputError(f"input {str(path)!r}: expected a [R, V] or [N, T, V] array, got shape {source.shape}")
+    if source.width * max(source.itemsize, 4) > MAX_ROW_BYTES:  # rows are sampled as float32 at least
+        source.close()
+        raise InputError(f"input {str(path)!r}: rows of {source.width} values are more than the "
+                         f"{MAX_ROW_BYTES >> 20} MiB per row convert holds at a time (a vocabulary of at most "
+                         f"{MAX_ROW_BYTES // 4} entries)")
     return source
 
 

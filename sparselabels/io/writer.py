@@ -6,6 +6,13 @@ memory stays bounded whatever the file's size. ``flush()`` makes everything writ
 ``close()`` appends the index and footer, fsyncs, and renames the file to ``<path>`` atomically, so the final
 path only ever holds a complete file. After a crash, ``LabelWriter(path, ..., resume=True)`` keeps every
 chunk of the partial file whose checksums verify and continues after the last one.
+
+Only a file this writer holds locked is written: the partial file is created with ``O_EXCL`` (or opened with
+``O_NOFOLLOW``; links are refused), and after the lock is taken its device and inode are compared with what
+``<path>.partial`` names, so a writer whose lock came late never writes a file another writer finished. A
+``write`` or ``flush`` that fails (a full disk: the error names the file) counts nothing, and the same call can
+be made again; a ``close`` that fails leaves the partial file for ``resume=True``; after a failed fsync the writer
+refuses to go on (``abort()``, then ``resume=True``).
 """
 
 from __future__ import annotations
@@ -201,7 +208,8 @@ class LabelWriter:
     ``<path>.partial``), ``overwrite`` (replace an existing ``path`` or partial file), ``chunk_bytes`` (input
     bytes buffered per chunk), ``durable`` (fsync in ``flush``/``close``; turn off only for scratch files),
     ``resumable`` (False: a writer that stops without finishing deletes its partial file, for jobs that cannot
-    resume and must not leave one behind to block the next attempt, such as a merge),
+    resume and must not leave one behind to block the next attempt, such as a merge; such a writer also starts
+    afresh over a stale partial file that a killed process left, which it can lock, so no live writer uses it),
     ``max_sequence_positions`` (the longest sequence accepted: by default what readers accept by default, so
     that no file is written that they refuse; raise it on both sides for longer sequences).
     """
@@ -291,6 +299,9 @@ class LabelWriter:
                 raise SparseLabelsError(f"{self.partial_path} holds an unfinished file; {PARTIAL_FILE_ADVICE}")
             else:  # a writer that cannot resume starts afresh over a stale partial file: it holds its lock
                 self._start()
+        except OSError as exc:  # a full disk while writing the header: say which file
+            self._release()
+            raise self._named(exc) from None
         except BaseException:
             self._release()
             raise

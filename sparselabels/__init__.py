@@ -1,6 +1,6 @@
 """sparselabels: store, read and train from Random-Sampling KD teacher labels.
 
-The public API is small; see the README. Heavy parts (torch samplers, losses, the labeling pipeline) are
+The public API is small; see the README and docs/. Heavy parts (torch samplers, losses, the labeling pipeline) are
 imported on first use so that reading and writing label files needs only numpy, numba and msgpack.
 """
 
@@ -38,7 +38,7 @@ _LAZY = {
     "convert": "sparselabels.pipeline",
     "export_hdf5": "sparselabels.pipeline",
 }
-_SUBMODULES = ("data", "loss", "sampling", "synthetic", "codecs", "format", "pipeline")
+_SUBMODULES = ("data", "loss", "sampling", "synthetic", "codecs", "format", "pipeline", "hf")
 
 __all__ = [
     "AlignmentError",

@@ -776,6 +776,14 @@ def _(tmp_path):
         assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
+@row("cli-validate-missing", "sparselabels validate", "a path that does not exist", None,
+     "exit status 2; stderr: `sparselabels validate: error: PATH: not found` (not `INVALID`)")
+def _(tmp_path):
+    proc = _cli("validate", str(tmp_path / "nothing.slbl"))
+    missing = tmp_path / "nothing.slbl"
+    assert proc.returncode == 2 and proc.stderr == f"sparselabels validate: error: {missing}: not found\n"
+
+
 @row("cli-usage", "sparselabels", "a bad option value", None,
      "exit status 2; stderr: usage and `argument --max-problems: must be a positive integer, got '0'`")
 def _(tmp_path):
@@ -920,6 +928,119 @@ def _(tmp_path):
 def _(tmp_path):
     ds = sl.data.SparseLabelDataset(_valid_file(tmp_path))
     sl.data.collate([ds[0], ds[1]], pad_to_multiple_of=-8)
+
+
+@row("dataset-source", "SparseLabelDataset", "tokens of the same shape as the labels' but another source (the "
+     "whole-source fingerprint the labels store), found at construction", AlignmentError,
+     "the labels were computed from token source tokens-blake2b:…, but these tokens are tokens-blake2b:…")
+def _(tmp_path):
+    from sparselabels.data.identity import source_fingerprint
+
+    path = tmp_path / "s.slbl"
+    tokens = np.arange(8, dtype=np.int32).reshape(4, 2)
+    with sl.LabelWriter(path, vocab_size=300, rounds=50,
+                        metadata={"source_fingerprint": source_fingerprint(sl.data.open_tokens(tokens))}) as w:
+        for _ in range(4):
+            w.write([1, 2], [50, 50], [0, 1, 2])
+    sl.data.SparseLabelDataset(path, tokens=tokens[::-1].copy())
+
+
+@row("dataset-shifted", "SparseLabelDataset", "`labels_are_shifted=True` (a Hugging Face style shift) for labels "
+     "stored as `next-token`", AlignmentError, "label_convention is 'next-token': labels position t is already the "
+     "target of the logits at t")
+def _(tmp_path):
+    path = tmp_path / "c.slbl"
+    with sl.LabelWriter(path, vocab_size=300, rounds=50, metadata={"label_convention": "next-token"}) as w:
+        w.write([1, 2], [25, 25], [0, 2])
+    sl.data.SparseLabelDataset(path, labels_are_shifted=True)
+
+
+@row("tokenizer-mismatch", "check_tokenizer", "a student tokenizer other than the one the labels were made with",
+     CompatibilityError, "were made with tokenizer files-blake2b:…, but … is files-blake2b:…")
+def _(tmp_path):
+    from pipeline_fixtures import save_tokenizer
+
+    from sparselabels.pipeline.teacher import files_fingerprint, tokenizer_files
+
+    save_tokenizer(tmp_path / "teacher", 300)
+    save_tokenizer(tmp_path / "student", 299)
+    path = tmp_path / "t.slbl"
+    fp = files_fingerprint(tokenizer_files(tmp_path / "teacher"))
+    with sl.LabelWriter(path, vocab_size=300, rounds=50, metadata={"tokenizer_fingerprint": fp}) as w:
+        w.write([1], [50], [0, 1])
+    sl.data.check_tokenizer(path, tmp_path / "student")
+
+
+# -- labeling (generate): all checked before the teacher's weights load -------------------------------------------
+def _broken_teacher(tmp_path: Path) -> Path:
+    from pipeline_fixtures import config_only_model
+
+    return config_only_model(tmp_path / "teacher", n_positions=16)  # garbage weights: loading them would fail
+
+
+def _generate(tmp_path: Path, tokens, **kw):
+    kw.setdefault("out", tmp_path / "out")
+    out = kw.pop("out")
+    return sl.pipeline.generate(_broken_teacher(tmp_path), tokens, out, dtype="float32", device="cpu",
+                                progress=False, **kw)
+
+
+@row("generate-context", "generate", "a sequence longer than the teacher's context (config `n_positions`, "
+     "`max_position_embeddings`, ...)", InputError, "sequence 1 has 20 tokens, more than the teacher's context of 16 "
+     "positions (config n_positions; 1 sequence(s) longer); pass max_length (--max-length) to label long sequences "
+     "in windows")
+def _(tmp_path):
+    _generate(tmp_path, [np.arange(5), np.arange(20)])
+
+
+@row("generate-windows", "generate", "`max_length` above the teacher's context, `window_overlap` not below "
+     "`max_length` or without it", InputError, "max_length 32 is more than the teacher's context of 16 positions "
+     "(config n_positions)")
+def _(tmp_path):
+    with pytest.raises(InputError, match="window_overlap must be below max_length"):
+        _generate(tmp_path, [np.arange(20)], max_length=8, window_overlap=8)
+    _generate(tmp_path, [np.arange(20)], max_length=32)
+
+
+@row("generate-token-id", "generate", "a token id outside the model's vocabulary (from its config)", InputError,
+     "tokens: sequence 1, position 5: token id 1000 is outside the teacher's input vocabulary 0..999")
+def _(tmp_path):
+    tokens = np.zeros((3, 8), dtype=np.int64)
+    tokens[1, 5] = 1000
+    _generate(tmp_path, tokens)
+
+
+@row("generate-out-file", "generate", "`out` is an existing file", InputError,
+     "is an existing file; generate writes a directory (shards and manifest.json)")
+def _(tmp_path):
+    (tmp_path / "f").write_text("x")
+    _generate(tmp_path, np.zeros((2, 4), dtype=np.int64), out=tmp_path / "f")
+
+
+@row("generate-seq-len", "generate / open_tokens", "`seq_len` with a source that is not a 1-D token stream (a 1-D "
+     "`.npy` without it: `a 1-D token stream is read with seq_len`)", InputError,
+     "seq_len cuts a 1-D token stream (an integer array or a 1-D .npy file), not a …")
+def _(tmp_path):
+    _generate(tmp_path, [np.arange(4)], seq_len=2)
+
+
+@row("generate-model", "generate", "a `model` that is neither a directory nor a hub id in the local Hugging Face "
+     "cache", InputError, "is neither a local directory nor a model in the local Hugging Face cache (…); download it "
+     "first")
+def _(tmp_path):
+    sl.pipeline.generate("sparselabels-tests/not-in-any-cache", np.zeros((2, 4), dtype=np.int64), tmp_path / "o",
+                         device="cpu")
+
+
+@row("merge-shared-stream", "merge", "inputs that drew the same random numbers (the same tokens labeled twice with "
+     "one seed, or one file given twice)", CompatibilityError,
+     "drew the same random numbers (stream …, rows … in both)")
+def _(tmp_path):
+    stream = {"random_stream": {"key": "00000000000000ab", "first_row": 0}}
+    for name in ("a.slbl", "b.slbl"):
+        with sl.LabelWriter(tmp_path / name, vocab_size=300, rounds=50, metadata=stream) as w:
+            w.write([1, 2], [25, 25], [0, 2])
+    sl.merge(tmp_path / "m.slbl", [tmp_path / "a.slbl", tmp_path / "b.slbl"], copy=True)
 
 
 # -- the sampler and the loss -------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ def test_validate_exit_codes(tmp_path, capsys):
     assert main(["validate", str(bad)]) == 1
     err = capsys.readouterr().err
     assert "INVALID" in err and "bad.slbl" in err
-    assert main(["validate", str(tmp_path / "missing.slbl")]) == 1
+    assert main(["validate", str(tmp_path / "missing.slbl")]) == 2  # not found: a usage error, as elsewhere
 
 
 def test_stats(tmp_path, capsys):

@@ -188,9 +188,9 @@ def test_tokens_give_fingerprints_and_must_line_up(tmp_path):
 
 
 def test_same_logits_give_the_same_labels_as_generate(tmp_path):
-    """generate and convert share the row-id scheme: dumping the teacher's logits and converting them gives
-    the labels generate writes."""
-    from pipeline_fixtures import load_model, random_tokens, tiny_gpt2
+    """generate and convert share the row-id scheme: dumping the teacher's logits and converting them with
+    generate's stream key as the seed gives the labels generate writes."""
+    from pipeline_fixtures import load_model, random_tokens, run_key, tiny_gpt2
 
     from sparselabels.pipeline.generate import generate
 
@@ -201,7 +201,8 @@ def test_same_logits_give_the_same_labels_as_generate(tmp_path):
     np.save(tmp_path / "logits.npy", logits)
     generated = read_all(generate(model_dir, tokens, tmp_path / "gen", batch_size=3, dtype="float32", device="cpu",
                                   seed=8, progress=False))[0]
-    converted = read_all(convert(tmp_path / "logits.npy", tmp_path / "conv.slbl", seed=8, tokens=tokens))[0]
+    converted = read_all(convert(tmp_path / "logits.npy", tmp_path / "conv.slbl", seed=run_key(8, list(tokens)),
+                                 tokens=tokens))[0]
     assert_same_labels(converted, generated)
     assert [c[3] for c in converted] == [g[3] for g in generated]
 

@@ -8,7 +8,12 @@ from sparselabels.io.merge import merge
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("merge", help="merge shards into a manifest (default) or one file (--copy)")
+    p = sub.add_parser("merge", help="merge shards into a manifest (default) or one file (--copy)",
+                       description="Merge label files, manifests or shard directories into a manifest (default) or "
+                                   "one file (--copy). The inputs must be readable as one dataset (same vocabulary, "
+                                   "rounds, teacher, tokenizer, temperature), and inputs that drew the same random "
+                                   "numbers (the same tokens labeled twice with one seed, or one file given twice; "
+                                   "see the random_stream metadata) are refused.")
     p.add_argument("out", help="manifest path (.json) or, with --copy, the output label file")
     p.add_argument("inputs", nargs="+", help="label files, manifests or shard directories, in order")
     p.add_argument("--copy", action="store_true", help="write one file with every chunk copied into it")

@@ -4,12 +4,17 @@ Convention: a label file and its token source describe the same sequences in the
 length. Labels position ``t`` holds the teacher's distribution over the token that *follows* input token ``t``
 (the next-token target of position ``t``), exactly what a causal LM's logits at ``t`` are trained against.
 So ``labels[i].num_positions == len(tokens[i])`` for every ``i``; there is no shift to apply at training time.
+Files from ``generate`` say so in their metadata (``label_convention: "next-token"``, exposed as
+:attr:`SparseLabelDataset.label_convention`); ``labels_are_shifted=True`` (a training loop that shifts as for
+Hugging Face input-id labels) is refused at construction against such a file.
 
-Alignment is checked twice over: sequence counts and every sequence length at construction (one vectorised
-comparison of the two indexes), and, when the label file stores input fingerprints, the fingerprint of the
-tokens read (``verify_fingerprints="lazy"``, per item as it is read; ``"all"``: every sequence at
-construction, which reads all tokens; ``"off"``). A mismatch raises :class:`~sparselabels.errors.AlignmentError`
-naming the first bad sequence.
+Alignment is checked three times over: sequence counts and every sequence length at construction (one
+vectorised comparison of the two indexes); the whole-source fingerprint the labels store
+(``source_fingerprint``: the count, the lengths and three sequences) against the tokens, at construction too;
+and, when the label file stores input fingerprints, the fingerprint of the tokens read
+(``verify_fingerprints="lazy"``, per item as it is read; ``"all"``: every sequence at construction, which
+reads all tokens; ``"off"``: neither this nor the source fingerprint). A mismatch raises
+:class:`~sparselabels.errors.AlignmentError` naming the first bad sequence.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch.utils.data
 
+from sparselabels.data.identity import check_label_convention, check_source, label_convention
 from sparselabels.data.masks import mask_source, read_position_mask
 from sparselabels.data.tokens import TokenSource, open_tokens
 from sparselabels.errors import AlignmentError, InputError
@@ -89,7 +95,9 @@ class SparseLabelDataset(torch.utils.data.Dataset):
     positions to train (rules in :mod:`sparselabels.data.masks`; lengths checked here, values per item).
     ``check_labels=False`` skips the reader's per-read label-rule pass (ascending ids, counts summing to
     ``rounds``), for files already checked with ``sparselabels validate``; :func:`collate` still checks every id
-    against the vocabulary.
+    against the vocabulary. ``labels_are_shifted``: whether the training code pairs ``labels[:, t]`` with
+    ``logits[:, t-1]``; True is refused (AlignmentError) for labels stored as ``"next-token"``, which pair with
+    ``logits[:, t]`` as they are.
     Pickles by path (labels and file-backed tokens), so it works with ``DataLoader(num_workers>0)``.
     """
 
@@ -103,10 +111,13 @@ class SparseLabelDataset(torch.utils.data.Dataset):
         check_labels: bool = True,
         mask_column: str | None = None,
         masks: Any = None,
+        labels_are_shifted: bool = False,
     ) -> None:
         if verify_fingerprints not in VERIFY_FINGERPRINTS:
             raise InputError(f"verify_fingerprints must be one of {VERIFY_FINGERPRINTS}, got {verify_fingerprints!r}")
         self.labels = _open_labels(labels)
+        check_label_convention(self.labels.metadata, labels_are_shifted=bool(labels_are_shifted),
+                               where=f"labels {_describe(self.labels)}")
         self.check_labels = bool(check_labels)
         self.tokens = None if tokens is None else open_tokens(tokens, column=token_column)
         self.vocab_size = self.labels.vocab_size
@@ -133,6 +144,8 @@ class SparseLabelDataset(torch.utils.data.Dataset):
                 f"({bad.size} sequences differ in length; labels position t is the target of input token t, "
                 "so lengths must be equal)"
             )
+        if verify != "off":
+            check_source(labels.metadata, tokens, where)
         if verify == "all":
             stored = labels.fingerprints  # (a shard set concatenates its shards' columns: only when needed)
             if stored is None:
@@ -151,6 +164,11 @@ class SparseLabelDataset(torch.utils.data.Dataset):
             f"input fingerprint is {found:#018x}, the labels were computed from input {stored:#018x} (same length, "
             "different tokens: the two sources are not in the same order, or come from different data)"
         )
+
+    @property
+    def label_convention(self) -> str | None:
+        """The stored convention (``"next-token"``: position t targets the logits at t, no shift), or None."""
+        return label_convention(self.labels.metadata)
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -61,6 +61,11 @@ class TokenSource(abc.ABC):
     def describe(self) -> str:
         """A short name for errors and metadata, e.g. ``npy:/data/tokens.npy``."""
 
+    def concatenated(self, lo: int, hi: int) -> np.ndarray | None:
+        """Sequences ``lo .. hi-1`` back to back as one 1-D array (a view where the source allows), or None
+        where the source does not hold them that way. Lets whole-range checks run in blocks, not per sequence."""
+        return None
+
     def __getitem__(self, index: int) -> np.ndarray:
         n = len(self)
         index = operator.index(index)
@@ -128,6 +133,9 @@ class ArrayTokens(TokenSource):
     def _get(self, index: int) -> np.ndarray:
         return self._array[index]
 
+    def concatenated(self, lo: int, hi: int) -> np.ndarray | None:
+        return self._array[lo:hi].reshape(-1) if self._array.ndim == 2 else None
+
     def lengths(self) -> np.ndarray:
         a = self._array
         if a.ndim == 2:
@@ -156,8 +164,10 @@ class NpyTokens(TokenSource):
         except OSError as exc:
             raise InputError(f"npy {self.path!r}: cannot open ({exc})") from None
         if array.ndim != 2:
-            raise FormatError(f"npy {self.path!r}: token array must be 2-D (sequences x tokens), got {array.shape}")
-        if array.dtype.kind not in "iu":
+            hint = "; a 1-D token stream is read with seq_len (--seq-len)" if array.ndim == 1 else ""
+            raise FormatError(f"npy {self.path!r}: token array must be 2-D (sequences x tokens), got "
+                              f"{array.shape}{hint}")
+        if array.dtype.kind not in "iu":  # issubdtype(..., np.integer) admits timedelta64
             raise FormatError(f"npy {self.path!r}: token ids must be integers, got dtype {array.dtype}")
         check_identity((self.path,), None if self._identity is None else (self._identity,), (identity,))
         self._identity = identity
@@ -173,6 +183,9 @@ class NpyTokens(TokenSource):
 
     def _get(self, index: int) -> np.ndarray:
         return self.array[index]
+
+    def concatenated(self, lo: int, hi: int) -> np.ndarray | None:
+        return self.array[lo:hi].reshape(-1)
 
     def lengths(self) -> np.ndarray:
         a = self.array
@@ -344,6 +357,13 @@ class MegatronTokens(TokenSource):
     def lengths(self) -> np.ndarray:
         return self._lengths.astype(np.int64)
 
+    def concatenated(self, lo: int, hi: int) -> np.ndarray | None:
+        if lo >= hi:
+            return self._tokens[:0]
+        start = int(self._pointers[lo]) // self._dtype.itemsize
+        last = int(self._pointers[hi - 1]) // self._dtype.itemsize + int(self._lengths[hi - 1])
+        return self._tokens[start:last]
+
     def describe(self) -> str:
         return f"megatron:{self.prefix}"
 
@@ -381,6 +401,7 @@ def write_megatron_tokens(path: str | os.PathLike, sequences, *, dtype=np.int32,
     pointers = np.zeros(len(arrays), dtype=np.int64)
     if len(arrays) > 1:
         np.cumsum(lengths[:-1] * dtype.itemsize, out=pointers[1:])
+    Path(prefix).parent.mkdir(parents=True, exist_ok=True)  # as np.save would need it to exist: make it
     with open(prefix + ".bin", "wb") as f:
         for a in arrays:
             f.write(np.ascontiguousarray(a, dtype=dtype.newbyteorder("<")).tobytes())
@@ -528,14 +549,23 @@ class HFTokens(TokenSource):
 # ------------------------------------------------------------------------------------------------ opening
 
 
-def open_tokens(source: Any, *, column: str = "input_ids") -> TokenSource:
+def open_tokens(source: Any, *, column: str = "input_ids", seq_len: int | None = None) -> TokenSource:
     """A :class:`TokenSource` for ``source``.
 
     ``source`` may be a TokenSource (returned as is), a numpy array (2-D, or a 1-D object array of 1-D arrays)
     or a list of 1-D arrays, a ``datasets.Dataset`` (``column`` is read), or a path: ``*.npy`` (memory-mapped),
     a Megatron ``*.bin``/``*.idx`` file or their common prefix, or a directory written by
-    ``Dataset.save_to_disk``.
+    ``Dataset.save_to_disk``. With ``seq_len``, ``source`` is one 1-D token stream (an integer array or a 1-D
+    ``.npy``) read as sequences of ``seq_len`` tokens (see :class:`~sparselabels.data.streams.StreamTokens`).
     """
+    if seq_len is not None:
+        from sparselabels.data.streams import StreamTokens
+
+        if isinstance(source, np.ndarray) or (isinstance(source, str | os.PathLike)
+                                              and Path(source).suffix == ".npy"):
+            return StreamTokens(source, seq_len)
+        raise InputError(f"seq_len cuts a 1-D token stream (an integer array or a 1-D .npy file), not a "
+                         f"{type(source).__name__ if not isinstance(source, str | os.PathLike) else repr(str(source))}")
     if isinstance(source, TokenSource):
         return source
     if isinstance(source, np.ndarray | list | tuple):

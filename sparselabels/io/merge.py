@@ -25,6 +25,7 @@ from sparselabels.io.shards import (
     open_labels,
     write_manifest,
 )
+from sparselabels.io.streams import check_distinct_streams
 from sparselabels.io.validate import checked_chunk
 from sparselabels.io.writer import LabelWriter
 
@@ -59,6 +60,7 @@ def merge(out: str | os.PathLike, inputs: list[str | os.PathLike], *, copy: bool
     files = input_files(inputs)
     if not files:
         raise CompatibilityError("merge needs at least one input")
+    check_distinct_streams(files)  # before anything is written
     if not copy:
         if out.exists() and not overwrite:
             raise CompatibilityError(f"{out} exists; pass overwrite=True to replace it")

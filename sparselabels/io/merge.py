@@ -2,7 +2,8 @@
 
 Both check that the shards can be read as one dataset (vocabulary, value kind, rounds, teacher, tokenizer,
 temperature). A physical merge copies chunks byte for byte when the codec stays the same (verifying each
-chunk's checksum on the way) and re-encodes sequence by sequence otherwise. It writes through
+chunk's checksum on the way, and decoding every record a reader would decode, so that a chunk whose checksums
+match but whose records do not decode is never spread) and re-encodes sequence by sequence otherwise. It writes through
 :class:`LabelWriter`, so it is crash-safe in the same way.
 """
 
@@ -148,6 +149,14 @@ def _copy_chunks(f: LabelFile, writer: LabelWriter) -> None:
             raise ChecksumError(f"{exc}; not copying a corrupt chunk") from None
         except FormatError as exc:
             raise FormatError(f"{exc}; not copying an inconsistent chunk") from None
+        first = int(f.index_column("chunk_first_sequence")[c])
+        for i in range(first, first + chunk.header.num_sequences):
+            if f.sequence_lengths[i] > f.max_sequence_positions:
+                continue  # readers refuse it unless they raise the limit too: copied on its CRC (decoding is O(T))
+            try:  # a chunk whose CRCs match can still hold a record that does not decode (a faulty writer)
+                f.read(i)
+            except FormatError as exc:
+                raise FormatError(f"{exc}; not copying a chunk that does not decode") from None
         header = chunk.header
         entries_2d = chunk.entries.view("<u8").reshape(header.num_sequences, -1)
         writer._emit_chunk(entries_2d, chunk.table, chunk.records, header.flags, payload_crc=chunk.payload_crc32)

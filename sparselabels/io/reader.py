@@ -368,22 +368,26 @@ class LabelFile(Labels):
 
     @property
     def fingerprints(self) -> np.ndarray | None:
-        self._index()
-        return self._fingerprint_column()
-
-    def _fingerprint_column(self) -> np.ndarray | None:
-        return self._columns.get("fingerprint") if self.footer.flags & FLAG_FINGERPRINTS else None
+        columns = self._snapshot()[2]
+        return columns.get("fingerprint") if self.footer.flags & FLAG_FINGERPRINTS else None
 
     def index_column(self, name: str) -> np.ndarray:
         """A raw index column (uint64 view), for tools that work on the layout itself."""
-        self._index()
-        return self._columns[name]
+        return self._snapshot()[2][name]
 
     def _index(self) -> dict[str, np.ndarray]:
         """The index columns (int64 views of the file), once the file is known to be open and unchanged: every
         access to the index or the records at read time goes through here (see MmapSource.check_unchanged)."""
-        self._opened().check_unchanged()
-        return self._col
+        return self._snapshot()[1]
+
+    def _snapshot(self) -> tuple[ByteSource, dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(source, int64 columns, raw columns), taken together so that a read racing with close() from another
+        thread either uses all three of the open file or gets ``ValueError: closed``: close() drops the source
+        before the columns, so columns read before a source found open are that file's."""
+        col, columns = self._col, self._columns
+        source = self._opened()
+        source.check_unchanged()
+        return source, col, columns
 
     def _locate(self, position: int) -> tuple[int, int]:
         starts = self._index()["position_start"]
@@ -392,24 +396,27 @@ class LabelFile(Labels):
 
     def record_bytes(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(record, table) bytes of sequence ``index``: what the codec decodes."""
-        col = self._index()
-        src = self._opened()
+        src, col, _ = self._snapshot()
+        return self._record_bytes(index, src, col)
+
+    def _record_bytes(self, index: int, src: ByteSource, col: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         record = src.view(int(col["record_offset"][index]), int(col["record_size"][index]), f"sequence {index}")
         if self._has_tables:
-            chunk = self._chunk_index(index)
+            chunk = self._chunk_index(index, col)
             table = src.view(int(col["chunk_table_offset"][chunk]), int(col["chunk_table_size"][chunk]),
                              f"table of chunk {chunk}")
         else:
             table = _EMPTY
         return record, table
 
-    def _chunk_index(self, index: int) -> int:
+    def _chunk_index(self, index: int, col: dict[str, np.ndarray] | None = None) -> int:
         """The chunk holding sequence ``index``."""
-        return int(np.searchsorted(self._col["chunk_first_sequence"], index, side="right")) - 1
+        col = self._col if col is None else col
+        return int(np.searchsorted(col["chunk_first_sequence"], index, side="right")) - 1
 
-    def _chunk_of(self, index: int) -> str:
+    def _chunk_of(self, index: int, col: dict[str, np.ndarray]) -> str:
         """" (chunk c)" for messages about a sequence whose decoding involves its chunk's table, else ""."""
-        return f" (chunk {self._chunk_index(index)})" if self._has_tables else ""
+        return f" (chunk {self._chunk_index(index, col)})" if self._has_tables else ""
 
     def prefetch(self, indices) -> None:
         fetch = getattr(self._opened(), "prefetch", None)
@@ -428,8 +435,8 @@ class LabelFile(Labels):
 
     def read(self, index: int, *, check: bool = True) -> Sequence:
         index = self._sequence_index(index, f" in {self.path!r}")
-        record, table = self.record_bytes(index)
-        col = self._col
+        src, col, columns = self._snapshot()
+        record, table = self._record_bytes(index, src, col)
         num_pos = int(col["position_start"][index + 1] - col["position_start"][index])
         num_lab = int(col["label_start"][index + 1] - col["label_start"][index])
         if num_pos > self.max_sequence_positions:
@@ -447,13 +454,13 @@ class LabelFile(Labels):
         except LabelRuleError as exc:
             raise FormatError(f"file {self.path!r}, sequence {index}, {exc.problem.describe()}") from None
         except FormatError as exc:
-            raise FormatError(f"file {self.path!r}, sequence {index}{self._chunk_of(index)}: {exc}") from None
+            raise FormatError(f"file {self.path!r}, sequence {index}{self._chunk_of(index, col)}: {exc}") from None
         if check and not inline:
             problem = check_labels(ids, values, indptr, vocab_size=self.vocab_size, value_kind=self.value_kind,
                                    rounds=self.rounds)
             if problem is not None:
                 raise FormatError(f"file {self.path!r}, sequence {index}, {problem.describe()}")
-        fps = self._fingerprint_column()  # the file was checked by record_bytes
+        fps = columns.get("fingerprint") if self.footer.flags & FLAG_FINGERPRINTS else None
         return Sequence(ids, values, indptr, int(fps[index]) if fps is not None else None, index)
 
     def close(self) -> None:

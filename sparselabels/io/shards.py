@@ -25,7 +25,7 @@ import numpy as np
 
 from sparselabels._forksafe import ForkSafeLock
 from sparselabels.errors import CompatibilityError, FormatError, InputError, check_int
-from sparselabels.format.metadata import COMPATIBILITY_KEYS
+from sparselabels.format.metadata import COMPATIBILITY_KEYS, check_common_metadata
 from sparselabels.io.reader import DEFAULT_MAX_SEQUENCE_POSITIONS, LabelFile, Labels
 from sparselabels.io.remote import is_url
 from sparselabels.io.sequence import Sequence
@@ -184,6 +184,10 @@ def parse_manifest(data: bytes, where: str) -> dict:
         raise FormatError(f"{where}: 'shards' must be a non-empty list")
     if not isinstance(body.get("metadata"), dict):
         raise FormatError(f"{where}: 'metadata' must be a map")
+    try:  # what readers of a shard set use without opening a shard (vocab_size, value_kind, rounds, ...)
+        check_common_metadata(body["metadata"])
+    except FormatError as exc:
+        raise FormatError(f"{where}: {exc}") from None
     for i, entry in enumerate(shards):
         if not isinstance(entry, dict):
             raise FormatError(f"{where}: shard {i} is not a map")
@@ -446,6 +450,11 @@ def shard_files(directory: Path) -> list[Path]:
     a dataset silently missing sequences."""
     names = {p.name for p in directory.iterdir()}
     files = {n for n in names if n.endswith(SHARD_SUFFIX) and (directory / n).is_file()}
+    unreadable = sorted(n for n in names if n.endswith(SHARD_SUFFIX) and n not in files)
+    if unreadable:  # a dangling link or a directory: skipping it would read as a smaller dataset
+        what = "a link to a missing file" if (directory / unreadable[0]).is_symlink() else "not a regular file"
+        raise FormatError(f"directory {str(directory)!r} holds {unreadable[0]}, {what}: restore or remove it before "
+                          "reading the directory")
     return [directory / n for n in shard_names(names, files, str(directory))]
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import itertools
 
@@ -16,18 +17,34 @@ from safetensors.torch import save_file
 import sparselabels as sl
 from sparselabels.errors import AlignmentError, InputError
 from sparselabels.pipeline.convert import convert, plan_chunks
+from sparselabels.sampling.rng import stream_key
 
 
 def logits_3d(n=4, t=9, v=300, seed=0) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal((n, t, v)) * 3).astype(np.float32)
 
 
+def rows_key(seed: int, sequences) -> int:
+    """Twin of convert's stream key without tokens: ``stream_key(seed, rows-blake2b)`` over the count, the lengths,
+    the width and the last row of the first, middle and last sequences, computed here from the arrays."""
+    seqs = [torch.as_tensor(np.ascontiguousarray(s)) if not torch.is_tensor(s) else s for s in sequences]
+    n = len(seqs)
+    h = hashlib.blake2b(digest_size=16, person=b"sl-rows-v1")
+    h.update(n.to_bytes(8, "little") + np.array([len(s) for s in seqs], "<i8").tobytes())
+    h.update(int(seqs[0].shape[-1]).to_bytes(8, "little"))
+    for i in sorted({0, n // 2, n - 1}):
+        if len(seqs[i]):
+            h.update(seqs[i][-1].contiguous().view(torch.uint8).numpy().tobytes())
+    return stream_key(seed, f"rows-blake2b:{h.hexdigest()}")
+
+
 def expected_counts(rows: np.ndarray, lengths, *, seed=0, rounds=50, temperature=1.0, vocab_size=None):
-    """Obvious twin: sample each sequence's rows in one call with row ids = global positions."""
-    out, position = [], 0
+    """Obvious twin: sample each sequence's rows in one call with row ids = global positions, keyed by the
+    input's rows as convert keys an input given without tokens."""
+    out, position, key = [], 0, rows_key(seed, rows)
     for seq_rows in rows:
         n = len(seq_rows)
-        labels = sl.sample_counts(torch.from_numpy(np.ascontiguousarray(seq_rows)), rounds, seed=seed,
+        labels = sl.sample_counts(torch.from_numpy(np.ascontiguousarray(seq_rows)), rounds, seed=key,
                                   temperature=temperature, vocab_size=vocab_size,
                                   row_ids=torch.arange(position, position + n))
         out.append(labels.numpy())
@@ -61,17 +78,22 @@ def test_each_format_and_kind(tmp_path, fmt, kind):
     assert_same_labels(got, expected_counts(data, [9] * 4, seed=3))
     assert meta["seed"] == 3 and meta["rounds"] == 50 and meta["vocab_size"] == 300
     assert meta["converted_from"]["kind"] == kind and meta["converted_from"]["shape"] == [4, 9, 300]
-    # log-probs are logits shifted per row: the sampled labels are the same
+    assert meta["random_stream"] == {"key": f"{rows_key(3, data):016x}", "first_row": 0,
+                                     "from": "stream_key(seed, converted_from.rows_fingerprint)"}
+    # log-probs are logits shifted per row: with one stream (keyed by the same tokens) the sampled labels are the same
     if kind == "logprobs":
-        assert_same_labels(got, read_all(convert(save(fmt, tmp_path / "raw", logits), tmp_path / "l.slbl",
-                                                 seed=3))[0])
+        tokens = np.arange(36).reshape(4, 9)
+        assert_same_labels(read_all(convert(path, tmp_path / "t.slbl", kind=kind, seed=3, tokens=tokens))[0],
+                           read_all(convert(save(fmt, tmp_path / "raw", logits), tmp_path / "l.slbl", seed=3,
+                                            tokens=tokens))[0])
 
 
 def test_bfloat16_safetensors(tmp_path):
     logits = torch.from_numpy(logits_3d(2, 5, 64)).to(torch.bfloat16)
     save_file({"x": logits}, str(tmp_path / "in.safetensors"))
     got, _ = read_all(convert(tmp_path / "in.safetensors", tmp_path / "o.slbl", seed=1))
-    expected = [sl.sample_counts(logits[i], 50, seed=1, row_ids=torch.arange(5 * i, 5 * i + 5)).numpy()
+    key = rows_key(1, list(logits))
+    expected = [sl.sample_counts(logits[i], 50, seed=key, row_ids=torch.arange(5 * i, 5 * i + 5)).numpy()
                 for i in range(2)]
     assert_same_labels(got, expected)
 
@@ -109,9 +131,6 @@ def test_two_d_inputs_seq_len_and_lengths(tmp_path):
     var = read_all(convert(path, tmp_path / "var.slbl", lengths=lengths, chunk_rows=4))[0]
     cuts = np.cumsum([0, *lengths])
     assert_same_labels(var, expected_counts([rows[cuts[i] : cuts[i + 1]] for i in range(4)], lengths))
-    # the row ids are global positions, so every split of the same rows gives the same labels per position
-    concat = np.concatenate([g[0] for g in var])
-    assert np.array_equal(concat, one[0][0])
     with pytest.raises(InputError, match="not a multiple of seq_len 6"):
         convert(path, tmp_path / "x.slbl", seq_len=6)
     with pytest.raises(InputError, match="sum to 21"):
@@ -188,9 +207,10 @@ def test_tokens_give_fingerprints_and_must_line_up(tmp_path):
 
 
 def test_same_logits_give_the_same_labels_as_generate(tmp_path):
-    """generate and convert share the row-id scheme: dumping the teacher's logits and converting them with
-    generate's stream key as the seed gives the labels generate writes."""
-    from pipeline_fixtures import load_model, random_tokens, run_key, tiny_gpt2
+    """generate and convert share the row-id scheme and, given the tokens, the stream key: dumping the teacher's
+    logits and converting them with the run's seed gives the labels generate writes, and merge sees that they
+    drew the same random numbers."""
+    from pipeline_fixtures import load_model, random_tokens, tiny_gpt2
 
     from sparselabels.pipeline.generate import generate
 
@@ -199,12 +219,50 @@ def test_same_logits_give_the_same_labels_as_generate(tmp_path):
     with torch.no_grad():
         logits = load_model(model_dir)(input_ids=torch.from_numpy(tokens)).logits.numpy()
     np.save(tmp_path / "logits.npy", logits)
-    generated = read_all(generate(model_dir, tokens, tmp_path / "gen", batch_size=3, dtype="float32", device="cpu",
-                                  seed=8, progress=False))[0]
-    converted = read_all(convert(tmp_path / "logits.npy", tmp_path / "conv.slbl", seed=run_key(8, list(tokens)),
-                                 tokens=tokens))[0]
+    gen = generate(model_dir, tokens, tmp_path / "gen", batch_size=3, dtype="float32", device="cpu", seed=8,
+                   progress=False)
+    generated, gen_meta = read_all(gen)
+    conv = convert(tmp_path / "logits.npy", tmp_path / "conv.slbl", seed=8, tokens=tokens)
+    converted, conv_meta = read_all(conv)
     assert_same_labels(converted, generated)
     assert [c[3] for c in converted] == [g[3] for g in generated]
+    assert conv_meta["random_stream"] == gen_meta["random_stream"]
+    assert conv_meta["source_fingerprint"] == gen_meta["source_fingerprint"]
+    with pytest.raises(sl.CompatibilityError, match="drew the same random numbers"):
+        sl.merge(tmp_path / "m.slbl", [gen, conv], copy=True)
+
+
+def test_two_parts_converted_with_one_seed_draw_different_numbers(tmp_path):
+    """Two parts of a corpus converted separately with one seed both count rows from 0; both start with the same
+    sequence, so keyed by the seed alone they would label it from the same draws."""
+    logits = logits_3d(3, 9, 200, seed=11)
+    a = convert(save("npy", tmp_path / "a", logits[[0, 1]]), tmp_path / "a.slbl", seed=9)
+    b = convert(save("npy", tmp_path / "b", logits[[0, 2]]), tmp_path / "b.slbl", seed=9)
+    (first_a, *_), meta_a = read_all(a)
+    (first_b, *_), meta_b = read_all(b)
+    assert not all(np.array_equal(x, y) for x, y in zip(first_a[:3], first_b[:3], strict=True))
+    assert meta_a["random_stream"]["key"] != meta_b["random_stream"]["key"]
+    assert meta_a["converted_from"]["rows_fingerprint"].startswith("rows-blake2b:")
+    again = convert(tmp_path / "a.npy", tmp_path / "a-again.slbl", seed=9)
+    assert again.read_bytes() == a.read_bytes()  # reproducible: the stream depends on the input, not the run
+
+
+def test_merge_refuses_convert_outputs_that_reuse_draws_and_names_both(tmp_path):
+    logits = logits_3d(3, 9, 200, seed=12)
+    a = convert(save("npy", tmp_path / "a", logits[:2]), tmp_path / "a.slbl", seed=4)
+    b = convert(save("npy", tmp_path / "b", logits[2:]), tmp_path / "b.slbl", seed=4)
+    # the same part again, from a copy of its input under another name: the same draws
+    copy = convert(save("hdf5", tmp_path / "a-copy", logits[:2]), tmp_path / "a-copy.slbl", seed=4)
+    for merged in (tmp_path / "m.slbl", tmp_path / "m.json"):
+        with pytest.raises(sl.CompatibilityError, match=rf"inputs '{a}' and '{copy}' drew the same random numbers "
+                                                       r"\(stream [0-9a-f]{16}, rows 0\.\.17 in both\)"):
+            sl.merge(merged, [a, b, copy], copy=merged.suffix == ".slbl")
+        assert not merged.exists()
+    assert len(read_all(sl.merge(tmp_path / "ab.slbl", [a, b], copy=True))[0]) == 3
+    # Top-K labels draw nothing: no seed, no stream, nothing for merge to refuse
+    top = [convert(tmp_path / "a.npy", tmp_path / f"top{i}.slbl", topk=3) for i in range(2)]
+    assert not {"seed", "random_stream"} & set(read_all(top[0])[1])
+    sl.merge(tmp_path / "top.slbl", top, copy=True)
 
 
 def test_cli_convert(tmp_path):
@@ -274,8 +332,8 @@ def test_resume_after_a_crash_gives_the_uninterrupted_bytes(tmp_path, monkeypatc
     convert(path, out, resume=True, **args)
     assert out.read_bytes() == whole
     # every row is read once: the kept sequences' rows to check they are the rows they were labeled from, the
-    # others' rows to label them
-    assert opened[-1].rows_read == 12 * 9, opened[-1].rows_read
+    # others' rows to label them; sampling also reads the last rows of sequences 0, 6 and 11 to key its stream
+    assert opened[-1].rows_read == 12 * 9 + (3 if topk is None else 0), opened[-1].rows_read
 
 
 def test_resume_of_a_finished_file_checks_it_and_keeps_it(tmp_path):
@@ -297,7 +355,7 @@ def test_resume_of_a_finished_file_checks_it_and_keeps_it(tmp_path):
 ])
 def test_resume_refuses_a_partial_file_of_other_settings(tmp_path, monkeypatch, first, second, message):
     path = save("npy", tmp_path / "in", logits_3d(1, 64, 300)[0])
-    _open_counting(monkeypatch, reads=2)
+    _open_counting(monkeypatch, reads=3 + 2)  # the rows that key the stream (sequences 0, 4, 7), then two chunks
     out = tmp_path / "labels.slbl"
     with pytest.raises(RuntimeError):
         convert(path, out, chunk_rows=8, chunk_bytes=500, **first)

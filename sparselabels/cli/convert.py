@@ -18,7 +18,13 @@ _DESCRIPTION = """Convert dense teacher outputs (logits or log-probs) in .npy, H
 streaming rows in chunks so inputs may be larger than memory.
 
 Sequences: a 3-D [N, T, V] input has one sequence per first-axis entry (its first lengths[i] positions with
---lengths); a 2-D [R, V] input is one sequence, or sequences of --seq-len rows, or of --lengths rows."""
+--lengths); a 2-D [R, V] input is one sequence, or sequences of --seq-len rows, or of --lengths rows.
+
+Random stream: draws are keyed by the seed and the input, as in generate: with --tokens, by the tokens' source
+fingerprint (the same stream, hence the same labels, as generate over those tokens with that seed); without,
+by a fingerprint of the outputs (sequence lengths and a few rows). Parts of a corpus converted separately with
+one --seed draw different numbers; the stream is recorded (random_stream) and merge refuses files that drew
+the same rows of one. --topk draws nothing."""
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -33,13 +39,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--lengths", default=None, help=".npy of per-sequence lengths (int), or comma-separated lengths")
     p.add_argument("--rounds", type=int, default=50, help="draws per position, 1..255 (default 50)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="sampling seed (default 0); the stream is keyed by the seed and the input")
     p.add_argument("--topk", type=int, default=None, help="write Top-K probability labels instead (baselines)")
     p.add_argument("--vocab-size", type=int, default=None, help="ignore columns at or beyond this (padded outputs)")
     p.add_argument("--codec", default=DEFAULT_CODEC, choices=available(), help=f"label codec (default {DEFAULT_CODEC})")
     p.add_argument("--device", default="cpu", help="where to sample (cpu, cuda, cuda:N; default cpu)")
     p.add_argument("--chunk-rows", type=int, default=None, help="rows read at a time (default: ~256 MiB of fp32)")
-    p.add_argument("--tokens", default=None, help="input token sequences, to store their fingerprints")
+    p.add_argument("--tokens", default=None, help="input token sequences: their fingerprints are stored and key "
+                                                             "the random stream")
     p.add_argument("--column", default="input_ids", help="token column of a datasets source")
     p.add_argument("--teacher", default=None, help="teacher name to record")
     p.add_argument("--teacher-fingerprint", default=None, help="teacher fingerprint to record")

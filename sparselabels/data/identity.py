@@ -27,6 +27,11 @@ NEXT_TOKEN = "next-token"
 LABEL_CONVENTIONS = (NEXT_TOKEN,)
 
 
+def sampled_sequences(n: int) -> list[int]:
+    """The sequences a whole-source fingerprint reads: the first, middle and last of ``n`` (cheap at any size)."""
+    return sorted({0, n // 2, n - 1}) if n else []
+
+
 def source_fingerprint(src, lengths: np.ndarray | None = None) -> str:
     """``tokens-blake2b:<hex>`` over the sequence count, every length, and the first, middle and last sequences.
 
@@ -38,7 +43,7 @@ def source_fingerprint(src, lengths: np.ndarray | None = None) -> str:
     n = len(lengths)
     h.update(n.to_bytes(8, "little"))
     h.update(np.ascontiguousarray(lengths, dtype="<i8").tobytes())
-    for i in sorted({0, n // 2, n - 1}) if n else ():
+    for i in sampled_sequences(n):
         h.update(input_fingerprint(np.asarray(src[i]), where=f"tokens, sequence {i}").to_bytes(8, "little"))
     return f"tokens-blake2b:{h.hexdigest()}"
 

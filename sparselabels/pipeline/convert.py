@@ -8,11 +8,16 @@ larger than memory converts in bounded memory. How rows become sequences:
 - a 2-D array ``[R, V]``: one sequence of ``R`` positions, or sequences of ``seq_len`` positions (``R`` must be
   a multiple), or consecutive sequences of ``lengths[i]`` positions (summing to ``R``).
 
-Row ids for the sampler are global positions (cumulative lengths + t), exactly as ``generate`` uses, so the
-same logits with the same seed give the same labels whichever way they reach the library, and the result does
-not depend on ``chunk_rows``. Log-probs are logits up to a per-row constant (softmax is unchanged, at any
-temperature); ``kind="logprobs"`` only adds a check that every row's probabilities sum to 1, to catch
-mislabelled inputs. ``topk=K`` writes Top-K probability labels (``value_kind="prob"``) for baselines. The same
+Row ids for the sampler are global positions (cumulative lengths + t), exactly as ``generate`` uses, and the
+Philox key is derived from the seed and what identifies the input, as ``generate`` derives it
+(``stream_key``): with ``tokens``, their ``source_fingerprint`` — the same key as ``generate`` over those
+tokens, so the same logits with the same seed give the same labels whichever way they reach the library;
+without, :func:`rows_fingerprint` of the outputs themselves. Two parts of a corpus converted separately with
+one seed therefore draw from different streams; the metadata records the stream (``random_stream``) and
+``merge`` refuses inputs that drew the same rows of one. The result does not depend on ``chunk_rows``.
+Log-probs are logits up to a per-row constant (softmax is unchanged, at any temperature); ``kind="logprobs"``
+only adds a check that every row's probabilities sum to 1, to catch mislabelled inputs. ``topk=K`` writes
+Top-K probability labels (``value_kind="prob"``) for baselines; they draw nothing (no seed, no stream). The same
 determinism makes ``resume=True`` exact: a rerun after a crash keeps the sequences already in the partial
 file and labels the rest, and the file is the one an uninterrupted run writes. The kept sequences' input rows
 are hashed again and compared with the digests recorded while they were converted (``row_journal``), so an
@@ -32,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from sparselabels.codecs import DEFAULT_CODEC
+from sparselabels.data.identity import sampled_sequences, source_fingerprint
 from sparselabels.errors import AlignmentError, CompatibilityError, InputError, check_int
 from sparselabels.format.fingerprint import input_fingerprint
 from sparselabels.io.sequence import CsrLabels, concat_csr, split_csr
@@ -334,6 +340,26 @@ def plan_chunks(lengths: np.ndarray, chunk_rows: int) -> Iterator[list[Piece]]:
 
 
 # -- the conversion -----------------------------------------------------------------------------------------
+def rows_fingerprint(src: DenseSource, layout: Layout) -> str:
+    """``rows-blake2b:<hex>`` over the sequence count, every length, the row width and the raw bytes of the last
+    row (the one with the most context) of the first, middle and last non-empty sequences.
+
+    What keys the random stream of an input converted without tokens: cheap at any size (three rows), the same
+    for a rerun or a resume, different for another part of a corpus. Rows are hashed in native byte order, so a
+    big-endian copy of an input is the same input.
+    """
+    lengths = layout.lengths
+    h = hashlib.blake2b(digest_size=16, person=b"sl-rows-v1")
+    h.update(len(lengths).to_bytes(8, "little"))
+    h.update(np.ascontiguousarray(lengths, dtype="<i8").tobytes())
+    h.update(src.width.to_bytes(8, "little"))
+    for i in sampled_sequences(len(lengths)):
+        n = int(lengths[i])
+        if n:
+            h.update(_raw_bytes(src.read(layout.rows(i, n - 1, n)).reshape(-1, src.width)))
+    return f"rows-blake2b:{h.hexdigest()}"
+
+
 def check_logprobs(rows, tolerance: float, describe: Callable[[int], str]) -> None:
     """Rows of log-probabilities must log-sum-exp to 0; say which row does not (catches logits given as logprobs).
     ``describe(r)`` names row ``r`` of ``rows`` for the message."""
@@ -347,15 +373,30 @@ def check_logprobs(rows, tolerance: float, describe: Callable[[int], str]) -> No
                          f"(tolerance {tolerance}); if the input holds logits, use kind='logits'")
 
 
+def _random_stream(seed: int, meta: dict) -> tuple[int, dict]:
+    """The Philox key of a sampled conversion and its ``random_stream`` record, as ``generate`` writes them (one
+    file: rows from 0): keyed by the tokens' ``source_fingerprint`` when the metadata has one, else by the
+    input's ``converted_from.rows_fingerprint``."""
+    from sparselabels.pipeline.generate import STREAM_FROM
+    from sparselabels.sampling.rng import stream_key
+
+    if "source_fingerprint" in meta:
+        key, derived_from = stream_key(seed, meta["source_fingerprint"]), STREAM_FROM
+    else:
+        key = stream_key(seed, meta["converted_from"]["rows_fingerprint"])
+        derived_from = "stream_key(seed, converted_from.rows_fingerprint)"
+    return key, {"key": f"{key:016x}", "from": derived_from, "first_row": 0}
+
+
 def _label_chunk(rows, row_ids, *, topk: int | None, rounds: int, temperature: float, vocab_size: int,
-                 seed: int) -> CsrLabels:
+                 philox_key: int | None) -> CsrLabels:
     if topk is not None:
         from sparselabels.sampling import topk_labels
 
         return topk_labels(rows, topk, temperature=temperature, vocab_size=vocab_size).numpy()
     from sparselabels.sampling import sample_counts
 
-    return sample_counts(rows, rounds, temperature=temperature, vocab_size=vocab_size, seed=seed,
+    return sample_counts(rows, rounds, temperature=temperature, vocab_size=vocab_size, seed=philox_key,
                          row_ids=row_ids).numpy()
 
 
@@ -394,7 +435,8 @@ def convert(
     stored. ``teacher``/``teacher_fingerprint``/``tokenizer_fingerprint`` are recorded as given.
     ``chunk_rows`` bounds the rows in memory (default: about 256 MiB of float32). ``resume=True`` continues after
     a crash or kill: the sequences in the verified chunks of ``out``'s partial file are kept and the rest are
-    labeled again; sampling depends only on the seed and each row's global index, so the file is byte for byte
+    labeled again; sampling depends only on the stream key (seed and input) and each row's global index, so the
+    file is byte for byte
     the one an uninterrupted run writes; the kept sequences' input rows are read and checked to be the rows they
     were labeled from (CompatibilityError otherwise). An ``out`` already finished is checked against these
     arguments and kept. ``chunk_bytes``: input bytes per chunk of the label file (LabelWriter).
@@ -426,15 +468,21 @@ def convert(
             chunk_rows = max(1, DEFAULT_ROW_BYTES // (4 * width))
         if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
             raise InputError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
-        fingerprints = _token_fingerprints(tokens, column, layout.lengths)
+        fingerprints, tokens_fp = _token_fingerprints(tokens, column, layout.lengths)
         # the layout is part of what a resumed run must agree on: other lengths would split rows differently
         lengths_digest = hashlib.sha256(layout.lengths.astype("<i8").tobytes()).hexdigest()
         meta: dict[str, Any] = {"temperature": float(temperature),
                                 "converted_from": {**src.describe(), "kind": kind, "dtype": src.dtype,
                                                    "sequences": len(layout.lengths),
                                                    "lengths_sha256": lengths_digest}}
-        if topk is None:
+        if tokens_fp is not None:
+            meta["source_fingerprint"] = tokens_fp
+        philox_key = None
+        if topk is None:  # Top-K draws nothing: no seed, no stream
             meta["seed"] = seed
+            if tokens_fp is None:  # no tokens: the outputs themselves tell this input from another
+                meta["converted_from"]["rows_fingerprint"] = rows_fingerprint(src, layout)
+            philox_key, meta["random_stream"] = _random_stream(seed, meta)
         else:
             meta["topk"] = topk
         for name, value in (("teacher", teacher), ("teacher_fingerprint", teacher_fingerprint),
@@ -490,7 +538,7 @@ def convert(
                             if kind == "logprobs":
                                 check_logprobs(rows[:, :vocab], tolerance, describe)
                             csr = _label_chunk(rows, row_ids, topk=topk, rounds=rounds, temperature=temperature,
-                                               vocab_size=vocab, seed=seed)
+                                               vocab_size=vocab, philox_key=philox_key)
                         except InputError:  # a NaN/inf row first, named in the input's terms (only on this path)
                             from sparselabels.sampling.checks import as_rows, check_rows_finite
 
@@ -540,10 +588,11 @@ def _check_kept_rows(src: DenseSource, layout: Layout, chunk_rows: int, kept: in
                 journal.check(p.seq, digests.pop(p.seq).digest(), where)
 
 
-def _token_fingerprints(tokens, column: str, lengths: np.ndarray) -> np.ndarray | None:
-    """Input fingerprints of the token sequences the outputs came from, after checking they line up."""
+def _token_fingerprints(tokens, column: str, lengths: np.ndarray) -> tuple[np.ndarray | None, str | None]:
+    """Input fingerprints of the token sequences the outputs came from, after checking they line up, and the
+    whole source's ``source_fingerprint`` (None, None without tokens)."""
     if tokens is None:
-        return None
+        return None, None
     from sparselabels.data.tokens import open_tokens
 
     src = open_tokens(tokens, column=column)
@@ -554,5 +603,6 @@ def _token_fingerprints(tokens, column: str, lengths: np.ndarray) -> np.ndarray 
     if bad.size:
         i = int(bad[0])
         raise AlignmentError(f"sequence {i}: {token_lengths[i]} tokens but {lengths[i]} rows of teacher outputs")
-    return np.array([input_fingerprint(np.asarray(src[i]), where=f"tokens, sequence {i}") for i in range(len(src))],
-                    dtype=np.uint64)
+    fingerprints = np.array([input_fingerprint(np.asarray(src[i]), where=f"tokens, sequence {i}")
+                             for i in range(len(src))], dtype=np.uint64)
+    return fingerprints, source_fingerprint(src, token_lengths)

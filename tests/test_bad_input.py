@@ -806,7 +806,7 @@ def _(tmp_path):
     np.save(tmp_path / "in.npy", logits)
     real_open, reads = module.open_dense, []
 
-    class Crashing:  # the process dies while reading the third sequence's rows
+    class Crashing:  # the process dies while reading the third sequence's rows (after the 3 rows keying the stream)
         def __init__(self, src):
             self.src = src
 
@@ -815,7 +815,7 @@ def _(tmp_path):
 
         def read(self, index):
             reads.append(index)
-            if len(reads) == 3:
+            if len(reads) == 3 + 3:
                 raise RuntimeError("killed")
             return self.src.read(index)
 
@@ -825,7 +825,8 @@ def _(tmp_path):
             module.convert(tmp_path / "in.npy", tmp_path / "o.slbl", chunk_rows=4, chunk_bytes=1)
     finally:
         module.open_dense = real_open
-    np.save(tmp_path / "in.npy", logits + 1.0)
+    logits[0, :-1] += 1.0  # (a changed last row changes the stream's key: refused as other converted_from)
+    np.save(tmp_path / "in.npy", logits)
     module.convert(tmp_path / "in.npy", tmp_path / "o.slbl", chunk_rows=4, chunk_bytes=1, resume=True)
 
 

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from spec_compact_decoder import SpecDecodeError, decode_rans
+from spec_rans_decoder import SpecDecodeError, decode_rans
 
 import sparselabels as sl
-from sparselabels.codecs import _compact_kernels as K
+from sparselabels.codecs import _rans_kernels as K
 from sparselabels.codecs import get_codec
 from sparselabels.codecs.base import ChunkInput, Codec, LabelRuleError
-from sparselabels.codecs.compact import CompactCodec
+from sparselabels.codecs.rans import CompactCodec
 from sparselabels.codecs.raw import RawCodec
 from sparselabels.errors import FormatError, InputError
 from sparselabels.format.checks import check_labels
@@ -608,7 +608,7 @@ def test_reciprocal_encoding_equals_division():
         assert np.array_equal(got, expected), f
 
 
-@pytest.mark.parametrize("tool", ["bench_codec.py", "explore_compact.py", "explore_decoder.py",
+@pytest.mark.parametrize("tool", ["bench_codec.py", "explore_rans.py", "explore_decoder.py",
                                   "explore_precision.py"])
 def test_benchmark_tools_smoke(tmp_path, tool):
     import json

@@ -36,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib
 
 from sparselabels import synthetic
-from sparselabels.codecs import _compact_kernels as K
-from sparselabels.codecs._compact_kernels import _at, bit_length, lclass_of
+from sparselabels.codecs import _rans_kernels as K
+from sparselabels.codecs._rans_kernels import _at, bit_length, lclass_of
 from sparselabels.codecs.base import ChunkInput
-from sparselabels.codecs.compact import CompactCodec
+from sparselabels.codecs.rans import CompactCodec
 
 SCALE, BITS, LOW = K.PROB_SCALE, K.PROB_BITS, K.RANS_LOW
 MAX_L = 40  # labels per position are capped so that a variant reading another design's bytes stays bounded

@@ -72,7 +72,7 @@ CODECS = {"raw": (decode_raw, 1, False)}
 
 def _codec(name: str):
     if name not in CODECS:
-        try:  # the compact codec's independent decoder, when it exists
+        try:  # the rans codec's independent decoder, when it exists
             import spec_rans_decoder
 
             CODECS.update(spec_rans_decoder.CODECS)

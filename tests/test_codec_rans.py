@@ -19,7 +19,7 @@ import sparselabels as sl
 from sparselabels.codecs import _rans_kernels as K
 from sparselabels.codecs import get_codec
 from sparselabels.codecs.base import ChunkInput, Codec, LabelRuleError
-from sparselabels.codecs.rans import CompactCodec
+from sparselabels.codecs.rans import RansCodec
 from sparselabels.codecs.raw import RawCodec
 from sparselabels.errors import FormatError, InputError
 from sparselabels.format.checks import check_labels
@@ -28,7 +28,7 @@ from sparselabels.synthetic import sample_labels, split_sequences
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import fuzz_format as ff
 
-CODEC = CompactCodec()
+CODEC = RansCodec()
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -97,8 +97,8 @@ def roundtrip(sequences, value_kind, vocab_size, *, spec=True):
     assert np.all(encoded.record_sizes % 8 == 0) and encoded.record_sizes.sum() == encoded.records.size
     for record, seq in zip(records_of(encoded), sequences, strict=True):
         t, m = len(seq[2]) - 1, len(seq[0])
-        assert t <= CompactCodec.max_positions_per_byte * record.size
-        assert m <= CompactCodec.max_labels_per_byte * record.size
+        assert t <= RansCodec.max_positions_per_byte * record.size
+        assert m <= RansCodec.max_labels_per_byte * record.size
         assert_same(CODEC.decode(record, encoded.table, t, m, value_kind), seq)
         if spec and m <= 3000:  # the spec decoder is pure Python
             assert_same(decode_rans(record.tobytes(), encoded.table.tobytes(), t, m, value_kind), seq)
@@ -180,7 +180,7 @@ def test_deterministic_and_independent_of_chunk_neighbours():
     b = CODEC.encode_chunk(chunk_of(seqs, "count", 128_256))
     assert np.array_equal(a.table, b.table) and np.array_equal(a.records, b.records)
     # a record decodes with its own chunk's table only; a fresh codec instance (empty cache) agrees
-    fresh = CompactCodec()
+    fresh = RansCodec()
     for record, seq in zip(records_of(a), seqs, strict=True):
         assert_same(fresh.decode(record, a.table, len(seq[2]) - 1, len(seq[0]), "count"), seq)
 
@@ -241,7 +241,7 @@ def test_frozen_count_bytes():
         t, m, record = len(seq[2]) - 1, len(seq[0]), bytes.fromhex(hexed)
         expected = (seq[0], seq[1], seq[2].astype(np.int64))
         assert_same(decode_rans(record, table, t, m, "count"), expected)
-        assert_same(CompactCodec().decode(np.frombuffer(record, np.uint8), np.frombuffer(table, np.uint8), t, m,
+        assert_same(RansCodec().decode(np.frombuffer(record, np.uint8), np.frombuffer(table, np.uint8), t, m,
                                           "count"), expected)
 
 
@@ -315,7 +315,7 @@ def test_mutated_tables_are_rejected_or_agree_with_spec():
             table[int(rng.integers(0, min(20, table.size)))] = rng.integers(0, 256)
         else:
             table = table[: 8 * int(rng.integers(0, table.size // 8))]
-        lib = outcome(lambda tb=table: CompactCodec().decode(record, tb, t, m, "count"))
+        lib = outcome(lambda tb=table: RansCodec().decode(record, tb, t, m, "count"))
         spec = outcome(lambda tb=table: decode_rans(record.tobytes(), tb.tobytes(), t, m, "count"))
         assert lib == spec, trial
 
@@ -411,7 +411,7 @@ def mixed_chunk(seed, kind):
 
 def test_capability_is_optional():
     assert Codec.checks_label_rules is False and RawCodec.checks_label_rules is False
-    assert CompactCodec.checks_label_rules is True
+    assert RansCodec.checks_label_rules is True
     seqs, encoded = small_encoded()
     with pytest.raises(InputError, match="rounds is required"):
         CODEC.decode(records_of(encoded)[0], encoded.table, len(seqs[0][2]) - 1, len(seqs[0][0]), "count",

@@ -65,8 +65,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for bits in (int(b) for b in args.bits.split(",")):
             module = kernels_at(bits, Path(tmp))
-            rans.K = module  # CompactCodec looks its kernels up at call time
-            codec = rans.CompactCodec()
+            rans.K = module  # RansCodec looks its kernels up at call time
+            codec = rans.RansCodec()
             encoded = codec.encode_chunk(chunk)  # also compiles
             starts = [0, *encoded.record_sizes.cumsum().tolist()]
             records = [(encoded.records[starts[j] : starts[j + 1]], len(s[2]) - 1, len(s[0]))

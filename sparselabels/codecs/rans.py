@@ -61,7 +61,7 @@ _TABLE_ERRORS = {
 }
 
 
-class CompactCodec(Codec):
+class RansCodec(Codec):
     """Context-modelled rANS over id gaps and counts: ~21 bytes per position at N=50, lossless."""
 
     name = "rans"

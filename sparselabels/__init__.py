@@ -25,9 +25,9 @@ from sparselabels.io.sequence import Sequence
 from sparselabels.io.writer import LabelWriter
 
 _LAZY = {
-    "open_labels": "sparselabels.io.shards",
+    "open_labels": "sparselabels.io.open",
     "LabelShards": "sparselabels.io.shards",
-    "write_manifest": "sparselabels.io.shards",
+    "write_manifest": "sparselabels.io.manifest",
     "merge": "sparselabels.io.merge",
     "validate": "sparselabels.io.validate",
     "ValidationReport": "sparselabels.io.validate",

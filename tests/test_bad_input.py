@@ -581,9 +581,9 @@ def _(tmp_path):
     path = _edit(_valid_file(tmp_path), _record_edit(4, b"\xff\xff\xff\xff", fix_crc=True))
     report = sl.validate(path)
     assert not report.ok
-    assert re.search(r"sequence 2, position 1, label 0, field 'ids': id 4294967295 is outside", report.problems[0])
+    assert re.search(r"sequence 2, position 1, label 0, field 'ids': id 4294967295 is outside", str(report.problems[0]))
     missing = sl.validate(tmp_path / "nothing.slbl")
-    assert not missing.ok and "No such file or directory" in missing.problems[0]
+    assert not missing.ok and "No such file or directory" in str(missing.problems[0])
 
 
 @row("read-overwritten", "LabelFile[i]", "a mapped file truncated or overwritten in place (`cp`) while open "

@@ -272,7 +272,7 @@ def test_manifest_entries_are_confined_to_its_directory(shard_dir: Path, value, 
     with pytest.raises(sl.FormatError, match=match):
         sl.open_labels(manifest)
     report = sl.validate(manifest)
-    assert not report.ok and match.split()[-1] in report.problems[0]
+    assert not report.ok and match.split()[-1] in str(report.problems[0])
 
 
 def test_manifest_paths_inside_the_directory_work(shard_dir: Path, base: ff.BaseFile) -> None:
@@ -316,7 +316,7 @@ def test_manifest_totals_cannot_wrap_64_bit_prefix_sums(shard_dir: Path) -> None
 
 
 def test_manifest_size_is_bounded(tmp_path: Path) -> None:
-    from sparselabels.io.shards import MAX_MANIFEST_BYTES
+    from sparselabels.io.manifest import MAX_MANIFEST_BYTES
 
     path = tmp_path / "huge.json"
     with open(path, "wb") as f:
@@ -344,7 +344,7 @@ def test_non_regular_files_are_refused_without_blocking(shard_dir: Path) -> None
             with pytest.raises(sl.FormatError, match="not a regular file"):
                 sl.open_labels(manifest)
             report = sl.validate(manifest)
-            assert not report.ok and "not a regular file" in report.problems[0]
+            assert not report.ok and "not a regular file" in str(report.problems[0])
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)

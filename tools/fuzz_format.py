@@ -788,7 +788,8 @@ def evaluate(case: Case, workdir: Path, expected: dict[str, tuple[str, ...]],
         full_status, full_content, _ = views["full", True]
         index_status, index_content, index_error = views["index", True]
         if report.ok != (full_status == "opened"):
-            raise Inconsistent(f"validate ok={report.ok} but verify='full' gives {full_status}: {report.problems[:1]}")
+            first = str(report.problems[0]) if report.problems else None
+            raise Inconsistent(f"validate ok={report.ok} but verify='full' gives {full_status}: {first}")
         if report.ok and (index_status != "opened" or index_content != full_content):
             raise Inconsistent("validate passes but the default verify level reads something else")
         rc = _cli(["validate", p])
@@ -828,7 +829,7 @@ def evaluate(case: Case, workdir: Path, expected: dict[str, tuple[str, ...]],
         elif index_status == "rejected-read":
             result.update(outcome="rejected-read", detail=index_error)
         else:
-            result.update(outcome="rejected-validate", detail=report.problems[0],
+            result.update(outcome="rejected-validate", detail=str(report.problems[0]),
                           silent_at_default_verify=index_content != expected[case.base])
     except Inconsistent as exc:
         result.update(outcome="inconsistent", detail=str(exc))

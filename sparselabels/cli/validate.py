@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -21,7 +22,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     report = validate(args.path, max_problems=args.max_problems)
     if args.json:
-        print(json.dumps({"path": report.path, "ok": report.ok, "problems": report.problems,
+        print(json.dumps({"path": report.path, "ok": report.ok, "problems": [str(p) for p in report.problems],
+                          "problem_details": [dataclasses.asdict(p) for p in report.problems],
                           "files": report.files, "sequences": report.num_sequences,
                           "positions": report.num_positions, "labels": report.num_labels}, indent=2))
     elif report.ok:

@@ -397,7 +397,7 @@ def _validated(path: Path, positions: int):
 
     report = sl.validate(path)
     if not report.ok:
-        raise SparseLabelsError(f"the demo wrote an invalid label file {path}: {report.problems}")
+        raise SparseLabelsError(f"the demo wrote an invalid label file {path}: {[str(p) for p in report.problems]}")
     if report.num_positions != positions:
         raise SparseLabelsError(f"{path} holds {report.num_positions} positions, expected {positions}")
     return report

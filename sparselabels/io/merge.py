@@ -13,18 +13,18 @@ from pathlib import Path
 
 from sparselabels.errors import ChecksumError, CompatibilityError, FormatError, InputError
 from sparselabels.format.metadata import REQUIRED_KEYS
-from sparselabels.io.reader import LabelFile
-from sparselabels.io.shards import (
-    LabelShards,
+from sparselabels.io.manifest import (
     check_compatible,
     check_fingerprints_agree,
     check_manifest_name,
     common_metadata,
     footer_crc32,
-    open_labels,
     write_manifest,
 )
-from sparselabels.io.validate import checked_chunk
+from sparselabels.io.open import open_labels
+from sparselabels.io.reader import LabelFile
+from sparselabels.io.shards import LabelShards
+from sparselabels.io.verify import checked_chunk
 from sparselabels.io.writer import LabelWriter
 
 

@@ -33,6 +33,7 @@ from sparselabels.format.layout import (
 )
 from sparselabels.io.sequence import Sequence
 from sparselabels.io.source import ByteSource, open_source
+from sparselabels.io.verify import verify_full
 
 VERIFY_LEVELS = ("structure", "index", "full")
 _INT63 = np.uint64(1 << 63)
@@ -180,11 +181,7 @@ class LabelFile(Labels):
         try:
             self._read_structure()
             if self._verify == "full":
-                from sparselabels.io.validate import validate_file
-
-                report = validate_file(self.path, labels=self)
-                if not report.ok:  # the first problem, as the exception it was raised as (it names the file)
-                    raise report.first_error or self._fail(report.problems[0])
+                verify_full(self)  # the first problem, as the exception it was raised as (it names the file)
         except BaseException:
             self.close()
             raise

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from sparselabels.errors import InputError, SparseLabelsError
-from sparselabels.io.shards import open_labels
+from sparselabels.io.open import open_labels
 
 EXPORT_FORMAT = "sparselabels-hdf5"
 EXPORT_VERSION = 1

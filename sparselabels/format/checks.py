@@ -12,6 +12,7 @@ import numba
 import numpy as np
 
 MAX_PROB_LABELS = 65535
+MAX_ROUNDS = 255  # counts are stored as uint8, so a position draws at most 255 times
 # A position's probabilities may sum to slightly more than 1 after float16 rounding; beyond this is an error.
 PROB_SUM_TOLERANCE = 1e-3
 

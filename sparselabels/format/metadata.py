@@ -15,6 +15,7 @@ import msgpack
 
 from sparselabels._version import __version__
 from sparselabels.errors import CompatibilityError, FormatError, InputError
+from sparselabels.format.checks import MAX_ROUNDS
 from sparselabels.format.layout import MAX_METADATA_BYTES, VERSION_MAJOR, VERSION_MINOR
 from sparselabels.format.values import VALUE_KINDS
 
@@ -185,8 +186,9 @@ def check(meta: Any) -> None:
         raise FormatError(f"metadata: value_kind {kind!r} must be one of {list(VALUE_KINDS)}")
     rounds = meta["rounds"]
     if kind == "count":
-        if not _is_int(rounds) or not 1 <= rounds <= 255:
-            raise FormatError(f"metadata: rounds {rounds!r} must be an integer in 1..255 for value_kind 'count'")
+        if not _is_int(rounds) or not 1 <= rounds <= MAX_ROUNDS:
+            raise FormatError(f"metadata: rounds {rounds!r} must be an integer in 1..{MAX_ROUNDS} for value_kind "
+                              "'count'")
     elif rounds is not None:
         raise FormatError(f"metadata: rounds must be nil for value_kind {kind!r}, got {rounds!r}")
     if not isinstance(meta["codec"], str) or not meta["codec"]:

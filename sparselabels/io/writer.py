@@ -22,7 +22,7 @@ import numpy as np
 from sparselabels.codecs import DEFAULT_CODEC, ChunkInput, get_codec
 from sparselabels.errors import FormatError, InputError, SparseLabelsError, check_int
 from sparselabels.format import metadata as meta_format
-from sparselabels.format.checks import check_labels, too_many_labels
+from sparselabels.format.checks import MAX_ROUNDS, check_labels, too_many_labels
 from sparselabels.format.layout import (
     CHUNK_HEADER_SIZE,
     DEFAULT_MAX_SEQUENCE_POSITIONS,
@@ -218,7 +218,7 @@ class LabelWriter:
         if value_kind not in VALUE_KINDS:
             raise InputError(f"value_kind must be one of {list(VALUE_KINDS)}, got {value_kind!r}")
         if value_kind == "count" and rounds is None:
-            raise InputError("rounds (draws per position, 1..255) is required for value_kind 'count'")
+            raise InputError(f"rounds (draws per position, 1..{MAX_ROUNDS}) is required for value_kind 'count'")
         if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1:
             raise InputError(f"chunk_bytes must be a positive integer, got {chunk_bytes!r}")
         self.path = Path(path)

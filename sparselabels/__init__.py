@@ -1,7 +1,8 @@
 """sparselabels: store, read and train from Random-Sampling KD teacher labels.
 
 The public API is small; see the README. Heavy parts (torch samplers, losses, the labeling pipeline) are
-imported on first use so that reading and writing label files needs only numpy, numba and msgpack.
+imported on first use so that reading and writing label files needs only numpy, numba and msgpack; a part whose
+optional packages are missing raises MissingExtraError (an ImportError) naming the extra to install.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from sparselabels._extras import MissingExtraError, as_missing_extra
 from sparselabels._version import __version__
 from sparselabels.errors import (
     AlignmentError,
@@ -50,6 +52,7 @@ __all__ = [
     "LabelFile",
     "LabelWriter",
     "Labels",
+    "MissingExtraError",
     "Sequence",
     "SparseLabelsError",
     "__version__",
@@ -59,11 +62,17 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    if name in _SUBMODULES:
-        return importlib.import_module(f"sparselabels.{name}")
-    raise AttributeError(f"module 'sparselabels' has no attribute {name!r}")
+    module = _LAZY.get(name, f"sparselabels.{name}" if name in _SUBMODULES else None)
+    if module is None:
+        raise AttributeError(f"module 'sparselabels' has no attribute {name!r}")
+    try:
+        loaded = importlib.import_module(module)
+    except ModuleNotFoundError as exc:  # an optional package: say which extra installs it
+        error = as_missing_extra(exc, f"sparselabels.{name}")
+        if error is exc:
+            raise
+        raise error from exc
+    return getattr(loaded, name) if name in _LAZY else loaded
 
 
 def __dir__() -> list[str]:

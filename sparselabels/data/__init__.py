@@ -4,6 +4,10 @@
 targets; ``ResumableSampler`` → a deterministic order that resumes exactly, also across world sizes.
 """
 
+from sparselabels._extras import require
+
+require("sparselabels.data", "torch")
+
 from sparselabels.data.collate import (
     OVERFLOW_POLICIES,
     SparseBatch,

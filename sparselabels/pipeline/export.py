@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sparselabels._extras import require
 from sparselabels.errors import InputError, SparseLabelsError
 from sparselabels.io.open import open_labels
 
@@ -79,6 +80,7 @@ class _Appender:
 def export_hdf5(labels: str | os.PathLike, out: str | os.PathLike, *, compression: str | None = None,
                 compression_level: int = 4, chunk: int = DEFAULT_CHUNK, overwrite: bool = False) -> Path:
     """Write the labels at ``labels`` (file, manifest or shard directory) to the HDF5 file ``out``."""
+    require("export_hdf5", "h5py")
     import h5py
 
     if compression not in COMPRESSIONS:

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from sparselabels._extras import require
 from sparselabels.codecs import DEFAULT_CODEC
 from sparselabels.errors import CompatibilityError, InputError, SparseLabelsError, check_int
 from sparselabels.format.fingerprint import input_fingerprint
@@ -292,6 +293,7 @@ def generate(
     ``teacher_name``/``teacher_fingerprint`` override the computed identity. ``metadata`` is stored under the
     ``"user"`` key. Returns ``out``.
     """
+    require("generate", "torch", "transformers", extras="hf")
     # as Python ints from here on (numpy integers are accepted, but metadata stores only plain values)
     batch_size, flush_every, chunk_bytes = (check_int(name, value, 1) for name, value in (
         ("batch_size", batch_size), ("flush_every", flush_every), ("chunk_bytes", chunk_bytes)))

@@ -8,6 +8,7 @@ optional packages are missing raises MissingExtraError (an ImportError) naming t
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import Any
 
 from sparselabels._extras import MissingExtraError, as_missing_extra
@@ -15,15 +16,17 @@ from sparselabels._version import __version__
 from sparselabels.errors import (
     AlignmentError,
     ChecksumError,
+    ClosedError,
     CompatibilityError,
     FormatError,
     IncompleteFileError,
     InputError,
+    OutputExistsError,
     SparseLabelsError,
 )
 from sparselabels.format.fingerprint import input_fingerprint
 from sparselabels.io.reader import LabelFile, Labels
-from sparselabels.io.sequence import Sequence
+from sparselabels.io.sequence import LabelSpan
 from sparselabels.io.writer import LabelWriter
 
 _LAZY = {
@@ -45,15 +48,17 @@ _SUBMODULES = ("data", "loss", "sampling", "synthetic", "codecs", "format", "pip
 __all__ = [
     "AlignmentError",
     "ChecksumError",
+    "ClosedError",
     "CompatibilityError",
     "FormatError",
     "IncompleteFileError",
     "InputError",
     "LabelFile",
+    "LabelSpan",
     "LabelWriter",
     "Labels",
     "MissingExtraError",
-    "Sequence",
+    "OutputExistsError",
     "SparseLabelsError",
     "__version__",
     "input_fingerprint",
@@ -62,6 +67,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "Sequence":  # the name LabelSpan had in sparselabels 0.1
+        warnings.warn("sparselabels.Sequence is deprecated; use sparselabels.LabelSpan", DeprecationWarning,
+                      stacklevel=2)
+        return LabelSpan
     module = _LAZY.get(name, f"sparselabels.{name}" if name in _SUBMODULES else None)
     if module is None:
         raise AttributeError(f"module 'sparselabels' has no attribute {name!r}")

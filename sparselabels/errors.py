@@ -38,6 +38,15 @@ class AlignmentError(SparseLabelsError):
     """Labels and token sequences do not line up (length or input fingerprint differs)."""
 
 
+class OutputExistsError(SparseLabelsError, FileExistsError):
+    """The output of a writer, merge, export or labeling run already exists and neither overwriting nor resuming
+    was asked for."""
+
+
+class ClosedError(SparseLabelsError, ValueError):
+    """A reader, shard set or writer was used after ``close()`` (a ValueError, as for Python's own files)."""
+
+
 def where(**parts: object) -> str:
     """Format a location such as ``file 'a.slbl', sequence 3, position 17`` from the parts that are known."""
     out = []

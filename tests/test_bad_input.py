@@ -25,10 +25,12 @@ import sparselabels as sl
 from sparselabels.errors import (
     AlignmentError,
     ChecksumError,
+    ClosedError,
     CompatibilityError,
     FormatError,
     IncompleteFileError,
     InputError,
+    OutputExistsError,
     SparseLabelsError,
 )
 
@@ -184,7 +186,7 @@ def _(tmp_path):
     _writer(tmp_path, chunk_bytes=0)
 
 
-@row("writer-path-exists", "LabelWriter", "the file exists", SparseLabelsError,
+@row("writer-path-exists", "LabelWriter", "the file exists", OutputExistsError,
      "w.slbl exists; pass overwrite=True to replace it")
 def _(tmp_path):
     _valid_file(tmp_path, "w.slbl")
@@ -227,7 +229,7 @@ def _(tmp_path):
     _writer(tmp_path, resume=True)
 
 
-@row("writer-closed", "LabelWriter.write", "writing after `close()`/`abort()`", SparseLabelsError,
+@row("writer-closed", "LabelWriter.write", "writing after `close()`/`abort()`", ClosedError,
      "LabelWriter for … is closed")
 def _(tmp_path):
     w = _writer(tmp_path)
@@ -512,7 +514,7 @@ def _(tmp_path):
     sl.open_labels(_valid_file(tmp_path), verify="fast")
 
 
-@row("read-closed", "LabelFile[i]", "reading after `close()`", ValueError, "is closed")
+@row("read-closed", "LabelFile[i]", "reading after `close()`", ClosedError, "is closed")
 def _(tmp_path):
     f = sl.open_labels(_valid_file(tmp_path))
     f.close()
@@ -658,7 +660,7 @@ def _(tmp_path):
     sl.merge(tmp_path / "out.slbl", [_edit(_valid_file(tmp_path), edit)], copy=True)
 
 
-@row("merge-out-exists", "merge", "the output exists", CompatibilityError, "exists; pass overwrite=True to "
+@row("merge-out-exists", "merge", "the output exists", OutputExistsError, "exists; pass overwrite=True to "
      "replace it")
 def _(tmp_path):
     a = _valid_file(tmp_path, "a.slbl")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sparselabels.errors import ChecksumError, CompatibilityError, FormatError, InputError
+from sparselabels.errors import ChecksumError, CompatibilityError, FormatError, InputError, OutputExistsError
 from sparselabels.format.metadata import REQUIRED_KEYS
 from sparselabels.io.manifest import (
     check_compatible,
@@ -60,7 +60,7 @@ def merge(out: str | os.PathLike, inputs: list[str | os.PathLike], *, copy: bool
         raise CompatibilityError("merge needs at least one input")
     if not copy:
         if out.exists() and not overwrite:
-            raise CompatibilityError(f"{out} exists; pass overwrite=True to replace it")
+            raise OutputExistsError(f"{out} exists; pass overwrite=True to replace it")
         return write_manifest(out, files)
     return _merge_copy(out, files, codec=codec, overwrite=overwrite)
 

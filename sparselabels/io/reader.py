@@ -16,7 +16,7 @@ import numpy as np
 
 from sparselabels.codecs import get_codec
 from sparselabels.codecs.base import LabelRuleError
-from sparselabels.errors import ChecksumError, FormatError, IncompleteFileError, InputError, check_int
+from sparselabels.errors import ChecksumError, ClosedError, FormatError, IncompleteFileError, InputError, check_int
 from sparselabels.format import metadata as meta_format
 from sparselabels.format.checks import check_labels, too_many_labels
 from sparselabels.format.layout import (
@@ -31,7 +31,7 @@ from sparselabels.format.layout import (
     crc32,
     entry_size,
 )
-from sparselabels.io.sequence import Sequence
+from sparselabels.io.sequence import LabelSpan
 from sparselabels.io.source import ByteSource, open_source
 from sparselabels.io.verify import verify_full
 
@@ -47,7 +47,7 @@ class Labels(abc.ABC):
     @abc.abstractmethod
     def __len__(self) -> int: ...
 
-    def __getitem__(self, index: int) -> Sequence:
+    def __getitem__(self, index: int) -> LabelSpan:
         return self.read(index)
 
     def _sequence_index(self, index: int, where: str = "") -> int:
@@ -62,7 +62,7 @@ class Labels(abc.ABC):
         return index % n
 
     @abc.abstractmethod
-    def read(self, index: int, *, check: bool = True) -> Sequence:
+    def read(self, index: int, *, check: bool = True) -> LabelSpan:
         """Sequence ``index`` (negative counts from the end). With ``check`` (the default) the record's CRC-32 is
         verified before it is decoded and the labels are checked against the label rules, so a damaged file never
         reads back as different labels; ``check=False`` skips both, for data verified as a whole."""
@@ -105,11 +105,11 @@ class Labels(abc.ABC):
     def value_kind(self) -> str:
         return str(self.metadata["value_kind"])
 
-    def __iter__(self) -> Iterator[Sequence]:
+    def __iter__(self) -> Iterator[LabelSpan]:
         for i in range(len(self)):
             yield self[i]
 
-    def positions(self, start: int, stop: int) -> Sequence:
+    def positions(self, start: int, stop: int) -> LabelSpan:
         """Labels of global positions ``start..stop-1``, across sequence boundaries, as one CSR block.
 
         For pipelines that pack documents into fixed windows: position ``p`` is the ``p``-th position of the
@@ -121,7 +121,7 @@ class Labels(abc.ABC):
             raise IndexError(f"positions({start}, {stop}) out of range for {total} positions")
         kind_dtype = np.float16 if self.value_kind == "prob" else np.uint8
         if start == stop:
-            return Sequence(np.zeros(0, np.uint32), np.zeros(0, kind_dtype), np.zeros(1, np.int64))
+            return LabelSpan(np.zeros(0, np.uint32), np.zeros(0, kind_dtype), np.zeros(1, np.int64))
         ids_parts, val_parts, lpp_parts = [], [], []
         seq, offset = self._locate(start)
         remaining = stop - start
@@ -130,13 +130,13 @@ class Labels(abc.ABC):
             take = min(remaining, s.num_positions - offset)
             lo, hi = int(s.indptr[offset]), int(s.indptr[offset + take])
             ids_parts.append(s.ids[lo:hi])
-            val_parts.append(s.counts[lo:hi])
+            val_parts.append(s.values[lo:hi])
             lpp_parts.append(np.diff(s.indptr[offset : offset + take + 1]))
             remaining -= take
             seq, offset = seq + 1, 0
         indptr = np.zeros(stop - start + 1, dtype=np.int64)
         np.cumsum(np.concatenate(lpp_parts), out=indptr[1:])
-        return Sequence(np.concatenate(ids_parts), np.concatenate(val_parts), indptr)
+        return LabelSpan(np.concatenate(ids_parts), np.concatenate(val_parts), indptr)
 
     def close(self) -> None:  # noqa: B027 - sources without resources need not override
         pass
@@ -327,7 +327,7 @@ class LabelFile(Labels):
 
     def _opened(self) -> ByteSource:
         if self._source is None:
-            raise ValueError(f"file {self.path!r} is closed")
+            raise ClosedError(f"file {self.path!r} is closed")
         return self._source
 
     def _identity(self) -> tuple[int, ...]:
@@ -389,7 +389,7 @@ class LabelFile(Labels):
         """" (chunk c)" for messages about a sequence whose decoding involves its chunk's table, else ""."""
         return f" (chunk {self._chunk_index(index)})" if self._has_tables else ""
 
-    def read(self, index: int, *, check: bool = True) -> Sequence:
+    def read(self, index: int, *, check: bool = True) -> LabelSpan:
         index = self._sequence_index(index, f" in {self.path!r}")
         record, table = self.record_bytes(index)
         col = self._col
@@ -417,7 +417,7 @@ class LabelFile(Labels):
             if problem is not None:
                 raise FormatError(f"file {self.path!r}, sequence {index}, {problem.describe()}")
         fps = self._fingerprint_column()  # the file was checked by record_bytes
-        return Sequence(ids, values, indptr, int(fps[index]) if fps is not None else None, index)
+        return LabelSpan(ids, values, indptr, int(fps[index]) if fps is not None else None, index)
 
     def close(self) -> None:
         if self._source is not None:

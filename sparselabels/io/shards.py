@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from sparselabels._forksafe import ForkSafeLock
-from sparselabels.errors import CompatibilityError, FormatError, check_int
+from sparselabels.errors import ClosedError, CompatibilityError, FormatError, check_int
 from sparselabels.io.manifest import (
     MANIFEST_NAME,
     check_compatible,
@@ -28,7 +28,7 @@ from sparselabels.io.manifest import (
     read_manifest,
 )
 from sparselabels.io.reader import DEFAULT_MAX_SEQUENCE_POSITIONS, LabelFile, Labels
-from sparselabels.io.sequence import Sequence
+from sparselabels.io.sequence import LabelSpan
 
 SHARD_SUFFIX = ".slbl"
 # The shards of one labeling run (one per rank); a directory holding some of them must hold all of them.
@@ -125,7 +125,7 @@ class LabelShards(Labels):
         """Shard ``k``, opened (and checked against its manifest entry) on first use."""
         with self._lock:
             if self._closed:
-                raise ValueError(f"{self!r} is closed")
+                raise ClosedError(f"{self!r} is closed")
             f = self._open.get(k)
             if f is not None:
                 self._open.move_to_end(k)
@@ -136,7 +136,7 @@ class LabelShards(Labels):
         with self._lock:
             if self._closed:
                 opened.close()
-                raise ValueError(f"{self!r} is closed")
+                raise ClosedError(f"{self!r} is closed")
             f = self._open.setdefault(k, opened)
             self._open.move_to_end(k)
             self._evict()
@@ -191,11 +191,11 @@ class LabelShards(Labels):
         k = bisect.bisect_right(self._seq_starts, index) - 1
         return k, index - int(self._seq_starts[k])
 
-    def read(self, index: int, *, check: bool = True) -> Sequence:
+    def read(self, index: int, *, check: bool = True) -> LabelSpan:
         index = self._sequence_index(index)
         k, local = self.locate_sequence(index)
         s = self.shard(k).read(local, check=check)
-        return Sequence(s.ids, s.counts, s.indptr, s.fingerprint, index)
+        return LabelSpan(s.ids, s.values, s.indptr, s.fingerprint, index)
 
     def _locate(self, position: int) -> tuple[int, int]:
         k = int(np.searchsorted(self._pos_starts, position, side="right")) - 1
@@ -226,7 +226,7 @@ class LabelShards(Labels):
 
     def __getstate__(self) -> dict[str, Any]:
         if self._closed:
-            raise ValueError(f"{self!r} is closed")
+            raise ClosedError(f"{self!r} is closed")
         state = {k: v for k, v in self.__dict__.items() if k not in ("_open", "_lock")}
         state["_verify"] = "structure"
         return state

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from sparselabels.codecs import DEFAULT_CODEC, ChunkInput, get_codec
-from sparselabels.errors import FormatError, InputError, SparseLabelsError, check_int
+from sparselabels.errors import ClosedError, FormatError, InputError, OutputExistsError, SparseLabelsError, check_int
 from sparselabels.format import metadata as meta_format
 from sparselabels.format.checks import MAX_ROUNDS, check_labels, too_many_labels
 from sparselabels.format.layout import (
@@ -253,7 +253,7 @@ class LabelWriter:
         if self.path.exists() and not overwrite:
             if resume:
                 raise SparseLabelsError(f"{self.path} is already complete; nothing to resume")
-            raise SparseLabelsError(f"{self.path} exists; pass overwrite=True to replace it")
+            raise OutputExistsError(f"{self.path} exists; pass overwrite=True to replace it")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.partial_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -578,7 +578,7 @@ class LabelWriter:
 
     def _check_open(self) -> None:
         if self._closed or self._fd < 0:
-            raise SparseLabelsError(f"LabelWriter for {self.path} is closed")
+            raise ClosedError(f"LabelWriter for {self.path} is closed")
 
     def __enter__(self) -> LabelWriter:
         return self

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from sparselabels._extras import require
-from sparselabels.errors import InputError, SparseLabelsError
+from sparselabels.errors import InputError, OutputExistsError, SparseLabelsError
 from sparselabels.io.open import open_labels
 
 EXPORT_FORMAT = "sparselabels-hdf5"
@@ -91,7 +91,7 @@ def export_hdf5(labels: str | os.PathLike, out: str | os.PathLike, *, compressio
     if out.resolve() == Path(labels).resolve():
         raise InputError(f"the output {str(out)!r} is the input; choose another path")
     if out.exists() and not overwrite:
-        raise SparseLabelsError(f"{out} exists; pass overwrite=True to replace it")
+        raise OutputExistsError(f"{out} exists; pass overwrite=True to replace it")
     partial = out.with_name(out.name + ".partial")
     with open_labels(labels) as src:
         meta = src.metadata

@@ -35,7 +35,7 @@ import numpy as np
 
 from sparselabels._extras import require
 from sparselabels.codecs import DEFAULT_CODEC
-from sparselabels.errors import CompatibilityError, InputError, SparseLabelsError, check_int
+from sparselabels.errors import CompatibilityError, InputError, OutputExistsError, SparseLabelsError, check_int
 from sparselabels.format.fingerprint import input_fingerprint
 from sparselabels.io.sequence import CsrLabels, concat_csr, split_csr
 from sparselabels.io.shards import run_shard_name
@@ -336,7 +336,7 @@ def _run(teacher: Teacher, src, out: Path, world: distributed.World, sampling: S
     distributed.check_no_foreign_shards(out, world.size)
     shard = out / run_shard_name(world.rank, world.size)
     if shard.exists() and not (run.resume or run.overwrite):
-        raise SparseLabelsError(
+        raise OutputExistsError(
             f"{shard} exists; pass resume=True to keep the finished shards or overwrite=True to start again"
         )
     if shard.exists() and run.resume:

@@ -1,8 +1,8 @@
 """sparselabels: store, read and train from Random-Sampling KD teacher labels.
 
-The public API is small; see the README. Heavy parts (torch samplers, losses, the labeling pipeline) are
-imported on first use so that reading and writing label files needs only numpy, numba and msgpack; a part whose
-optional packages are missing raises MissingExtraError (an ImportError) naming the extra to install.
+The public API is small; see the README and docs/. Heavy parts (torch samplers, losses, the labeling pipeline)
+are imported on first use so that reading and writing label files needs only numpy, numba and msgpack; a part
+whose optional packages are missing raises MissingExtraError (an ImportError) naming the extra to install.
 """
 
 from __future__ import annotations

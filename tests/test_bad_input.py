@@ -1,9 +1,9 @@
-"""Bad input and what you get: one test per row of the README's table.
+"""Bad input and what you get: one test per row of the table in docs/errors.md.
 
 Each row names a class of bad input to the writer, the reader, validate/merge, the command line, the sampler or
 the loss; the exception type; and the message, written with ``…`` where it varies (file names, lists). The
-table in the README is generated from ``ROWS`` (``python tests/test_bad_input.py``), and a test checks
-that the document and the rows agree.
+table in docs/errors.md is generated from ``ROWS`` (``python tests/test_bad_input.py`` prints it,
+``--write`` rewrites it in place), and a test checks that the document and the rows agree.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 import fuzz_format as ff  # noqa: E402
 
-DOC = REPO / "README.md"
+DOC = REPO / "docs" / "errors.md"
+TABLE_START, TABLE_END = "<!-- table: bad-input -->\n", "<!-- /table -->"
 
 
 @dataclass(frozen=True)
@@ -839,8 +840,19 @@ def render_table() -> str:
 
 def test_document_lists_exactly_these_rows() -> None:
     text = DOC.read_text()
-    assert render_table() in text, "the README's bad-input table is stale: python tests/test_bad_input.py prints it"
+    assert TABLE_START + render_table() + TABLE_END in text, (
+        "docs/errors.md's bad-input table is stale: python tests/test_bad_input.py --write rewrites it")
+
+
+def write_table() -> None:
+    """Replace the table between the markers in docs/errors.md with the one ``ROWS`` gives."""
+    text = DOC.read_text()
+    start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
+    DOC.write_text(text[:start] + render_table() + text[end:])
 
 
 if __name__ == "__main__":
-    print(render_table(), end="")
+    if sys.argv[1:] == ["--write"]:
+        write_table()
+    else:
+        print(render_table(), end="")

@@ -1,6 +1,6 @@
 """The format fuzzer: a short run over every codec, and checks that the harness itself classifies correctly.
 
-The long run (>= 10,000 mutants per codec) is ``python tools/fuzz_format.py``; its counts are in the README.
+The long run (>= 10,000 mutants per codec) is ``python tools/fuzz_format.py``; its counts are in docs/reliability.md.
 """
 
 from __future__ import annotations

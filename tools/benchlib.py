@@ -1,7 +1,7 @@
 """Shared plumbing for the benchmarks in tools/: machine description, timing, table printing, JSON output.
 
 Every benchmark measures its baseline in the same run (these machines are noisy), reports medians, and writes
-the JSON behind the numbers it prints, so a README number can always be traced to a file.
+the JSON behind the numbers it prints, so a number in the docs can always be traced to a file.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def _fmt(value: Any) -> str:
 
 class _QuickAction(argparse.Action):
     """``--quick``: also moves the JSON out of tools/results/ unless ``--out`` was given, so a smoke run never
-    replaces the committed results the README's tables are printed from."""
+    replaces the committed results the docs' tables are printed from."""
 
     def __init__(self, option_strings, dest, *, results: Path, scratch: Path, **kwargs) -> None:
         super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)

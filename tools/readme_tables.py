@@ -1,18 +1,23 @@
-"""Print the README's benchmark tables as Markdown, from the JSON the benchmarks wrote to tools/results/.
+"""Print the documentation's benchmark tables as Markdown, from the JSON the benchmarks wrote to tools/results/.
 
-The README quotes only measured numbers; regenerating its tables from the JSON keeps them in step:
+The docs quote only measured numbers. Each table lives in one file (``DOCS``: a page of docs/, or the README for
+its headline numbers) between ``<!-- table: NAME -->`` and ``<!-- /table -->``; regenerating it from the JSON
+keeps it in step:
 
-    python tools/readme_tables.py codec     # or: io, loader, fidelity, fuzz, sampler, loss, generate
+    python tools/readme_tables.py codec     # or: io, loader, fidelity, fuzz, sampler, loss, generate, goals, headline
+    python tools/readme_tables.py --write   # rewrite every table in place in its docs/ file
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "tools" / "results"
 
 
 def _load(name: str) -> dict:
@@ -194,15 +199,106 @@ def generate() -> str:
     return "\n".join(lines)
 
 
+def goals() -> str:
+    """Every goal a benchmark's JSON records, and whether that run met it."""
+    rows = []
+    loader = _load("bench_loader")
+    rows += [("loader", name, ok, loader) for name, ok in loader["targets"]["met"].items()]
+    sampler = _load("bench_sampler")
+    rows += [("sampler", f"{name} (V = 128,256, bf16)", ok, sampler) for name, ok in sampler["targets"].items()]
+    loss = _load("bench_loss")
+    rows += [("fused loss", name, ok, loss) for name, ok in loss["targets"].items()]
+    gen = _load("bench_generate")
+    pct = gen["overhead_pct"]
+    rows.append(("labeling", f"end-to-end overhead <= {pct['goal']:g}% of forward (measured {pct['end_to_end']:.1f}%)",
+                 pct["end_to_end"] <= pct["goal"], gen))
+    lines = ["<!-- goals from tools/results/{bench_loader,bench_sampler,bench_loss,bench_generate}.json -->",
+             "| benchmark | goal (as the JSON records it) | met | run |", "|---|---|---|---|"]
+    for bench, name, ok, d in rows:
+        m = d["machine"]
+        run = f"{m['date'][:10]}, {m.get('gpu') or m['cpu']}"
+        lines.append(f"| {bench} | `{name}` | {'yes' if ok else '**no**'} | {run} |")
+    return "\n".join(lines)
+
+
+def headline() -> str:
+    """The README's few numbers, each linked to the table it comes from."""
+    codec_rows = {r["method"]: r for r in _load("bench_codec")["rows"]}
+    loader = _load("bench_loader")["codecs"]
+    sampler = next(r for r in _load("bench_sampler")["results"] if r["vocab"] == 128256 and r["dtype"] == "bf16")
+    loss = next(r for r in _load("bench_loss")["results"] if r["case"] == "sparse_kd_fused")
+    gen = _load("bench_generate")
+    fid = {r["method"]: r for r in _load("gradient_fidelity")["results"]}
+    fz = _load("fuzz_format")
+    bugs = sum(n for table in fz["table"].values() for counts in table.values() for k, n in counts.items()
+               if k in ("crash", "hang", "memory", "wrong-exception", "inconsistent", "spread"))
+    perf = "docs/performance.md"
+    rows = [
+        ("label bytes per position, RS-KD N = 50 (`rans`)",
+         f"{codec_rows['rans']['bytes_per_position']:.1f} (`raw` {codec_rows['raw']['bytes_per_position']:.1f}; "
+         f"paper's 3-byte packing {codec_rows['paper-3B']['bytes_per_position']:.1f})", f"{perf}#codecs"),
+        ("padded batches, one CPU process",
+         f"{loader['rans']['single_process']['positions_per_s'] / 1e6:.1f}-"
+         f"{loader['raw']['single_process']['positions_per_s'] / 1e6:.1f} M positions/s, "
+         f"{loader['rans']['ratio_single_vs_baseline']:.0f}-{loader['raw']['ratio_single_vs_baseline']:.0f}x "
+         "HF `datasets`", f"{perf}#data-loading"),
+        ("GPU sampler vs softmax + `torch.multinomial` (V = 128,256, bf16)",
+         f"{sampler['speedup_kernel']:.1f}x faster; {sampler['kernel_over_read']:.2f}x one read of the logits",
+         f"{perf}#sampler-gpu"),
+        ("fused KD loss vs cross-entropy (V = 128,256)",
+         f"{loss['time_vs_ce']:.2f}x the time, {loss['memory_vs_ce']:.2f}x the peak memory", f"{perf}#fused-loss-gpu"),
+        ("labeling overhead over the teacher's forward passes",
+         f"{gen['overhead_pct']['end_to_end']:.1f}% ({gen['config']['params'] / 1e9:.2f}B teacher)",
+         f"{perf}#labeling-gpu"),
+        ("student gradient's angle to full KD",
+         f"RS-KD {fid['RS-KD (N=50)']['angle_deg']:.1f} deg, Top-K 12 {fid['Top-K 12']['angle_deg']:.1f} deg",
+         f"{perf}#gradient-fidelity"),
+        ("fuzzed corrupt files", f"{fz['cases_per_codec'] * len(fz['codecs']):,} mutants, {bugs} crashes, hangs, "
+         "memory blow-ups or wrong results", "docs/reliability.md#fuzzing-the-format"),
+    ]
+    lines = ["| | measured | details |", "|---|---|---|"]
+    lines += [f"| {what} | {value} | [table]({link}) |" for what, value, link in rows]
+    return "\n".join(lines)
+
+
 TABLES = {"codec": codec, "loader": loader, "io": io, "fidelity": fidelity, "fuzz": fuzz, "sampler": sampler,
-          "loss": loss, "generate": generate}
+          "loss": loss, "generate": generate, "goals": goals, "headline": headline}
+#: The docs/ file that holds each table.
+DOCS = {name: ROOT / "docs" / ("reliability.md" if name == "fuzz" else "performance.md") for name in TABLES}
+DOCS["headline"] = ROOT / "README.md"
+
+
+def block(name: str) -> str:
+    """A table as it stands in its document, between its markers."""
+    return f"<!-- table: {name} -->\n{TABLES[name]()}\n<!-- /table -->"
+
+
+def write(name: str) -> bool:
+    """Replace table ``name`` in its document with what the JSON gives; True if the text changed."""
+    path = DOCS[name]
+    text = path.read_text()
+    pattern = re.compile(rf"<!-- table: {re.escape(name)} -->\n.*?<!-- /table -->", re.S)
+    if len(pattern.findall(text)) != 1:
+        raise SystemExit(f"{path}: expected one '<!-- table: {name} -->' ... '<!-- /table -->' block")
+    new = pattern.sub(lambda _: block(name), text)
+    path.write_text(new)
+    return new != text
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("table", choices=sorted(TABLES))
+    parser.add_argument("table", nargs="?", choices=sorted(TABLES))
+    parser.add_argument("--write", action="store_true", help="rewrite the table (all tables without a name) in "
+                        "its docs/ file")
     args = parser.parse_args(argv)
-    print(TABLES[args.table]())
+    if not args.write:
+        if args.table is None:
+            parser.error("name a table, or pass --write")
+        print(TABLES[args.table]())
+        return 0
+    for name in [args.table] if args.table else sorted(TABLES):
+        changed = write(name)
+        print(f"{DOCS[name].relative_to(ROOT)}: {name} {'updated' if changed else 'unchanged'}")
     return 0
 
 

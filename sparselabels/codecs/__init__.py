@@ -8,7 +8,7 @@ from sparselabels.codecs.base import ChunkInput, Codec, EncodedChunk
 from sparselabels.codecs.raw import RawCodec
 from sparselabels.errors import FormatError, InputError
 
-#: The codec new files use unless told otherwise: about a third of raw's bytes (README, "Codecs").
+#: The codec new files use unless told otherwise: about a third of raw's bytes (docs/codecs.md).
 DEFAULT_CODEC = "rans"
 
 _REGISTRY: dict[str, Codec] = {}

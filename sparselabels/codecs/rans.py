@@ -1,6 +1,6 @@
 """The ``rans`` codec: gap buckets, counts and labels-per-position under per-chunk static rANS models.
 
-Why this design (measured on the synthetic N=50 workload; see tools/explore_rans.py and the README):
+Why this design (measured on the synthetic N=50 workload; see tools/explore_rans.py and docs/codecs.md):
 sorted ids make gaps, and a gap's magnitude depends mostly on where the previous id lies (BPE vocabularies
 put frequent tokens at low ids, loosely) and on how many labels the position has; counts are mostly 1 and
 depend on the number of labels. Coding the *bit length* of each gap with an entropy coder conditioned on

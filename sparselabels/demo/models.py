@@ -278,7 +278,7 @@ def _cache_key(config: PretrainedConfig, settings: TrainSettings, init_seed: int
         "torch": torch.__version__.split("+")[0],
         "tag": tag,
     }
-    if device is not None and device.type != "cpu":  # CPU keys stay as they were before devices were an option
+    if device is not None and device.type != "cpu":  # CPU keys name no device (the cache key of a CPU teacher)
         description["device"] = device.type
     for volatile in ("transformers_version", "architectures", "dtype", "torch_dtype", "_name_or_path"):
         description["config"].pop(volatile, None)

@@ -11,7 +11,7 @@ time per program (a persistent grid; each program owns a small scratch area that
    bf16 with ``SUB = 128``, written once and read once) that the sampling kernel loads into registers; NaN /
    +inf show up as ``m = +inf`` or ``s = NaN`` and set the row's status. (``KernelConfig(split=False)`` runs
    pass 1 inside the sampling kernel instead: one launch, but while a program does steps 2-4 for a row it reads
-   no logits; on an H200 that was 1.28x slower at the same warps, 1.60 against 1.25 ms.)
+   no logits; on an H200 it measures 1.28x slower at the same warps, 1.60 against 1.25 ms.)
 2. **Top level.** Sub-tile masses ``T = s · 2^((m - M)·c)`` (``M`` the row max) are prefix-summed in
    **float64**, so each step's rounding is ~1e-16 of the row total: a 256K-id row keeps its tail.
 3. **Uniforms.** The row's ``rounds`` uniforms come from Philox4x32-10 keyed by the seed and counted by
@@ -374,8 +374,8 @@ def default_config(vocab: int, element_size: int) -> KernelConfig:
     kernel, which runs 4 warps at <= 128 registers (4 programs per SM; ptxas spills some registers to the stack
     there and is still faster). Split mode and the warps were chosen on an H200 by ``tools/bench_sampler.py``'s
     sweep at R = 8,192, V = 128,256 bf16 (``tools/results/bench_sampler.json``, one run): 1.12 ms, against 1.25
-    ms with 8 warps and 1.60 ms as one kernel. Pass-2 batch 8 (1.08 ms) and block 8,192 (1.11 ms) were a little
-    faster in that run, within what one run can tell apart; not adopted."""
+    ms with 8 warps and 1.60 ms as one kernel. Pass-2 batch 8 (1.08 ms) and block 8,192 (1.11 ms) differ from
+    this by less than one run can tell apart."""
     sub = max(128, _next_pow2(-(-vocab // 1024)))
     block = max(sub, 8192 // element_size)
     return KernelConfig(sub=sub, block=block)

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import file_surgery as fs
+import msgpack
 import numpy as np
 import pytest
 
@@ -35,8 +37,6 @@ from sparselabels.errors import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
-import fuzz_format as ff  # noqa: E402
 
 DOC = REPO / "docs" / "errors.md"
 TABLE_START, TABLE_END = "<!-- table: bad-input -->\n", "<!-- /table -->"
@@ -91,25 +91,25 @@ def _valid_file(tmp_path: Path, name: str = "f.slbl", *, fingerprints: bool = Fa
     return path
 
 
-def _edit(path: Path, edit: Callable[[bytearray, ff.FileLayout], None]) -> Path:
+def _edit(path: Path, edit: Callable[[bytearray, fs.FileLayout], None]) -> Path:
     buf = bytearray(path.read_bytes())
-    edit(buf, ff.parse_layout(bytes(buf)))
+    edit(buf, fs.parse_layout(bytes(buf)))
     path.write_bytes(bytes(buf))
     return path
 
 
 def _record_edit(offset_in_record: int, value: bytes, *, fix_crc: bool):
     """Overwrite bytes of sequence 2's record (optionally fixing every CRC over it, so deeper checks run)."""
-    def edit(buf: bytearray, lay: ff.FileLayout) -> None:
+    def edit(buf: bytearray, lay: fs.FileLayout) -> None:
         at = lay.records[2].start + offset_in_record
         buf[at:at + len(value)] = value
         if fix_crc:
             first = 0
             for chunk in lay.chunks:
                 if chunk.records.start <= at < chunk.end:
-                    ff.fix_record_crcs(buf, lay, chunk, first)
-                    ff.fix_chunk_crcs(buf, chunk)
-                    ff.fix_index_crc(buf, lay)
+                    fs.fix_record_crcs(buf, lay, chunk, first)
+                    fs.fix_chunk_crcs(buf, chunk)
+                    fs.fix_index_crc(buf, lay)
                 first += chunk.num_sequences
 
     return edit
@@ -402,7 +402,7 @@ def _(tmp_path):
 def _(tmp_path):
     def edit(buf, lay):
         struct.pack_into("<H", buf, 8, 2)
-        ff.fix_struct_crc(buf, 0)
+        fs.fix_struct_crc(buf, 0)
 
     sl.open_labels(_edit(_valid_file(tmp_path), edit))
 
@@ -412,7 +412,7 @@ def _(tmp_path):
 def _(tmp_path):
     def edit(buf, lay):
         struct.pack_into("<I", buf, 36, 4)
-        ff.fix_struct_crc(buf, 0)
+        fs.fix_struct_crc(buf, 0)
 
     sl.open_labels(_edit(_valid_file(tmp_path), edit))
 
@@ -442,9 +442,9 @@ def _(tmp_path):
 def _(tmp_path):
     path = _valid_file(tmp_path)
     data = path.read_bytes()
-    lay = ff.parse_layout(data)
-    meta = ff.msgpack.unpackb(data[lay.metadata.start:lay.metadata.end])
-    path.write_bytes(ff.relayout_with_metadata(data, lay, ff.msgpack.packb({**meta, "rounds": 0})))
+    lay = fs.parse_layout(data)
+    meta = msgpack.unpackb(data[lay.metadata.start:lay.metadata.end])
+    path.write_bytes(fs.relayout_with_metadata(data, lay, msgpack.packb({**meta, "rounds": 0})))
     sl.open_labels(path)
 
 
@@ -453,9 +453,9 @@ def _(tmp_path):
 def _(tmp_path):
     path = _valid_file(tmp_path)
     data = path.read_bytes()
-    lay = ff.parse_layout(data)
-    meta = ff.msgpack.unpackb(data[lay.metadata.start:lay.metadata.end])
-    path.write_bytes(ff.relayout_with_metadata(data, lay, ff.msgpack.packb({**meta, "codec": "zstd"})))
+    lay = fs.parse_layout(data)
+    meta = msgpack.unpackb(data[lay.metadata.start:lay.metadata.end])
+    path.write_bytes(fs.relayout_with_metadata(data, lay, msgpack.packb({**meta, "codec": "zstd"})))
     sl.open_labels(path)
 
 
@@ -465,7 +465,7 @@ def _(tmp_path):
     def edit(buf, lay):
         at = lay.columns["record_offset"].start + 2 * 8
         struct.pack_into("<Q", buf, at, struct.unpack_from("<Q", buf, at)[0] + 8)
-        ff.fix_index_crc(buf, lay)
+        fs.fix_index_crc(buf, lay)
 
     sl.open_labels(_edit(_valid_file(tmp_path), edit))
 
@@ -656,7 +656,7 @@ def _(tmp_path):
     def edit(buf, lay):
         chunk = lay.chunks[0]
         struct.pack_into("<Q", buf, chunk.entries.start + 8, 99)  # entry 0: labels
-        ff.fix_chunk_crcs(buf, chunk)
+        fs.fix_chunk_crcs(buf, chunk)
 
     sl.merge(tmp_path / "out.slbl", [_edit(_valid_file(tmp_path), edit)], copy=True)
 

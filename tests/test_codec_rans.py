@@ -8,6 +8,8 @@ import hashlib
 import sys
 from pathlib import Path
 
+import file_surgery as fs
+import msgpack
 import numba
 import numpy as np
 import pytest
@@ -24,9 +26,6 @@ from sparselabels.codecs.raw import RawCodec
 from sparselabels.errors import FormatError, InputError
 from sparselabels.format.checks import check_labels
 from sparselabels.synthetic import sample_labels, split_sequences
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import fuzz_format as ff
 
 CODEC = RansCodec()
 
@@ -488,9 +487,9 @@ def _with_metadata(path, **changes):
     """The file with metadata fields replaced (offsets and checksums redone): labels that were valid under
     the old vocab_size / rounds can break the new ones, while every record still decodes."""
     data = path.read_bytes()
-    lay = ff.parse_layout(data)
-    meta = ff.msgpack.unpackb(data[lay.metadata.start : lay.metadata.end])
-    path.write_bytes(ff.relayout_with_metadata(data, lay, ff.msgpack.packb({**meta, **changes})))
+    lay = fs.parse_layout(data)
+    meta = msgpack.unpackb(data[lay.metadata.start : lay.metadata.end])
+    path.write_bytes(fs.relayout_with_metadata(data, lay, msgpack.packb({**meta, **changes})))
     return path
 
 
@@ -613,8 +612,6 @@ def test_reciprocal_encoding_equals_division():
 def test_benchmark_tools_smoke(tmp_path, tool):
     import json
     import subprocess
-    import sys
-    from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "r.json"

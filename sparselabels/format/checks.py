@@ -60,6 +60,11 @@ class LabelProblem:
         parts.append(f"field '{self.field}'")
         return ", ".join(parts) + f": {self.message}"
 
+    def location(self) -> dict[str, int | str | None]:
+        """Where, as the keyword arguments of ``SparseLabelsError.at``."""
+        return {"position": self.position if self.position >= 0 else None,
+                "label": self.label if self.label >= 0 else None, "field": self.field}
+
 
 @numba.njit(cache=True, nogil=True)
 def _check_csr(ids, counts, indptr, vocab_size, rounds, is_prob, max_labels):

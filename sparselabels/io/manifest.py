@@ -135,8 +135,16 @@ def write_manifest(path: str | os.PathLike, shards: list[str | os.PathLike]) -> 
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
-    """Load and check a manifest (structure, types, confinement of shard paths)."""
-    path = Path(path)
+    """Load and check a manifest (structure, types, confinement of shard paths); a FormatError's ``path`` is the
+    manifest's."""
+    try:
+        return _read_manifest(Path(path))
+    except FormatError as exc:
+        exc.at(path=os.fspath(path))
+        raise
+
+
+def _read_manifest(path: Path) -> dict:
     where = f"manifest {str(path)!r}"
     size = path.stat().st_size
     if size > MAX_MANIFEST_BYTES:
@@ -152,7 +160,8 @@ def read_manifest(path: str | os.PathLike) -> dict:
     if not isinstance(body, dict) or body.get("format") != MANIFEST_FORMAT:
         raise FormatError(f"{where}: not a sparselabels manifest (format must be {MANIFEST_FORMAT!r})")
     if body.get("manifest_version") != MANIFEST_VERSION:
-        raise FormatError(f"{where}: manifest_version {body.get('manifest_version')!r} is not supported")
+        raise FormatError(f"{where}: manifest_version {body.get('manifest_version')!r} is not supported",
+                          field="manifest_version")
     shards = body.get("shards")
     if not isinstance(shards, list) or not shards:
         raise FormatError(f"{where}: 'shards' must be a non-empty list")
@@ -164,7 +173,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
         for key, typ in _SHARD_FIELDS.items():
             value = entry.get(key)
             if not isinstance(value, typ) or isinstance(value, bool) or (typ is int and not 0 <= value < 1 << 63):
-                raise FormatError(f"{where}: shard {i}: field {key!r} is missing or invalid ({value!r})")
+                raise FormatError(f"{where}: shard {i}: field {key!r} is missing or invalid ({value!r})", field=key)
         _confined(entry["path"], f"{where}: shard {i}")
         # what a file of that size can hold (>= 64 bytes of index and entries per sequence; <= 20 positions or
         # labels per byte in any codec), so a manifest cannot make len() and the samplers built on it huge
@@ -174,7 +183,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
                               f"{entry['num_labels']} are more than a {entry['bytes']}-byte file holds")
     for key in ("num_sequences", "num_positions", "num_labels"):
         if body.get(key) != sum(e[key] for e in shards):
-            raise FormatError(f"{where}: {key} does not equal the sum over its shards")
+            raise FormatError(f"{where}: {key} does not equal the sum over its shards", field=key)
         if body[key] >= 1 << 63:  # the shard set's int64 prefix sums must not wrap
-            raise FormatError(f"{where}: {key} {body[key]} is out of range (>= 2**63)")
+            raise FormatError(f"{where}: {key} {body[key]} is out of range (>= 2**63)", field=key)
     return body

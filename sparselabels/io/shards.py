@@ -73,13 +73,13 @@ class LabelShards(Labels):
             try:
                 info = shard.stat()
             except FileNotFoundError:
-                raise FormatError(f"shard {k} ({str(shard)!r}): file is missing") from None
+                raise FormatError(f"shard {k} ({str(shard)!r}): file is missing", path=str(shard)) from None
             if not stat.S_ISREG(info.st_mode):
-                raise FormatError(f"shard {k} ({str(shard)!r}): not a regular file")
+                raise FormatError(f"shard {k} ({str(shard)!r}): not a regular file", path=str(shard))
             size = info.st_size
             if size != entry["bytes"]:
                 raise FormatError(f"shard {k} ({str(shard)!r}): bytes is {size}, the manifest says {entry['bytes']}; "
-                                  "the shard changed")
+                                  "the shard changed", path=str(shard), field="bytes")
         return cls(body["shards"], root=root, metadata=body["metadata"], source=os.fspath(path), **kwargs)
 
     @classmethod
@@ -159,13 +159,14 @@ class LabelShards(Labels):
         try:
             f = LabelFile(path, mmap=self._mmap, verify=verify, max_sequence_positions=self._max_sequence_positions)
         except FileNotFoundError:
-            raise FormatError(f"{where}: file is missing") from None
+            raise FormatError(f"{where}: file is missing", path=str(path)) from None
         found = {"bytes": f.file_size, "num_sequences": len(f), "num_positions": f.num_positions,
                  "num_labels": f.num_labels, "footer_crc32": footer_crc32(f)}
         for key, value in found.items():
             if entry[key] != value:
                 f.close()
-                raise FormatError(f"{where}: {key} is {value}, the manifest says {entry[key]}; the shard changed")
+                raise FormatError(f"{where}: {key} is {value}, the manifest says {entry[key]}; the shard changed",
+                                  path=str(path), field=key)
         try:
             check_compatible(self.metadata, f.metadata, what=where, reference_name="the manifest")
         except CompatibilityError:

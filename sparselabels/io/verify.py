@@ -88,18 +88,23 @@ def checked_chunk(f: LabelFile, c: int) -> CheckedChunk:
     where = f"file {f.path!r}, chunk {c}"
     start = int(col["chunk_offset"][c])
     first, last = int(col["chunk_first_sequence"][c]), int(col["chunk_first_sequence"][c + 1])
-    header = ChunkHeader.unpack(source.view(start, CHUNK_HEADER_SIZE, "chunk header"), where)
+    try:
+        header = ChunkHeader.unpack(source.view(start, CHUNK_HEADER_SIZE, "chunk header"), where)
+    except FormatError as exc:
+        exc.at(path=f.path, chunk=c)
+        raise
     problem = chunk_disagreement(f, c, header)
     if problem is not None:
-        raise FormatError(f"{where}: {problem}")
+        raise FormatError(f"{where}: {problem}", path=f.path, chunk=c)
     payload = source.view(start + CHUNK_HEADER_SIZE, header.payload_size, "chunk payload")
     crc = _crc_of(payload)
     if crc != header.payload_crc32:
-        raise ChecksumError(f"{where}: payload CRC-32 mismatch (sequences {first}..{last - 1})")
+        raise ChecksumError(f"{where}: payload CRC-32 mismatch (sequences {first}..{last - 1})", path=f.path, chunk=c,
+                            field="payload_crc32")
     e, t = header.entries_size, header.table_size
     problem = chunk_disagreement(f, c, header, payload[:e])
     if problem is not None:
-        raise FormatError(f"{where}: {problem}")
+        raise FormatError(f"{where}: {problem}", path=f.path, chunk=c)
     return CheckedChunk(header, payload[:e], payload[e : e + t], payload[e + t :], crc)
 
 
@@ -123,7 +128,7 @@ def problems(f: LabelFile) -> Iterator[FormatError]:
             yield exc
         except MemoryError:  # an index claiming more than this machine can decode (or a hostile one)
             yield FormatError(f"file {f.path!r}, sequence {i}: decoding its {f.sequence_lengths[i]} positions "
-                              "as the index claims them ran out of memory")
+                              "as the index claims them ran out of memory", path=f.path, sequence=i)
 
 
 def verify_full(f: LabelFile) -> None:

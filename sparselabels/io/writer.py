@@ -20,7 +20,14 @@ from typing import Any
 import numpy as np
 
 from sparselabels.codecs import DEFAULT_CODEC, ChunkInput, get_codec
-from sparselabels.errors import ClosedError, FormatError, InputError, OutputExistsError, SparseLabelsError, check_int
+from sparselabels.errors import (
+    ClosedError,
+    FormatError,
+    InputError,
+    OutputExistsError,
+    SparseLabelsError,
+    check_int,
+)
 from sparselabels.format import metadata as meta_format
 from sparselabels.format.checks import MAX_ROUNDS, check_labels, too_many_labels
 from sparselabels.format.layout import (
@@ -253,7 +260,7 @@ class LabelWriter:
         if self.path.exists() and not overwrite:
             if resume:
                 raise SparseLabelsError(f"{self.path} is already complete; nothing to resume")
-            raise OutputExistsError(f"{self.path} exists; pass overwrite=True to replace it")
+            raise OutputExistsError(f"{self.path} exists; pass overwrite=True to replace it", path=str(self.path))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.partial_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -297,13 +304,15 @@ class LabelWriter:
             if size < HEADER_SIZE + len(self._meta_bytes):
                 self._start()  # the crash came before the header was complete: nothing was written yet
                 return
-            raise FormatError(f"{self.partial_path}: cannot resume: {exc}") from None
+            raise FormatError(f"{self.partial_path}: cannot resume: {exc}", path=str(self.partial_path)).at(
+                **exc.location) from None
         meta_bytes = _pread_exact(fd, header.metadata_size, HEADER_SIZE)
         if len(meta_bytes) < header.metadata_size:
             self._start()
             return
         if crc32(meta_bytes) != header.metadata_crc32:
-            raise FormatError(f"{self.partial_path}: cannot resume: metadata CRC-32 mismatch")
+            raise FormatError(f"{self.partial_path}: cannot resume: metadata CRC-32 mismatch",
+                              path=str(self.partial_path), field="metadata_crc32")
         stored = meta_format.decode(meta_bytes)
         meta_format.check_same_settings(stored, self.metadata, where=str(self.partial_path),
                                         stored_in="the partial file")
@@ -386,14 +395,16 @@ class LabelWriter:
         if indptr_a.size - 1 > self.max_sequence_positions:  # by default: a file that readers refuse is not written
             raise InputError(f"{where}: {indptr_a.size - 1} positions, more than max_sequence_positions = "
                              f"{self.max_sequence_positions} (readers accept {DEFAULT_MAX_SEQUENCE_POSITIONS} by "
-                             "default); split it into shorter sequences, or raise the limit here and when reading")
+                             "default); split it into shorter sequences, or raise the limit here and when reading",
+                             path=str(self.path), sequence=seq)
         if self.value_kind == "prob":  # check what will be stored: float16 rounding can reach 0
             with np.errstate(over="ignore", under="ignore"):
                 values_a = values_a.astype(VALUE_DTYPES["prob"])
         problem = check_labels(ids_a, values_a, indptr_a, vocab_size=self.vocab_size, value_kind=self.value_kind,
                                rounds=self.rounds)
         if problem is not None:  # counts are checked before the cast to uint8, so 256 cannot wrap to 0
-            raise InputError(f"{where}, {problem.describe()}")
+            raise InputError(f"{where}, {problem.describe()}", path=str(self.path), sequence=seq,
+                             **problem.location())
         has_fp = fingerprint is not None
         fp_value = _fingerprint_value(fingerprint, where) if has_fp else 0
         if self._fingerprints is not None and has_fp != self._fingerprints:

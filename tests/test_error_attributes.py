@@ -85,6 +85,17 @@ def test_errors_of_the_index_and_of_a_manifest_carry_their_place(tmp_path):
         sl.open_labels(path)
     assert info.value.path == str(path) and info.value.field == "index_crc32"
 
+    for offset, error, field in ((-20, ChecksumError, "footer_crc32"), (0, FormatError, "magic"),
+                                 (12, ChecksumError, "header_crc32")):
+        path = _valid_file(tmp_path, "structure.slbl")
+        data = bytearray(path.read_bytes())
+        data[offset] ^= 0x01
+        path.write_bytes(bytes(data))
+        with pytest.raises(error) as info:
+            sl.open_labels(path)
+        assert (info.value.path, info.value.field) == (str(path), field), str(info.value)
+        path.unlink()
+
     good = _valid_file(tmp_path, "good.slbl")
     manifest = sl.write_manifest(tmp_path / "m.json", [good])
     body = json.loads(manifest.read_text())

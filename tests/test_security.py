@@ -384,6 +384,7 @@ def test_fuzz_with_numba_bounds_checking(tmp_path: Path) -> None:
 def test_an_index_claiming_more_labels_than_its_positions_hold_is_refused_at_open(tmp_path: Path, codec) -> None:
     """Counts >= 1 sum to rounds, so a position holds at most rounds labels: an index claiming more is refused
     before any read allocates for the claim (and resume does not keep such chunks)."""
+    sys.path.insert(0, str(REPO / "tools"))  # the vector builder under test
     import make_vectors
 
     path = tmp_path / "a.slbl"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from sparselabels.codecs import DEFAULT_CODEC, available
+from sparselabels.format.checks import MAX_ROUNDS
 
 _DESCRIPTION = """Run a Hugging Face causal LM over token sequences and write RS-KD labels (N draws per position,
 kept as distinct ids with counts) to OUT: one shard per rank and manifest.json.
@@ -25,7 +26,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="token sequences: .npy (2-D), Megatron .bin/.idx prefix, or a saved datasets directory")
     p.add_argument("--out", required=True, help="output directory (shards and manifest.json)")
     p.add_argument("--column", default="input_ids", help="token column of a datasets source (default input_ids)")
-    p.add_argument("--rounds", type=int, default=50, help="draws per position, 1..255 (default 50)")
+    p.add_argument("--rounds", type=int, default=50, help=f"draws per position, 1..{MAX_ROUNDS} (default 50)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per teacher forward (default 8)")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),

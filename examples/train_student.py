@@ -7,8 +7,10 @@
 
 Position t of a label file holds the teacher's distribution of the token after input token t, so the student's
 hidden state at t is trained against it directly: no shift. The loss never materialises [tokens x vocab] logits
-(``sparse_kd_loss_from_hidden`` runs the LM head chunk by chunk). The checkpoint holds the sampler's state, so
-``--resume`` continues with exactly the sequences that were not trained on yet.
+(``sparse_kd_loss_from_hidden`` runs the LM head chunk by chunk). Batches are compact (``layout="csr"``: the
+labels as one ``SparseTargets``, ~5 bytes per label, no padding to the widest position), so the workers hand over
+and the GPU receives a fraction of the padded bytes; the loss reads them as they are. The checkpoint holds the
+sampler's state, so ``--resume`` continues with exactly the sequences that were not trained on yet.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     dataset = SparseLabelDataset(labels, tokens)
     sampler = ResumableSampler(len(dataset), seed=args.seed)
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                        collate_fn=SparseLabelCollator(), pin_memory=args.device.startswith("cuda"),
+                        collate_fn=SparseLabelCollator(layout="csr"), pin_memory=args.device.startswith("cuda"),
                         persistent_workers=args.workers > 0)
     hidden, layers = (32, 1) if args.quick else (256, 4)
     model = tiny_llama(dataset.vocab_size, hidden=hidden, layers=layers, seed=args.seed + 1).to(args.device)
@@ -99,14 +101,13 @@ def main(argv: list[str] | None = None) -> None:
         sampler.set_epoch(epoch)
         consumed = 0  # sequences trained on since this pass of the sampler began
         for batch in loader:
-            batch = {k: v.to(args.device, non_blocking=True) for k, v in batch.items()}
+            batch = batch.to(args.device, non_blocking=True)  # one copy of the batch's buffer
             ids, mask = batch["input_ids"], batch["attention_mask"]
             next_tokens = torch.full_like(ids, -100)  # ground truth for the optional CE term; none after the end
             next_tokens[:, :-1] = torch.where(mask[:, 1:], ids[:, 1:], -100)
             hidden_states = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-            loss = sparse_kd_loss_from_hidden(hidden_states, model.get_output_embeddings().weight,
-                                              batch["target_ids"], batch["target_weights"], mask=mask,
-                                              labels=next_tokens, ce_weight=args.ce_weight)
+            loss = sparse_kd_loss_from_hidden(hidden_states, model.get_output_embeddings().weight, batch["targets"],
+                                              mask=mask, labels=next_tokens, ce_weight=args.ce_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -43,7 +43,7 @@ _LAZY = {
     "convert": "sparselabels.pipeline",
     "export_hdf5": "sparselabels.pipeline",
 }
-_SUBMODULES = ("data", "loss", "sampling", "synthetic", "codecs", "format", "pipeline")
+_SUBMODULES = ("data", "loss", "sampling", "synthetic", "codecs", "format", "pipeline", "hf")
 
 __all__ = [
     "AlignmentError",

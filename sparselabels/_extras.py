@@ -16,6 +16,7 @@ EXTRA_OF = {
     "safetensors": "hf",
     "tokenizers": "hf",
     "h5py": "hf",
+    "accelerate": "hf",
     "matplotlib": "demo",
 }
 

@@ -730,6 +730,28 @@ def _(tmp_path):
     ds[0]
 
 
+@row("dataset-mask-length", "SparseLabelDataset", "a loss mask (`masks=`, `mask_column=`) of another length than "
+     "its tokens", InputError, "sequence 1: 1 mask values for 2 tokens")
+def _(tmp_path):
+    sl.data.SparseLabelDataset(_valid_file(tmp_path), tokens=np.zeros((4, 2), dtype=np.int32),
+                               masks=[np.ones(2, np.int64), np.ones(1, np.int64), np.ones(2, np.int64),
+                                      np.ones(2, np.int64)])
+
+
+@row("dataset-mask-values", "SparseLabelDataset[i], generate(mask_column=)",
+     "a 0/1 mask value other than 0 or 1, or a `labels` value neither -100 nor the token there", InputError,
+     "sequence 0, token 1: mask value 2 is not 0 or 1")
+def _(tmp_path):
+    masks = np.array([[1, 2], [1, 1], [1, 1], [1, 1]])
+    sl.data.SparseLabelDataset(_valid_file(tmp_path), tokens=np.zeros((4, 2), dtype=np.int32), masks=masks)[0]
+
+
+@row("packing-seq-len", "PackedDataset", "a document longer than `seq_len` (documents are never split)", InputError,
+     "packing: document 0 has 2 positions, more than seq_len=1")
+def _(tmp_path):
+    sl.data.PackedDataset(sl.data.SparseLabelDataset(_valid_file(tmp_path)), seq_len=1)
+
+
 @row("collate-options", "collate", "an integer option that is not one (`pad_to_multiple_of=-8`, `max_labels=2.5`): "
      "never rounded", InputError, "pad_to_multiple_of must be an integer >= 0 or None, got -8")
 def _(tmp_path):
@@ -802,6 +824,47 @@ def _(tmp_path):
     from sparselabels.loss import sparse_kd_loss
 
     sparse_kd_loss(torch.zeros(2, 4, 100), torch.zeros(2, 3, 5, dtype=torch.int64), torch.zeros(2, 3, 5))
+
+
+def _sparse_targets(offsets: list[int], ids: list[int], shape: tuple[int, ...]):
+    import torch
+
+    from sparselabels.data import SparseTargets
+
+    counts = torch.full((len(ids),), 25, dtype=torch.uint8)
+    return SparseTargets(torch.tensor(offsets), torch.tensor(ids, dtype=torch.int32), counts=counts, rounds=50,
+                         shape=shape, width=2)
+
+
+@row("loss-csr-offsets", "sparse_kd_loss", "SparseTargets whose offsets decrease or overrun the labels", InputError,
+     "SparseTargets.offsets decrease at position (0, 1): 2 -> 1")
+def _(tmp_path):
+    import torch
+
+    from sparselabels.loss import sparse_kd_loss
+
+    sparse_kd_loss(torch.zeros(1, 3, 100), _sparse_targets([0, 2, 1, 4], [1, 2, 3, 4], (1, 3)))
+
+
+@row("loss-csr-ids", "sparse_kd_loss", "SparseTargets holding an id outside the student's vocabulary", InputError,
+     "SparseTargets: label 3 (position (0, 2)): id 100 is outside the vocabulary [0, 100)")
+def _(tmp_path):
+    import torch
+
+    from sparselabels.loss import sparse_kd_loss
+
+    sparse_kd_loss(torch.zeros(1, 3, 100), _sparse_targets([0, 2, 2, 4], [1, 2, 3, 100], (1, 3)))
+
+
+@row("loss-csr-shape", "sparse_kd_loss_from_hidden", "SparseTargets whose shape differs from the hidden states'",
+     InputError, "SparseTargets of shape [3, 1] does not match hidden.shape[:-1] = [1, 3]")
+def _(tmp_path):
+    import torch
+
+    from sparselabels.loss import sparse_kd_loss_from_hidden
+
+    sparse_kd_loss_from_hidden(torch.zeros(1, 3, 8), torch.zeros(100, 8), _sparse_targets([0, 2, 2, 4], [1, 2, 3, 4],
+                                                                                           (3, 1)))
 
 
 # -- the tests -------------------------------------------------------------------------------------------------

@@ -95,7 +95,7 @@ def test_core_writes_reads_validates_and_the_cli_inspects(core_env, tmp_path):
     export = run_core(core_env, "-m", "sparselabels.cli.main", "export", path, str(tmp_path / "out.h5"),
                       cwd=tmp_path)
     assert export.returncode == 2
-    assert "needs h5py, which is not installed: pip install 'sparselabels[hf]'" in export.stderr
+    assert "needs torch, which is not installed: pip install 'sparselabels[hf]'" in export.stderr
     assert "Traceback" not in export.stderr
 
 
@@ -105,8 +105,9 @@ def test_core_writes_reads_validates_and_the_cli_inspects(core_env, tmp_path):
     ("import sparselabels as sl; sl.sample_counts", "pip install 'sparselabels[torch]'"),
     ("import sparselabels.loss", "sparselabels.loss needs torch"),
     ("from sparselabels.data import SparseLabelDataset", "sparselabels.data needs torch"),
-    ("import sparselabels as sl; sl.generate('m', [[1]], 'out')", "generate needs torch, which is not installed: "
-                                                                   "pip install 'sparselabels[hf]'"),
+    ("import sparselabels as sl; sl.generate('m', [[1]], 'out')", "sparselabels.pipeline (generate, convert, "
+     "export_hdf5) needs torch, which is not installed: pip install 'sparselabels[hf]'"),
+    ("import sparselabels.hf", "sparselabels.hf needs torch, which is not installed: pip install 'sparselabels[hf]'"),
 ])
 def test_a_missing_extra_is_an_import_error_naming_it(core_env, tmp_path, code, message):
     check = f"""

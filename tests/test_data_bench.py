@@ -18,11 +18,20 @@ def test_bench_loader_quick(tmp_path):
     assert "positions/s" in proc.stdout and "HF datasets" in proc.stdout
     body = json.loads(out.read_text())
     assert body["machine"]["cpu"] and body["quick"] is True
-    raw = body["codecs"]["raw"]
-    assert raw["single_process"]["positions_per_s"] > 0 and raw["workers"]["positions_per_s"] > 0
-    assert raw["ratio_single_vs_baseline"] == raw["single_process"]["positions_per_s"] / body["baseline"][
-        "positions_per_s"]
-    assert set(body["baseline"]["variants"]) == {"python lists", "numpy format"}
+    raw = body["codecs"]["raw"]["layouts"]
+    for layout in ("padded", "csr"):
+        r = raw[layout]
+        assert r["single_process"]["positions_per_s"] > 0 and r["workers"]["positions_per_s"] > 0
+        assert r["ratio_single_vs_baseline"] == r["single_process"]["positions_per_s"] / body["baseline"][
+            "positions_per_s"]
+        assert r["ratio_single_vs_careful"] == (r["single_process"]["positions_per_s"]
+                                                / body["careful_baseline"]["positions_per_s"])
+    assert body["codecs"]["raw"]["csr_bytes_vs_padded"] == raw["csr"]["batch_bytes"] / raw["padded"]["batch_bytes"]
+    assert set(body["baseline"]["variants"]) == {"python lists", "numpy format", "careful flat arrays"}
+    goals = body["goals"]
+    assert all(set(g) == {"value", "target", "met"} and g["met"] == (g["value"] >= g["target"]) for g in goals.values())
+    assert any(name.startswith("csr raw, 1 process >= 20M") for name in goals)
+    assert any(name.startswith("csr raw, 2 workers >= 1.5x") for name in goals)
 
 
 def test_bench_io_quick_measures_the_raw_codec(tmp_path):

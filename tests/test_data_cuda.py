@@ -49,3 +49,23 @@ def test_dataloader_pin_memory_with_workers(tmp_path):
         assert np.array_equal(batch["target_weights"].cuda().cpu().numpy(), ref["target_weights"])
         seen += batch["indices"].tolist()
     assert seen == list(range(20))
+
+
+def test_csr_batches_pin_and_cross_in_one_buffer(tmp_path):
+    """DataLoader(pin_memory=True) with workers: the CSR batch arrives pinned as one buffer, and its targets copy
+    to the GPU exactly."""
+    seqs = random_sequences(3, 20, max_positions=30)
+    ds = SparseLabelDataset(write(tmp_path / "a.slbl", seqs))
+    loader = DataLoader(ds, batch_size=6, num_workers=2, pin_memory=True,
+                        collate_fn=SparseLabelCollator(layout="csr"))
+    for batch in loader:
+        targets = batch["targets"]
+        assert targets.is_pinned() and batch["attention_mask"].is_pinned()
+        assert len({t.untyped_storage().data_ptr() for t in (targets.offsets, targets.ids, targets.counts)}) == 1
+        gpu = batch.to("cuda", non_blocking=True)
+        torch.cuda.synchronize()
+        ref = collate([ds[i] for i in batch["indices"].tolist()])
+        ids, weights = gpu["targets"].to_padded()
+        assert ids.is_cuda and torch.equal(ids.cpu(), ref["target_ids"])
+        assert torch.equal(weights.cpu(), ref["target_weights"])
+        assert torch.equal(gpu["attention_mask"].cpu(), ref["attention_mask"])

@@ -746,9 +746,12 @@ def test_bench_loss_quick_runs(tmp_path):
     written = json.loads(out.read_text())
     assert written["config"]["quick"] is True and "machine" in written
     rows = {row["case"]: row for row in payload["results"]}
-    assert set(rows) >= {"cross_entropy", "full_kd_dense", "sparse_kd_unfused", "sparse_kd_fused"}
+    assert set(rows) >= {"cross_entropy", "full_kd_dense", "sparse_kd_unfused", "sparse_kd_fused",
+                         "sparse_kd_unfused_csr", "sparse_kd_fused_csr"}
     assert all(rows[c]["ms"] > 0 for c in rows)
     assert rows["sparse_kd_fused"]["loss"] == pytest.approx(rows["sparse_kd_unfused"]["loss"], rel=1e-5)
+    for case in ("sparse_kd_unfused_csr", "sparse_kd_fused_csr"):  # the same targets, without the padding
+        assert rows[case]["loss"] == pytest.approx(rows["sparse_kd_unfused"]["loss"], rel=1e-5)
     # The chunked path's largest tensor is a chunk; the unfused one materialises tokens x vocab.
     assert rows["sparse_kd_fused"]["largest_tensor_elems"] < rows["sparse_kd_unfused"]["largest_tensor_elems"]
 

@@ -169,3 +169,38 @@ def test_out_of_range_ids_raise_input_error_on_cuda():
         L.sparse_kd_loss_from_hidden(hidden, weight, bad, weights)
     with pytest.raises(InputError, match=r"position 5, slot 2: id 1000"):
         L.sparse_kd_loss(hidden @ weight.t(), bad, weights)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["counts", "probs"])
+def test_csr_targets_on_cuda_equal_the_padded_path(dtype, kind):
+    """SparseTargets moved to the GPU: both losses (the fused one through the compiled Triton kernel) give the
+    padded path's values and gradients; to_padded() on the GPU equals the CPU one."""
+    from csr_targets import random_targets
+
+    g = torch.Generator().manual_seed(50)
+    leading, hidden_size, vocab = (4, 33), 64, 5003
+    cpu_targets = random_targets(leading, vocab, g, kind=kind, max_labels=40)
+    targets = cpu_targets.to(CUDA)
+    ids, weights = targets.to_padded()
+    cpu_ids, cpu_weights = cpu_targets.to_padded()
+    assert torch.equal(ids.cpu(), cpu_ids) and torch.equal(weights.cpu(), cpu_weights)
+    hidden = (torch.randn(*leading, hidden_size, generator=g) / 3).to(CUDA, dtype)
+    weight = (torch.randn(vocab, hidden_size, generator=g) / 8).to(CUDA, dtype)
+    labels = torch.randint(0, vocab, leading, generator=g).to(CUDA)
+    mask = (torch.rand(*leading, generator=g) > 0.2).to(CUDA)
+    results = []
+    for extra in ((ids, weights), (targets,)):
+        h = hidden.clone().requires_grad_(True)
+        w = weight.clone().requires_grad_(True)
+        value = L.sparse_kd_loss_from_hidden(h, w, *extra, labels=labels, ce_weight=0.2, mask=mask, chunk_size=37,
+                                             backend="triton")
+        value.backward()
+        plain = L.sparse_kd_loss((hidden @ weight.t()).float(), *extra, mask=mask)
+        results.append((value.detach(), h.grad.float(), w.grad.float(), plain))
+    (ref, rh, rw, rp), (got, gh, gw, gp) = results
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gp, rp, rtol=1e-5, atol=1e-6)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(gh, rh, rtol=tol, atol=1e-6)
+    torch.testing.assert_close(gw, rw, rtol=tol, atol=1e-6)

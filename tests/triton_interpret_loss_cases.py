@@ -149,3 +149,76 @@ def test_chunk_kernel_keeps_nan_weights_nan():
     got = chunk_loss_and_grad_triton(logits.clone(), ids, weights, None, kd_coef, None, 1.0, -100, False)
     assert torch.isnan(expected[0][0]) and torch.isnan(got[0][0])
     torch.testing.assert_close(got[0][1], expected[0][1], rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ CSR targets
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("temperature", [1.0, 1.7])
+@pytest.mark.parametrize("with_ce", [False, True])
+def test_chunk_kernel_reads_csr_targets_like_its_twin(dtype, temperature, with_ce):
+    """Rows with 0..7 labels (one with a duplicate id), offsets of a chunk that does not start at label 0."""
+    g = torch.Generator().manual_seed(40)
+    rows, vocab = 7, 120
+    counts = [3, 0, 7, 1, 0, 4, 2]
+    ids = torch.cat([torch.randperm(vocab, generator=g)[:k] for k in [5, *counts]]).to(torch.int32)
+    ids[9] = ids[8]  # row 2 (labels 8..14): a duplicate id
+    weights = torch.rand(ids.shape[0], generator=g) / 4
+    offsets = torch.tensor([0, 5, *torch.tensor(counts).cumsum(0).add(5).tolist()])[1:]  # this chunk starts at 5
+    logits = (torch.randn(rows, vocab, generator=g) * 3).to(dtype)
+    labels = None
+    if with_ce:
+        labels = torch.randint(0, vocab, (rows,), generator=g)
+        labels[1] = -100
+        labels[0] = int(ids[5 + 1])  # the label is also a target
+    kd_coef = torch.rand(rows, generator=g)
+    kd_coef[4] = 0.0
+    ce_coef = torch.rand(rows, generator=g) if with_ce else None
+    expected_grad, got_grad = logits.clone(), logits.clone()
+    args = (ids, weights, labels, kd_coef, ce_coef, 1 / temperature, -100, True)
+    expected = fused.chunk_loss_and_grad_torch(expected_grad, *args, offsets=offsets, width=7)
+    got = chunk_loss_and_grad_triton(got_grad, *args, offsets=offsets, width=7)
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-5)
+    if with_ce:
+        torch.testing.assert_close(got[1], expected[1], rtol=1e-5, atol=1e-5)
+    ulp = 2e-6 if dtype == torch.float32 else 2.0**-7
+    torch.testing.assert_close(got_grad.float(), expected_grad.float(), rtol=ulp, atol=1e-6)
+    # the same rows padded to K give the same losses and gradients
+    padded_ids = torch.zeros(rows, 7, dtype=torch.int32)
+    padded_w = torch.zeros(rows, 7)
+    for r in range(rows):
+        lo, hi = int(offsets[r]), int(offsets[r + 1])
+        padded_ids[r, : hi - lo] = ids[lo:hi]
+        padded_w[r, : hi - lo] = weights[lo:hi]
+    padded_grad = logits.clone()
+    padded = chunk_loss_and_grad_triton(padded_grad, padded_ids, padded_w, *args[2:])
+    torch.testing.assert_close(got[0], padded[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got_grad.float(), padded_grad.float(), rtol=ulp, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["counts", "probs"])
+def test_fused_triton_backend_takes_sparse_targets(kind):
+    from csr_targets import random_targets
+
+    g = torch.Generator().manual_seed(41)
+    leading, hidden_size, vocab = (3, 6), 16, 90
+    targets = random_targets(leading, vocab, g, kind=kind)
+    ids, weights = targets.to_padded()
+    hidden = torch.randn(*leading, hidden_size, generator=g)
+    weight = torch.randn(vocab, hidden_size, generator=g) * 0.5
+    labels = torch.randint(0, vocab, leading, generator=g)
+    mask = torch.rand(*leading, generator=g) > 0.25
+    results = []
+    for padded in (True, False):
+        h = hidden.clone().requires_grad_(True)
+        w = weight.clone().requires_grad_(True)
+        extra = (ids, weights) if padded else (targets,)
+        value = L.sparse_kd_loss_from_hidden(h, w, *extra, labels=labels, ce_weight=0.3, temperature=1.3,
+                                             mask=mask, chunk_size=5, backend="triton")
+        value.backward()
+        results.append((value.detach(), h.grad, w.grad))
+    (ref, rh, rw), (value, fh, fw) = results
+    torch.testing.assert_close(value, ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(fh, rh, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fw, rw, rtol=1e-5, atol=1e-6)

@@ -26,6 +26,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="token sequences: .npy (2-D), Megatron .bin/.idx prefix, or a saved datasets directory")
     p.add_argument("--out", required=True, help="output directory (shards and manifest.json)")
     p.add_argument("--column", default="input_ids", help="token column of a datasets source (default input_ids)")
+    p.add_argument("--mask-column", default=None,
+                   help="per-token column of a datasets source (0/1, or labels with -100): label only the positions "
+                        "it keeps, store the others empty (the teacher still reads every token)")
     p.add_argument("--rounds", type=int, default=50, help=f"draws per position, 1..{MAX_ROUNDS} (default 50)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per teacher forward (default 8)")
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
                    seed=args.seed, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
                    vocab_size=args.vocab_size, tokenizer=args.tokenizer, column=args.column,
                    teacher_name=args.teacher_name, flush_every=args.flush_every,
-                   chunk_bytes=args.chunk_bytes, log_interval=args.log_interval)
+                   chunk_bytes=args.chunk_bytes, log_interval=args.log_interval, mask_column=args.mask_column)
     if env_world()[0] == 0:  # one "wrote" line per run, not one per rank
         print(f"wrote {out}")
     return 0

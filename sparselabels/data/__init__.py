@@ -1,7 +1,9 @@
 """The torch side of reading labels: a Dataset joined to input tokens, a padding collate, a resumable sampler.
 
 ``SparseLabelDataset(labels, tokens)`` → items; ``collate`` / ``SparseLabelCollator`` → padded ``[B, T, K]``
-targets; ``ResumableSampler`` → a deterministic order that resumes exactly, also across world sizes.
+targets or compact CSR ``SparseTargets`` (``layout="csr"``); ``ResumableSampler`` → a deterministic order that
+resumes exactly, also across world sizes; ``PackedDataset`` → whole documents packed into fixed-length rows
+(position ids and boundaries for attention).
 """
 
 from sparselabels._extras import require
@@ -9,6 +11,7 @@ from sparselabels._extras import require
 require("sparselabels.data", "torch")
 
 from sparselabels.data.collate import (
+    LAYOUTS,
     OVERFLOW_POLICIES,
     SparseBatch,
     SparseLabelCollator,
@@ -16,7 +19,9 @@ from sparselabels.data.collate import (
     collate_reference,
 )
 from sparselabels.data.dataset import SparseItem, SparseLabelDataset
+from sparselabels.data.packing import PackedCollator, PackedDataset, PackedItem
 from sparselabels.data.sampler import ResumableSampler, epoch_order
+from sparselabels.data.targets import SparseTargets
 from sparselabels.data.tokens import (
     ArrayTokens,
     HFTokens,
@@ -28,16 +33,21 @@ from sparselabels.data.tokens import (
 )
 
 __all__ = [
+    "LAYOUTS",
     "OVERFLOW_POLICIES",
     "ArrayTokens",
     "HFTokens",
     "MegatronTokens",
     "NpyTokens",
+    "PackedCollator",
+    "PackedDataset",
+    "PackedItem",
     "ResumableSampler",
     "SparseBatch",
     "SparseItem",
     "SparseLabelCollator",
     "SparseLabelDataset",
+    "SparseTargets",
     "TokenSource",
     "collate",
     "collate_reference",

@@ -9,8 +9,15 @@ Output (a :class:`SparseBatch`: a dict of CPU tensors that are views of one stor
 * ``num_labels`` int32 ``[B, T]``: labels kept per position; ``attention_mask`` bool ``[B, T]``: True at real
   positions; ``lengths`` int64 ``[B]``; ``indices`` int64 ``[B]``: the sequences' indices (-1 if unknown).
 * ``input_ids`` int64 ``[B, T]`` (``pad_token_id`` in padding) when the items carry input ids.
+* ``loss_mask`` bool ``[B, T]``: the positions to train (False in padding) when any item carries a ``loss_mask``
+  (see :mod:`sparselabels.data.masks`).
 * with ``max_labels`` set: ``dropped_labels`` int32 ``[B, T]`` and ``dropped_mass`` float32 ``[B, T]``, what the
   overflow policy removed (all zero when nothing was).
+
+With ``layout="csr"`` the labels come as ``targets``, a :class:`~sparselabels.data.SparseTargets` (offsets int64
+``[B*T + 1]``, ids int32 ``[L]``, counts uint8 ``[L]`` with rounds or probs float32 ``[L]``, shape ``(B, T)``) in
+place of ``target_ids``/``target_weights``/``num_labels``: no padding to K, ~5 bytes per label for counts. Its parts
+are views of the batch's one buffer, copied from the items back to back. Everything else is as below.
 
 Labels are never dropped silently: with ``max_labels`` set, a position holding more labels follows
 ``on_overflow``: ``"error"`` (default) raises InputError naming the sequence and position; ``"drop_smallest"``
@@ -36,9 +43,12 @@ import torch
 from numba import types
 from numba.extending import overload
 
+from sparselabels.data.masks import with_loss_mask
+from sparselabels.data.targets import SparseTargets, padding_is_unbounded
 from sparselabels.errors import InputError, check_int
 
 OVERFLOW_POLICIES = ("error", "drop_smallest", "truncate")
+LAYOUTS = ("padded", "csr")
 _POLICY_CODE = {"error": 0, "drop_smallest": 1, "truncate": 2}
 
 _OK, _BAD_ID, _OVERFLOW, _BAD_TOKEN = 0, 1, 2, 3
@@ -165,6 +175,88 @@ def _fill_tokens(tokens, token_start, lengths, pad_token_id, out):
     return _OK, 0, 0, 0
 
 
+@nb.njit(cache=True, nogil=True)
+def _csr_plan(indptr, ptr_start, label_start, lengths, cap):
+    """(widest position, labels kept when positions are capped at ``cap`` labels; cap < 0: no cap), or
+    (-1-b, 0) when sequence b's indptr is inconsistent."""
+    best = 0
+    kept = 0
+    for b in range(lengths.shape[0]):
+        p0 = ptr_start[b]
+        n_lab = label_start[b + 1] - label_start[b]
+        if indptr[p0] != 0 or indptr[p0 + lengths[b]] != n_lab:
+            return -1 - b, 0
+        for t in range(lengths[b]):
+            n = indptr[p0 + t + 1] - indptr[p0 + t]
+            if n < 0:
+                return -1 - b, 0
+            if n > best:
+                best = n
+            kept += n if cap < 0 or n <= cap else cap
+    return best, kept
+
+
+@nb.njit(cache=True, nogil=True)
+def _fill_offsets(indptr, ptr_start, lengths, T, cap, out):
+    """CSR offsets of the row-major [B, T] grid (padding positions empty), positions capped at ``cap`` labels."""
+    running = 0
+    for b in range(lengths.shape[0]):
+        p0 = ptr_start[b]
+        row = b * T
+        for t in range(lengths[b]):
+            out[row + t] = running
+            n = indptr[p0 + t + 1] - indptr[p0 + t]
+            running += n if cap < 0 or n <= cap else cap
+        for t in range(lengths[b], T):
+            out[row + t] = running
+    out[lengths.shape[0] * T] = running
+
+
+@nb.njit(cache=True, nogil=True)
+def _fill_csr_capped(ids, values, lut, vocab_size, indptr, ptr_start, label_start, lengths, policy,
+                     out_ids, out_values, drop_n, drop_mass, cap):
+    """The labels of a batch with positions over ``cap`` labels, kept as ``policy`` says (the padded kernel's
+    rules: error, drop_smallest, truncate), stored values copied. Returns (code, batch slot, position, value)."""
+    drop_n[:] = 0
+    drop_mass[:] = 0.0
+    o = 0
+    for b in range(lengths.shape[0]):
+        p0 = ptr_start[b]
+        base = label_start[b]
+        for t in range(lengths[b]):
+            lo = base + indptr[p0 + t]
+            n = base + indptr[p0 + t + 1] - lo
+            bad_id = _first_bad_id(ids, lo, n, vocab_size, b, t)
+            if bad_id[0] != _OK:
+                return bad_id
+            if n <= cap:
+                for k in range(n):
+                    out_ids[o + k] = ids[lo + k]
+                    out_values[o + k] = values[lo + k]
+                o += n
+                continue
+            if policy == 0:
+                return _OVERFLOW, b, t, n
+            w_all = np.empty(n, dtype=np.float32)
+            for k in range(n):
+                w_all[k] = _weight(values[lo + k], lut)
+            keep = np.sort(np.argsort(-w_all, kind="mergesort")[:cap]) if policy == 1 else np.arange(cap)
+            kept = np.zeros(n, dtype=np.bool_)
+            for k in range(cap):
+                j = keep[k]
+                kept[j] = True
+                out_ids[o + k] = ids[lo + j]
+                out_values[o + k] = values[lo + j]
+            dropped = 0.0
+            for k in range(n):
+                if not kept[k]:
+                    dropped += w_all[k]
+            o += cap
+            drop_n[b, t] = n - cap
+            drop_mass[b, t] = dropped
+    return _OK, 0, 0, 0
+
+
 # ------------------------------------------------------------------------------------------------ helpers
 
 
@@ -211,17 +303,31 @@ def _allocate(specs: dict[str, tuple[tuple[int, ...], torch.dtype]], *, shared: 
 
 
 class SparseBatch(dict):
-    """The dict :func:`collate` returns. Its tensors share one storage, and it pickles as that one storage plus
-    their layout, so a DataLoader worker hands a whole batch to the main process in one piece."""
+    """The dict :func:`collate` returns. Its tensors (a :class:`SparseTargets`' parts included) share one storage,
+    and it pickles as that one storage plus their layout, so a DataLoader worker hands a whole batch to the main
+    process in one piece (one shared-memory block, one file descriptor)."""
 
     def _layout(self) -> tuple[torch.Tensor | None, list, dict]:
         base, views, others = None, [], {}
-        for name, t in self.items():
-            if isinstance(t, torch.Tensor) and t.is_contiguous() and base is None:
+
+        def in_base(t: torch.Tensor) -> bool:
+            nonlocal base
+            if not t.is_contiguous():
+                return False
+            if base is None:
                 storage = t.untyped_storage()
                 base = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (storage.nbytes(),))
-            if (isinstance(t, torch.Tensor) and base is not None and t.is_contiguous()
-                    and t.untyped_storage().data_ptr() == base.untyped_storage().data_ptr()):
+            return t.untyped_storage().data_ptr() == base.untyped_storage().data_ptr()
+
+        for name, t in self.items():
+            if isinstance(t, SparseTargets) and t.device.type == "cpu":
+                parts = t._parts()
+                if all(in_base(p) for p in parts.values()):
+                    views.extend(((name, part), p.dtype, p.storage_offset() * p.element_size(), tuple(p.shape))
+                                 for part, p in parts.items())
+                    others[name] = _TargetsLayout(t._meta())
+                    continue
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu" and in_base(t):
                 views.append((name, t.dtype, t.storage_offset() * t.element_size(), tuple(t.shape)))
             else:
                 others[name] = t
@@ -234,14 +340,48 @@ class SparseBatch(dict):
     def __copy__(self) -> SparseBatch:
         return SparseBatch(self)
 
+    def _moved(self, move) -> SparseBatch:
+        """The batch with ``move`` (a pin, a copy to a device) applied to its one buffer once, other values one by
+        one."""
+        base, views, others = self._layout()
+        others = {name: value if isinstance(value, _TargetsLayout) or not hasattr(value, "to") else move(value)
+                  for name, value in others.items()}
+        return _rebuild_batch(None if base is None else move(base), views, others)
+
+    def pin_memory(self, device: Any = None) -> SparseBatch:
+        """The batch in page-locked memory: one allocation and one copy (``DataLoader(pin_memory=True)`` calls this
+        on torch versions that look for a ``pin_memory`` method before treating a batch as a dict)."""
+        return self._moved(lambda t: t.pin_memory())
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> SparseBatch:
+        """The batch on ``device``: its buffer crosses in one copy."""
+        device = torch.device(device)
+        return self._moved(lambda t: t if t.device == device else t.to(device, non_blocking=non_blocking))
+
+
+class _TargetsLayout:
+    """Stands for a SparseTargets in a pickled SparseBatch whose parts travel as views of the batch's buffer."""
+
+    def __init__(self, meta: dict) -> None:
+        self.meta = meta
+
 
 def _rebuild_batch(base: torch.Tensor | None, views: list, others: dict) -> SparseBatch:
     batch = SparseBatch()
+    parts: dict[str, dict[str, torch.Tensor]] = {}
     if base is not None:
         storage = base.untyped_storage()
         for name, dtype, byte_offset, shape in views:
-            batch[name] = torch.empty(0, dtype=dtype).set_(storage, byte_offset // dtype.itemsize, shape)
-    batch.update(others)
+            t = torch.empty(0, dtype=dtype, device=base.device).set_(storage, byte_offset // dtype.itemsize, shape)
+            if isinstance(name, tuple):
+                parts.setdefault(name[0], {})[name[1]] = t
+            else:
+                batch[name] = t
+    for name, value in others.items():
+        if isinstance(value, _TargetsLayout):
+            p = parts[name]
+            value = SparseTargets(p["offsets"], p["ids"], counts=p.get("counts"), probs=p.get("probs"), **value.meta)
+        batch[name] = value
     return batch
 
 
@@ -273,21 +413,16 @@ def _checked_options(**options: Any) -> dict[str, Any]:
     pad = options["pad_token_id"] = check_int("pad_token_id", options["pad_token_id"], None, optional=True)
     if pad is not None and not -(1 << 63) <= pad < 1 << 63:
         raise InputError(f"pad_token_id {pad} does not fit int64")
+    if options["layout"] not in LAYOUTS:
+        raise InputError(f"layout must be one of {LAYOUTS}, got {options['layout']!r}")
     if not isinstance(options["pin_memory"], bool):
         raise InputError(f"pin_memory must be True or False, got {options['pin_memory']!r}")
     return options
 
 
-# Padding every position to the widest one is refused when it would take this many slots (12 bytes each:
-# id and weight) and more than _MAX_PADDING times the labels there are: one position of 65,535 labels in a
-# 4,000-position sequence (a valid 400 KB file) would otherwise take 3 GB.
-_PADDING_FREE_SLOTS = 1 << 24
-_MAX_PADDING = 64
-
-
 def _check_padding(B: int, T: int, K: int, labels: int, indices: np.ndarray) -> None:
     slots = B * T * K
-    if slots > _PADDING_FREE_SLOTS and slots > _MAX_PADDING * max(labels, 1):
+    if padding_is_unbounded(slots, labels):
         raise InputError(
             f"collate: padding the batch (sequences {indices.tolist()[:8]}{'...' if B > 8 else ''}) to its widest "
             f"position, {K} labels, takes [{B}, {T}, {K}] = {slots:,} slots ({12 * slots / 2**30:.1f} GiB) for "
@@ -319,20 +454,23 @@ def collate(
     pad_to_multiple_of: int | None = None,
     pad_token_id: int | None = 0,
     pin_memory: bool = False,
+    layout: str = "padded",
 ) -> SparseBatch:
     """Pad a list of items (SparseItem, or anything with ``ids``/``values``/``indptr``) into target tensors.
 
     ``vocab_size`` (default: the items') is the bound every id is checked against, e.g. the student's
-    vocabulary; ``rounds`` is needed only for items that do not carry it. See the module docstring.
+    vocabulary; ``rounds`` is needed only for items that do not carry it. ``layout="csr"`` gives the labels as
+    ``batch["targets"]``, a :class:`SparseTargets`, instead of padded ``target_ids``/``target_weights``. See the
+    module docstring.
     """
-    return _collate(batch, **_checked_options(
+    return with_loss_mask(batch, _collate(batch, **_checked_options(
         max_labels=max_labels, on_overflow=on_overflow, vocab_size=vocab_size, rounds=rounds, pad_to=pad_to,
-        pad_to_multiple_of=pad_to_multiple_of, pad_token_id=pad_token_id, pin_memory=pin_memory))
+        pad_to_multiple_of=pad_to_multiple_of, pad_token_id=pad_token_id, pin_memory=pin_memory, layout=layout)))
 
 
 def _collate(batch: SequenceABC, *, max_labels: int | None, on_overflow: str, vocab_size: int | None,
              rounds: int | None, pad_to: int | None, pad_to_multiple_of: int | None, pad_token_id: int | None,
-             pin_memory: bool) -> SparseBatch:
+             pin_memory: bool, layout: str = "padded") -> SparseBatch:
     """:func:`collate` with its options already checked (a :class:`SparseLabelCollator` checks them once)."""
     if len(batch) == 0:
         raise InputError("collate: the batch is empty")
@@ -359,9 +497,7 @@ def _collate(batch: SequenceABC, *, max_labels: int | None, on_overflow: str, vo
             raise InputError("collate: counts need rounds (draws per position) to become weights")
         if kind != np.uint8:
             raise InputError(f"collate: counts must be uint8 (draw counts), got dtype {kind}")
-        values = np.concatenate(val_parts)
     elif np.issubdtype(kind, np.floating):
-        values = np.concatenate(val_parts, dtype=np.float32, casting="same_kind")
         rounds = 1
     else:
         raise InputError(f"collate: values of dtype {kind} are neither counts nor probabilities")
@@ -371,17 +507,17 @@ def _collate(batch: SequenceABC, *, max_labels: int | None, on_overflow: str, vo
     np.cumsum([a.shape[0] for a in ids_parts], out=label_start[1:])
     ptr_start = np.zeros(B, dtype=np.int64)
     np.cumsum(lengths[:-1] + 1, out=ptr_start[1:])
-    ids = np.concatenate(ids_parts)
-    if ids.dtype != np.uint32:  # the reader gives uint32; other integer ids are range-checked, never wrapped
-        if ids.size and not np.issubdtype(ids.dtype, np.integer):
-            raise InputError(f"collate: ids must be integers, got dtype {ids.dtype}")
-        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= min(int(vocab), 1 << 32)):
-            bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
-            raise InputError(f"collate: id {bad} is outside the vocabulary (vocab_size {vocab})")
-        ids = ids.astype(np.uint32)
     indptr = np.concatenate(ptr_parts).astype(np.int64, copy=False)
     if any(v.shape[0] != a.shape[0] for v, a in zip(val_parts, ids_parts, strict=True)):
         raise InputError("collate: an item has different numbers of ids and values")
+    if layout == "csr":
+        return _collate_csr(batch, ids_parts, val_parts, indptr, lengths, ptr_start, label_start, indices,
+                            vocab=int(vocab), rounds=int(rounds) if is_count else None, max_labels=max_labels,
+                            on_overflow=on_overflow, pad_to=pad_to, pad_to_multiple_of=pad_to_multiple_of,
+                            pad_token_id=pad_token_id, pin_memory=pin_memory)
+    values = (np.concatenate(val_parts) if is_count
+              else np.concatenate(val_parts, dtype=np.float32, casting="same_kind"))
+    ids = _concat_ids(ids_parts, vocab)
 
     widest = int(_max_labels(indptr, ptr_start, label_start, lengths))
     if widest < 0:
@@ -393,11 +529,7 @@ def _collate(batch: SequenceABC, *, max_labels: int | None, on_overflow: str, vo
     tokens = _batch_tokens(batch, lengths, indices)
     if tokens is not None and pad_token_id is None:
         raise InputError("collate: the items carry input ids, so pad_token_id is needed to pad them (it is None)")
-    shared = _in_worker()
-    if pin_memory and shared:
-        raise InputError("collate: pin_memory=True inside a DataLoader worker; use DataLoader(pin_memory=True)")
-    if pin_memory and not torch.cuda.is_available():
-        raise InputError("collate: pin_memory=True needs a CUDA device")
+    shared = _shared_placement(pin_memory)
 
     policy = -1 if max_labels is None else _POLICY_CODE[on_overflow]
     specs = {"target_ids": ((B, T, K), torch.int64), "target_weights": ((B, T, K), torch.float32),
@@ -424,6 +556,24 @@ def _collate(batch: SequenceABC, *, max_labels: int | None, on_overflow: str, vo
     if code == _OVERFLOW:
         raise InputError(f"collate: sequence {indices[b]}, position {t}: {value} labels, more than max_labels="
                          f"{max_labels}; pass on_overflow='drop_smallest' or 'truncate' to drop (reported) labels")
+    _fill_positions(out, lengths, indices, tokens, pad_token_id)
+    return out
+
+
+def _shared_placement(pin_memory: bool) -> bool:
+    """Whether the batch goes to shared memory (inside a DataLoader worker); pin_memory checked against it."""
+    shared = _in_worker()
+    if pin_memory and shared:
+        raise InputError("collate: pin_memory=True inside a DataLoader worker; use DataLoader(pin_memory=True)")
+    if pin_memory and not torch.cuda.is_available():
+        raise InputError("collate: pin_memory=True needs a CUDA device")
+    return shared
+
+
+def _fill_positions(out: SparseBatch, lengths: np.ndarray, indices: np.ndarray, tokens: np.ndarray | None,
+                    pad_token_id: int | None) -> None:
+    """attention_mask, lengths, indices and input_ids of either layout."""
+    B, T = out["attention_mask"].shape
     np.less(np.arange(T)[None, :], lengths[:, None], out=out["attention_mask"].numpy())
     out["lengths"].numpy()[:] = lengths
     out["indices"].numpy()[:] = indices
@@ -433,7 +583,88 @@ def _collate(batch: SequenceABC, *, max_labels: int | None, on_overflow: str, vo
         code, b, t, value = _fill_tokens(tokens, token_start, lengths, int(pad_token_id), out["input_ids"].numpy())
         if code == _BAD_TOKEN:
             raise InputError(f"collate: sequence {indices[b]}, position {t}: input id {value} is outside 0..2**32-1")
-    return out
+
+
+def _concat_ids(ids_parts: list[np.ndarray], vocab: int) -> np.ndarray:
+    """The items' ids as one uint32 array; ids of another integer dtype are range-checked, never wrapped."""
+    ids = np.concatenate(ids_parts)
+    if ids.dtype != np.uint32:  # the reader gives uint32
+        if ids.size and not np.issubdtype(ids.dtype, np.integer):
+            raise InputError(f"collate: ids must be integers, got dtype {ids.dtype}")
+        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= min(int(vocab), 1 << 32)):
+            bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+            raise InputError(f"collate: id {bad} is outside the vocabulary (vocab_size {vocab})")
+        ids = ids.astype(np.uint32)
+    return ids
+
+
+def _collate_csr(batch: SequenceABC, ids_parts: list, val_parts: list, indptr: np.ndarray, lengths: np.ndarray,
+                 ptr_start: np.ndarray, label_start: np.ndarray, indices: np.ndarray, *, vocab: int,
+                 rounds: int | None, max_labels: int | None, on_overflow: str, pad_to: int | None,
+                 pad_to_multiple_of: int | None, pad_token_id: int | None, pin_memory: bool) -> SparseBatch:
+    """The ``layout="csr"`` batch: offsets from the items' indptr, ids and values copied sequence by sequence
+    (a concatenation into the batch's buffer) unless positions over ``max_labels`` must be cut."""
+    if vocab > 1 << 31:
+        raise InputError(f"collate: layout='csr' stores ids as int32, which cannot hold vocab_size {vocab}")
+    B = len(batch)
+    cap = -1 if max_labels is None else int(max_labels)
+    widest, kept = _csr_plan(indptr, ptr_start, label_start, lengths, cap)
+    if widest < 0:
+        b = -1 - widest
+        raise InputError(f"collate: sequence {indices[b]} (batch slot {b}) has an inconsistent indptr")
+    T = _padded_length(int(lengths.max()), pad_to, pad_to_multiple_of)
+    tokens = _batch_tokens(batch, lengths, indices)
+    if tokens is not None and pad_token_id is None:
+        raise InputError("collate: the items carry input ids, so pad_token_id is needed to pad them (it is None)")
+    shared = _shared_placement(pin_memory)
+
+    value_name, value_dtype = ("counts", torch.uint8) if rounds is not None else ("probs", torch.float32)
+    specs = {"offsets": ((B * T + 1,), torch.int64), "ids": ((int(kept),), torch.int32),
+             value_name: ((int(kept),), value_dtype), "attention_mask": ((B, T), torch.bool),
+             "lengths": ((B,), torch.int64), "indices": ((B,), torch.int64)}
+    if cap >= 0:
+        specs["dropped_labels"] = ((B, T), torch.int32)
+        specs["dropped_mass"] = ((B, T), torch.float32)
+    if tokens is not None:
+        specs["input_ids"] = ((B, T), torch.int64)
+    out = _allocate(specs, shared=shared, pinned=pin_memory)
+    _fill_offsets(indptr, ptr_start, lengths, T, cap, out["offsets"].numpy())
+    out_ids, out_values = out["ids"].numpy(), out[value_name].numpy()
+    if cap < 0 or widest <= cap:  # nothing to cut: the labels are the items' labels, back to back
+        if all(part.dtype == np.uint32 for part in ids_parts):
+            np.concatenate(ids_parts, out=out_ids.view(np.uint32))
+        else:
+            out_ids.view(np.uint32)[:] = _concat_ids(ids_parts, vocab)
+        np.concatenate(val_parts, out=out_values, casting="unsafe" if rounds is not None else "same_kind")
+        if kept and int(out_ids.view(np.uint32).max()) >= vocab:
+            j = int(np.argmax(out_ids.view(np.uint32) >= vocab))
+            b = int(np.searchsorted(label_start, j, side="right")) - 1
+            p0 = ptr_start[b]
+            t = int(np.searchsorted(indptr[p0:p0 + lengths[b] + 1], j - label_start[b], side="right")) - 1
+            raise InputError(f"collate: sequence {indices[b]}, position {t}: id {int(out_ids.view(np.uint32)[j])} "
+                             f"is outside the vocabulary (vocab_size {vocab})")
+        if cap >= 0:
+            out["dropped_labels"].numpy()[:] = 0
+            out["dropped_mass"].numpy()[:] = 0
+    else:
+        lut = _count_weights(rounds) if rounds is not None else _NO_LUT
+        values = (np.concatenate(val_parts) if rounds is not None
+                  else np.concatenate(val_parts, dtype=np.float32, casting="same_kind"))
+        code, b, t, value = _fill_csr_capped(
+            _concat_ids(ids_parts, vocab), values, lut, vocab, indptr, ptr_start, label_start, lengths,
+            _POLICY_CODE[on_overflow], out_ids, out_values, out["dropped_labels"].numpy(),
+            out["dropped_mass"].numpy(), cap)
+        if code == _BAD_ID:
+            raise InputError(f"collate: sequence {indices[b]}, position {t}: id {value} is outside the vocabulary "
+                             f"(vocab_size {vocab})")
+        if code == _OVERFLOW:
+            raise InputError(f"collate: sequence {indices[b]}, position {t}: {value} labels, more than max_labels="
+                             f"{max_labels}; pass on_overflow='drop_smallest' or 'truncate' to drop (reported) labels")
+    _fill_positions(out, lengths, indices, tokens, pad_token_id)
+    targets = SparseTargets(out.pop("offsets"), out.pop("ids"), counts=out.pop("counts", None),
+                            probs=out.pop("probs", None), rounds=rounds, shape=(B, T),
+                            width=widest if cap < 0 else min(widest, cap))
+    return SparseBatch(targets=targets, **out)
 
 
 def _as_array(tokens: Any) -> np.ndarray:
@@ -468,13 +699,13 @@ class SparseLabelCollator:
 
     def __init__(self, *, max_labels: int | None = None, on_overflow: str = "error", vocab_size: int | None = None,
                  rounds: int | None = None, pad_to: int | None = None, pad_to_multiple_of: int | None = None,
-                 pad_token_id: int | None = 0, pin_memory: bool = False) -> None:
+                 pad_token_id: int | None = 0, pin_memory: bool = False, layout: str = "padded") -> None:
         self.options = _checked_options(max_labels=max_labels, on_overflow=on_overflow, vocab_size=vocab_size,
                                         rounds=rounds, pad_to=pad_to, pad_to_multiple_of=pad_to_multiple_of,
-                                        pad_token_id=pad_token_id, pin_memory=pin_memory)
+                                        pad_token_id=pad_token_id, pin_memory=pin_memory, layout=layout)
 
     def __call__(self, batch: SequenceABC) -> dict[str, torch.Tensor]:
-        return _collate(batch, **self.options)
+        return with_loss_mask(batch, _collate(batch, **self.options))
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())

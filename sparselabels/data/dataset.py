@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch.utils.data
 
+from sparselabels.data.masks import mask_source, read_position_mask
 from sparselabels.data.tokens import TokenSource, open_tokens
 from sparselabels.errors import AlignmentError, InputError
 from sparselabels.format.fingerprint import input_fingerprint
@@ -45,6 +46,7 @@ class SparseItem:
     input_ids: np.ndarray | None
     rounds: int | None
     vocab_size: int
+    loss_mask: np.ndarray | None = None  # bool[T]: positions to train (see sparselabels.data.masks); None: all
 
     @property
     def counts(self) -> np.ndarray:
@@ -82,6 +84,9 @@ class SparseLabelDataset(torch.utils.data.Dataset):
 
     ``labels``: a Labels object or a path (file, shard directory, manifest). ``tokens``: anything
     :func:`~sparselabels.data.tokens.open_tokens` accepts (``token_column`` names a ``datasets`` column).
+    ``mask_column`` names a per-token column of a ``datasets`` source (0/1, or ``labels`` with -100) and
+    ``masks`` is any other token source of such values; either gives each item a ``loss_mask`` of the
+    positions to train (rules in :mod:`sparselabels.data.masks`; lengths checked here, values per item).
     ``check_labels=False`` skips the reader's per-read label-rule pass (ascending ids, counts summing to
     ``rounds``), for files already checked with ``sparselabels validate``; :func:`collate` still checks every id
     against the vocabulary.
@@ -96,6 +101,8 @@ class SparseLabelDataset(torch.utils.data.Dataset):
         token_column: str = "input_ids",
         verify_fingerprints: str = "lazy",
         check_labels: bool = True,
+        mask_column: str | None = None,
+        masks: Any = None,
     ) -> None:
         if verify_fingerprints not in VERIFY_FINGERPRINTS:
             raise InputError(f"verify_fingerprints must be one of {VERIFY_FINGERPRINTS}, got {verify_fingerprints!r}")
@@ -108,6 +115,7 @@ class SparseLabelDataset(torch.utils.data.Dataset):
         self._check_fingerprints = False
         if self.tokens is not None:
             self._check_alignment(verify_fingerprints)
+        self.masks, self.mask_kind = mask_source(self.tokens, mask_column, masks)
 
     def _check_alignment(self, verify: str) -> None:
         labels, tokens = self.labels, self.tokens
@@ -161,7 +169,10 @@ class SparseLabelDataset(torch.utils.data.Dataset):
             if self._check_fingerprints and seq.fingerprint is not None \
                     and _token_fingerprint(self.tokens, i, input_ids) != seq.fingerprint:
                 raise self._fingerprint_error(i, seq.fingerprint)
-        return SparseItem(i, seq.ids, seq.counts, seq.indptr, input_ids, self.rounds, self.vocab_size)
+        loss_mask = None
+        if self.masks is not None:
+            loss_mask = read_position_mask(self.masks, i, input_ids, self.mask_kind, self.masks.describe())
+        return SparseItem(i, seq.ids, seq.counts, seq.indptr, input_ids, self.rounds, self.vocab_size, loss_mask)
 
     def __repr__(self) -> str:
         tok = f", tokens={self.tokens.describe()!r}" if self.tokens is not None else ""

@@ -439,12 +439,14 @@ def student_loss(kind: str, teacher: torch.nn.Module) -> StudentLoss:
 
     def top_k(model, batch):
         logits = model(input_ids=batch["input_ids"]).logits[:, :-1]
-        return topk_kd_loss(logits, batch["target_ids"][:, :-1], batch["target_weights"][:, :-1])
+        target_ids, target_weights = batch["targets"].to_padded()  # the Top-K loss takes padded targets
+        return topk_kd_loss(logits, target_ids[:, :-1], target_weights[:, :-1])
 
     def rs_kd(model, batch):
-        hidden = final_hidden_states(model, batch["input_ids"])[:, :-1]
-        return sparse_kd_loss_from_hidden(hidden, lm_head_weight(model), batch["target_ids"][:, :-1],
-                                          batch["target_weights"][:, :-1])
+        hidden = final_hidden_states(model, batch["input_ids"])
+        mask = torch.ones(hidden.shape[:-1], dtype=torch.bool, device=hidden.device)
+        mask[:, -1] = False  # positions 0..T-2, as the other students (the CSR targets are not sliced)
+        return sparse_kd_loss_from_hidden(hidden, lm_head_weight(model), batch["targets"], mask=mask)
 
     def full_kd(model, batch):
         ids = batch["input_ids"]
@@ -468,8 +470,8 @@ def student_batches(labels: str | os.PathLike, tokens: str | os.PathLike, settin
     if len(dataset) < settings.batch_size:
         raise InputError(f"{len(dataset)} labeled sequences are fewer than one batch of {settings.batch_size}")
     sampler = ResumableSampler(len(dataset), seed=settings.seed)
-    loader = DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler, collate_fn=SparseLabelCollator(),
-                        drop_last=True)
+    loader = DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler,
+                        collate_fn=SparseLabelCollator(layout="csr"), drop_last=True)
     step, epoch = 0, 0
     while True:
         sampler.set_epoch(epoch)

@@ -7,6 +7,9 @@
   :func:`ghost_topk_kd_loss`.
 * :func:`csr_to_padded` — stored CSR label rows → padded ``[R, K]`` targets.
 
+The sparse losses take targets padded (``target_ids``, ``target_weights``) or as one
+:class:`~sparselabels.data.SparseTargets` (the ``layout="csr"`` batch), which they read without padding.
+
 Temperature divides the student logits only and no loss is multiplied by T² (see :mod:`.sparse_kd`).
 """
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from sparselabels.data.targets import SparseTargets
 from sparselabels.errors import InputError, where
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -55,6 +56,36 @@ def check_target_tensors(
             raise InputError(f"{name} is on {tensor.device} but {source} is on {device}")
     if mask is not None:
         check_position_tensor("mask", mask, leading_shape, device=device, source=source, dtype=torch.bool)
+
+
+def check_sparse_targets(
+    leading_shape: torch.Size,
+    targets: object,
+    extra: object,
+    mask: torch.Tensor | None,
+    *,
+    device: torch.device,
+    source: str,
+    vocab_size: int,
+    check_values: bool,
+) -> SparseTargets:
+    """A :class:`SparseTargets` given in place of ``(target_ids, target_weights)``: alone, of ``source``'s leading
+    shape, on its device; with ``check_values``, its offsets, ids and probabilities (one host sync on GPU)."""
+    if not isinstance(targets, SparseTargets):
+        raise InputError(f"target_weights is missing: pass (target_ids, target_weights) or one SparseTargets, got "
+                         f"{type(targets).__name__} alone")
+    if extra is not None:
+        raise InputError("a SparseTargets carries its own weights: pass it without target_weights")
+    if tuple(targets.shape) != tuple(leading_shape):
+        raise InputError(f"SparseTargets of shape {list(targets.shape)} does not match {source}.shape[:-1] = "
+                         f"{list(leading_shape)}")
+    if targets.device != device:
+        raise InputError(f"SparseTargets is on {targets.device} but {source} is on {device}")
+    if mask is not None:
+        check_position_tensor("mask", mask, leading_shape, device=device, source=source, dtype=torch.bool)
+    if check_values:
+        targets.check(vocab_size)
+    return targets
 
 
 def check_position_tensor(

@@ -19,6 +19,10 @@ Step 2 has two interchangeable implementations with the same signature: a PyTorc
 obviously correct twin) and a Triton kernel (:mod:`sparselabels.loss.triton_kernels`, used on CUDA by default),
 which makes two passes over each row in place and rounds each gradient element once.
 
+Targets are padded ``[..., K]`` or one :class:`~sparselabels.data.SparseTargets` (CSR): then each chunk reads its
+rows' labels through the offsets (the Triton kernel loads ``offsets[row]``; the PyTorch twin gathers per label and
+sums per row with ``index_add``), nothing is padded to K, and the weights are formed on the device.
+
 Conventions (temperature on the student only, no T² factor, ``Σ w log w`` included, masks) are those of
 :mod:`sparselabels.loss.sparse_kd`. With ``ce_weight`` = alpha the loss is ``(1 - alpha) · KD + alpha · CE``; the CE
 term is at temperature 1 (ground-truth labels are hard targets), over positions selected by ``mask`` whose label is not
@@ -32,15 +36,17 @@ from dataclasses import dataclass
 
 import torch
 
+from sparselabels.data.targets import SparseTargets
 from sparselabels.errors import InputError, check_int
 from sparselabels.loss.checks import (
     check_label_values,
     check_position_tensor,
     check_reduction,
+    check_sparse_targets,
     check_target_tensors,
     check_target_values,
 )
-from sparselabels.loss.sparse_kd import compute_dtype, kd_row_losses
+from sparselabels.loss.sparse_kd import compute_dtype, kd_label_losses, kd_row_losses
 from sparselabels.options import check_temperature
 
 BACKENDS = ("auto", "torch", "triton")
@@ -52,8 +58,8 @@ CHUNK_BYTES_CPU = 32 << 20
 def sparse_kd_loss_from_hidden(
     hidden: torch.Tensor,
     lm_head_weight: torch.Tensor,
-    target_ids: torch.Tensor,
-    target_weights: torch.Tensor,
+    target_ids: torch.Tensor | SparseTargets,
+    target_weights: torch.Tensor | None = None,
     *,
     labels: torch.Tensor | None = None,
     ce_weight: float = 0.0,
@@ -73,7 +79,8 @@ def sparse_kd_loss_from_hidden(
             to float16, whose range flushes the softmax tail of large vocabularies to 0 (a loss scale does not
             help here: the gradient is formed in the forward, before the scale is known).
         lm_head_weight: ``[V, H]`` LM-head weight, same dtype and device (no bias).
-        target_ids, target_weights: ``[..., K]`` sparse targets as in :func:`sparse_kd_loss`.
+        target_ids, target_weights: ``[..., K]`` sparse targets as in :func:`sparse_kd_loss`, or one
+            :class:`~sparselabels.data.SparseTargets` of shape ``hidden.shape[:-1]`` in place of the pair.
         labels: ``[...]`` int ground-truth next tokens (required when ``ce_weight > 0``); ``ignore_index`` skips one.
         ce_weight: alpha in ``[0, 1]``.
         chunk_size: rows per chunk; default fits one ``[chunk, V]`` buffer in 1 GiB on CUDA, 32 MiB on CPU.
@@ -105,8 +112,10 @@ def sparse_kd_loss_from_hidden(
 class _Problem:
     """Flattened, validated inputs plus the per-row loss coefficients (which already hold mask and reduction)."""
 
-    target_ids: torch.Tensor  # [N, K] int32/int64
-    target_weights: torch.Tensor  # [N, K] compute dtype
+    target_ids: torch.Tensor  # [N, K] int32/int64; CSR: [L] int32
+    target_weights: torch.Tensor  # [N, K] compute dtype; CSR: [L]
+    offsets: torch.Tensor | None  # CSR: [N + 1] int64 (row r holds labels offsets[r]:offsets[r+1]); padded: None
+    width: int  # the most labels of one row
     labels: torch.Tensor | None  # [N] int64, or None without CE
     kd_coef: torch.Tensor  # [N] compute dtype
     ce_coef: torch.Tensor | None  # [N] compute dtype
@@ -120,8 +129,8 @@ class _Problem:
 def _prepare(
     hidden: torch.Tensor,
     weight: torch.Tensor,
-    target_ids: torch.Tensor,
-    target_weights: torch.Tensor,
+    target_ids: torch.Tensor | SparseTargets,
+    target_weights: torch.Tensor | None,
     *,
     labels: torch.Tensor | None,
     ce_weight: float,
@@ -142,11 +151,20 @@ def _prepare(
     ignore_index = check_int("ignore_index", ignore_index, None)
     leading = hidden.shape[:-1]
     vocab_size = weight.shape[0]
-    check_target_tensors(leading, target_ids, target_weights, mask, device=hidden.device, source="hidden")
-    if check_inputs:
-        check_target_values(target_ids, target_weights, vocab_size)
     num_rows = math.prod(leading)
     dtype = compute_dtype(hidden.dtype)
+    if isinstance(target_ids, SparseTargets) or target_weights is None:
+        csr = check_sparse_targets(leading, target_ids, target_weights, mask, device=hidden.device, source="hidden",
+                                   vocab_size=vocab_size, check_values=check_inputs)
+        flat_ids, flat_weights, offsets, width = csr.ids, csr.weights(dtype), csr.offsets, csr.width
+    else:
+        check_target_tensors(leading, target_ids, target_weights, mask, device=hidden.device, source="hidden")
+        if check_inputs:
+            check_target_values(target_ids, target_weights, vocab_size)
+        width = target_ids.shape[-1]
+        flat_ids = target_ids.reshape(num_rows, width)
+        flat_weights = target_weights.detach().reshape(num_rows, width).to(dtype)
+        offsets = None
     selected = (
         mask.reshape(num_rows) if mask is not None else torch.ones(num_rows, dtype=torch.bool, device=hidden.device)
     )
@@ -163,8 +181,10 @@ def _prepare(
         flat_labels = labels.reshape(num_rows).long()
         ce_coef = _row_coefficients(selected & (flat_labels != ignore_index), alpha, reduction, dtype)
     return _Problem(
-        target_ids=target_ids.reshape(num_rows, target_ids.shape[-1]),
-        target_weights=target_weights.detach().reshape(num_rows, target_ids.shape[-1]).to(dtype),
+        target_ids=flat_ids,
+        target_weights=flat_weights,
+        offsets=offsets,
+        width=width,
         labels=flat_labels,
         kd_coef=kd_coef,
         ce_coef=ce_coef,
@@ -239,16 +259,19 @@ def _run_chunks(
             logits = hidden_chunk @ weight.t()  # [chunk, V], overwritten with dL/dz below
             kd_coef = problem.kd_coef[start:stop]
             ce_coef = problem.ce_coef[start:stop] if problem.ce_coef is not None else None
+            csr = problem.offsets is not None  # CSR: the whole label arrays, the chunk's rows' offsets into them
             kd_rows, ce_rows = chunk_fn(
                 logits,
-                problem.target_ids[start:stop],
-                problem.target_weights[start:stop],
+                problem.target_ids if csr else problem.target_ids[start:stop],
+                problem.target_weights if csr else problem.target_weights[start:stop],
                 problem.labels[start:stop] if problem.labels is not None else None,
                 kd_coef,
                 ce_coef,
                 problem.inv_temperature,
                 problem.ignore_index,
                 compute_grad,
+                offsets=problem.offsets[start:stop + 1] if csr else None,
+                width=problem.width,
             )
             # a row of coefficient 0 (masked out, ignored) adds exactly 0, even if its logits overflowed
             rows = torch.where(kd_coef != 0, kd_rows * kd_coef, 0.0)
@@ -273,19 +296,36 @@ def chunk_loss_and_grad_torch(
     inv_temperature: float,
     ignore_index: int,
     compute_grad: bool,
+    *,
+    offsets: torch.Tensor | None = None,
+    width: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-row KD (and CE) losses of one chunk; with ``compute_grad``, ``logits`` is overwritten with dL/dz.
 
     dL/dz_j = kd_coef · (S · softmax(z/T)_j - Σ_k w_k [id_k = j]) / T + ce_coef · (softmax(z)_j - [j = label]),
     S = Σ_k w_k. The PyTorch twin of the Triton kernel: same signature, float32 (float64) arithmetic.
+
+    Targets are ``[rows, K]``, or with ``offsets`` (``[rows + 1]`` int64) CSR: row r holds labels
+    ``offsets[r]:offsets[r+1]`` of the ``[L]`` arrays ``target_ids``/``target_weights``. ``width`` (the most labels
+    of a row) sizes the Triton kernel's registers; unused here.
     """
     z = logits.to(compute_dtype(logits.dtype))
     z_t = z * inv_temperature if inv_temperature != 1.0 else z
-    weights = target_weights.to(z.dtype)
-    ids = target_ids.long()
     lse_t = torch.logsumexp(z_t, dim=-1)
-    total_weight = weights.sum(-1)
-    kd_rows = kd_row_losses(weights, z_t.gather(1, ids), lse_t)
+    if offsets is None:
+        weights = target_weights.to(z.dtype)
+        ids = target_ids.long()
+        total_weight = weights.sum(-1)
+        kd_rows = kd_row_losses(weights, z_t.gather(1, ids), lse_t)
+        label_rows = None
+    else:
+        lo, hi = offsets[[0, -1]].tolist()  # one host sync per chunk: this twin is the slow path
+        label_rows = torch.repeat_interleave(torch.arange(logits.shape[0], device=logits.device),
+                                             offsets[1:] - offsets[:-1], output_size=hi - lo)
+        weights = target_weights[lo:hi].to(z.dtype)
+        ids = target_ids[lo:hi].long()
+        total_weight = torch.empty_like(lse_t)
+        kd_rows = kd_label_losses(weights, z_t[label_rows, ids], lse_t, label_rows, totals=total_weight)
     ce_rows = lse_1 = valid = safe_labels = None
     if labels is not None:
         valid = labels != ignore_index
@@ -295,7 +335,10 @@ def chunk_loss_and_grad_torch(
     if compute_grad:
         kd_scale = (kd_coef * inv_temperature).to(z.dtype)
         grad = torch.exp(z_t - lse_t.unsqueeze(1)).mul_((kd_scale * total_weight).unsqueeze(1))
-        grad.scatter_add_(1, ids, -kd_scale.unsqueeze(1) * weights)
+        if label_rows is None:
+            grad.scatter_add_(1, ids, -kd_scale.unsqueeze(1) * weights)
+        else:
+            grad.index_put_((label_rows, ids), -kd_scale[label_rows] * weights, accumulate=True)
         if labels is not None:
             assert ce_coef is not None and lse_1 is not None and valid is not None and safe_labels is not None
             ce_scale = ce_coef.to(z.dtype)

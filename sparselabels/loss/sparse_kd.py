@@ -17,6 +17,9 @@ Conventions shared by every loss in :mod:`sparselabels.loss`:
   value is a true KL, ≥ 0 up to rounding. With Top-K probabilities (sum < 1) it is the cross-entropy form
   ``Σ w log(w / p)`` and may be negative. Slots with weight 0 (padding: id 0, weight 0) contribute exactly 0.
 * Targets are constants: no gradient flows into ``target_weights``.
+* Targets come padded (``target_ids``/``target_weights [..., K]``) or as one
+  :class:`~sparselabels.data.SparseTargets` (CSR, ``layout="csr"`` batches) in place of the pair; the CSR path
+  gathers the target logit of each label and sums per position (``index_add``), never padding to K.
 * ``mask`` (bool, the leading shape) selects the positions that count; ``reduction="mean"`` divides by the number
   of selected positions (all positions without a mask), and returns 0 when none is selected.
 * Computation is in float32 for fp16/bf16 logits (float64 stays float64); the result has that dtype.
@@ -26,9 +29,11 @@ from __future__ import annotations
 
 import torch
 
+from sparselabels.data.targets import SparseTargets
 from sparselabels.errors import InputError
 from sparselabels.loss.checks import (
     check_reduction,
+    check_sparse_targets,
     check_target_tensors,
     check_target_values,
 )
@@ -37,8 +42,8 @@ from sparselabels.options import check_temperature
 
 def sparse_kd_loss(
     student_logits: torch.Tensor,
-    target_ids: torch.Tensor,
-    target_weights: torch.Tensor,
+    target_ids: torch.Tensor | SparseTargets,
+    target_weights: torch.Tensor | None = None,
     *,
     temperature: float = 1.0,
     mask: torch.Tensor | None = None,
@@ -49,7 +54,9 @@ def sparse_kd_loss(
 
     Args:
         student_logits: ``[..., V]`` float32/bf16/fp16/float64 logits over the full vocabulary.
-        target_ids: ``[..., K]`` int64 or int32 token ids, ``0 <= id < V``; padded slots hold id 0.
+        target_ids: ``[..., K]`` int64 or int32 token ids, ``0 <= id < V``; padded slots hold id 0. Or a
+            :class:`~sparselabels.data.SparseTargets` of shape ``student_logits.shape[:-1]`` (then no
+            ``target_weights``: its counts or probabilities are the weights).
         target_weights: ``[..., K]`` floating weights ``>= 0`` (RS-KD counts / rounds, or Top-K probabilities);
             padded slots hold 0.
         temperature: divides the student logits; the loss is not multiplied by T².
@@ -66,8 +73,8 @@ def sparse_kd_loss(
 
 def sparse_kd_per_position(
     student_logits: torch.Tensor,
-    target_ids: torch.Tensor,
-    target_weights: torch.Tensor,
+    target_ids: torch.Tensor | SparseTargets,
+    target_weights: torch.Tensor | None = None,
     *,
     temperature: float = 1.0,
     mask: torch.Tensor | None = None,
@@ -76,6 +83,18 @@ def sparse_kd_per_position(
     """The unreduced loss ``[...]`` of :func:`sparse_kd_loss` (masked-out positions are not zeroed here)."""
     logits = check_logits(student_logits)
     temperature = check_temperature(temperature)
+    if isinstance(target_ids, SparseTargets) or target_weights is None:
+        targets = check_sparse_targets(logits.shape[:-1], target_ids, target_weights, mask, device=logits.device,
+                                       source="student_logits", vocab_size=logits.shape[-1],
+                                       check_values=check_inputs)
+        z = logits.to(compute_dtype(logits.dtype))
+        if temperature != 1.0:
+            z = z / temperature
+        rows = targets.row_index()
+        # index the logits in their own shape: a flat view would copy sliced (non-contiguous) logits
+        z_targets = z[(*torch.unravel_index(rows, z.shape[:-1]), targets.ids.long())]
+        lse = torch.logsumexp(z, dim=-1).reshape(-1)
+        return kd_label_losses(targets.weights(z.dtype), z_targets, lse, rows).reshape(logits.shape[:-1])
     check_target_tensors(
         logits.shape[:-1], target_ids, target_weights, mask, device=logits.device, source="student_logits"
     )
@@ -101,6 +120,22 @@ def kd_row_losses(weights: torch.Tensor, z_targets: torch.Tensor, lse: torch.Ten
         - torch.where(weights != 0, weights * z_targets, zero).sum(-1)
         + torch.where(total != 0, total * lse, zero)
     )
+
+
+def kd_label_losses(weights: torch.Tensor, z_targets: torch.Tensor, lse: torch.Tensor, rows: torch.Tensor,
+                    totals: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`kd_row_losses` from one entry per label: ``weights``, ``z_targets`` and ``rows`` (the row of each
+    label) are ``[L]``, ``lse`` is ``[R]``; the per-row sums are one ``index_add`` (a segment sum, no padding).
+    ``totals`` (``Σ w`` per row), when given, receives the weight sums (the fused gradient needs them)."""
+    zero = torch.zeros((), dtype=weights.dtype, device=weights.device)
+    per_label = torch.stack(
+        [torch.xlogy(weights, weights), torch.where(weights != 0, weights * z_targets, zero), weights], dim=1)
+    sums = torch.zeros((lse.shape[0], 3), dtype=per_label.dtype, device=per_label.device).index_add(
+        0, rows, per_label)
+    total = sums[:, 2]
+    if totals is not None:
+        totals.copy_(total.detach())
+    return sums[:, 0] - sums[:, 1] + torch.where(total != 0, total * lse, zero)
 
 
 def reduce_positions(per_position: torch.Tensor, mask: torch.Tensor | None, reduction: str) -> torch.Tensor:

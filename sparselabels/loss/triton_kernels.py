@@ -10,6 +10,9 @@ One program per row of the ``[chunk, V]`` logits buffer:
    computed in float32 from the gathered logits, so each element is rounded once. Duplicate ids (padding uses
    id 0) all store the same value, because each slot uses the total weight of its id.
 
+With CSR targets (``CSR=True``) the row's labels are ``offsets[row]:offsets[row+1]`` of flat ``[L]`` id and weight
+arrays: the same steps over a row-dependent count, BLOCK_K sized by the widest row.
+
 Imported lazily (only when the Triton backend is chosen), so the package works without triton installed. Runs on
 CPU tensors under ``TRITON_INTERPRET=1`` for the tests.
 """
@@ -28,6 +31,7 @@ def _sparse_kd_rows_kernel(
     ids_ptr,
     weights_ptr,
     targets_row_stride,
+    offsets_ptr,
     labels_ptr,
     kd_coef_ptr,
     ce_coef_ptr,
@@ -40,14 +44,20 @@ def _sparse_kd_rows_kernel(
     HAS_CE: tl.constexpr,
     SEPARATE_CE_LSE: tl.constexpr,
     COMPUTE_GRAD: tl.constexpr,
+    CSR: tl.constexpr,
     BLOCK_V: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     row_ptr = logits_ptr + row * logits_row_stride
-    target_ptr = row * targets_row_stride
+    if CSR:
+        target_ptr = tl.load(offsets_ptr + row)
+        num_targets = tl.load(offsets_ptr + row + 1) - target_ptr
+    else:
+        target_ptr = row * targets_row_stride
+        num_targets = K
     k_offsets = tl.arange(0, BLOCK_K)
-    k_valid = k_offsets < K
+    k_valid = k_offsets < num_targets
     ids = tl.load(ids_ptr + target_ptr + k_offsets, mask=k_valid, other=0).to(tl.int64)
     weights = tl.load(weights_ptr + target_ptr + k_offsets, mask=k_valid, other=0.0).to(tl.float32)
     z_targets = tl.load(row_ptr + ids, mask=k_valid, other=0.0).to(tl.float32)
@@ -109,7 +119,7 @@ def _sparse_kd_rows_kernel(
         tl.debug_barrier()
         # Sparse slots: the full gradient from the gathered logits, using each id's total weight.
         id_weight = tl.zeros([BLOCK_K], dtype=tl.float32)
-        for j in range(0, K):
+        for j in range(0, num_targets):
             id_j = tl.load(ids_ptr + target_ptr + j).to(tl.int64)
             w_j = tl.load(weights_ptr + target_ptr + j).to(tl.float32)
             id_weight += tl.where(ids == id_j, w_j, 0.0)
@@ -145,10 +155,16 @@ def chunk_loss_and_grad_triton(
     inv_temperature: float,
     ignore_index: int,
     compute_grad: bool,
+    *,
+    offsets: torch.Tensor | None = None,
+    width: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Same contract as :func:`sparselabels.loss.fused.chunk_loss_and_grad_torch` (Triton, float32 arithmetic)."""
     rows, vocab_size = logits.shape
-    k = target_ids.shape[1]
+    csr = offsets is not None
+    if csr and width is None:
+        raise ValueError("CSR targets need width (the most labels of one row) to size the kernel")
+    k = width if csr else target_ids.shape[1]
     if logits.stride(1) != 1:
         raise ValueError("the logits chunk must be contiguous along the vocabulary")
     target_ids = target_ids.contiguous()
@@ -165,7 +181,8 @@ def chunk_loss_and_grad_triton(
         logits.stride(0),
         target_ids,
         target_weights,
-        target_ids.stride(0),
+        0 if csr else target_ids.stride(0),
+        offsets.contiguous() if csr else dummy,
         labels.contiguous() if has_ce else dummy,
         kd_coef.to(torch.float32).contiguous(),
         ce_coef.to(torch.float32).contiguous() if has_ce else dummy,
@@ -178,6 +195,7 @@ def chunk_loss_and_grad_triton(
         HAS_CE=has_ce,
         SEPARATE_CE_LSE=has_ce and inv_temperature != 1.0,
         COMPUTE_GRAD=compute_grad,
+        CSR=csr,
         BLOCK_V=block_v,
         BLOCK_K=max(16, triton.next_power_of_2(max(k, 1))),
         num_warps=num_warps,

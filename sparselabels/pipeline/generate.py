@@ -41,6 +41,7 @@ from sparselabels.io.sequence import CsrLabels, concat_csr, split_csr
 from sparselabels.io.shards import run_shard_name
 from sparselabels.io.writer import DEFAULT_CHUNK_BYTES, LabelWriter
 from sparselabels.pipeline import distributed
+from sparselabels.pipeline.masking import masked_labels, open_mask
 from sparselabels.pipeline.progress import Progress
 from sparselabels.pipeline.resume import check_finished
 from sparselabels.pipeline.teacher import Teacher, load_teacher, resolve_device
@@ -221,6 +222,7 @@ class RunOptions:
     write_behind: bool
     metadata: dict | None
     log_interval: float
+    mask_column: str | None = None
 
 
 def _metadata(teacher: Teacher, sampling: SamplingOptions, run: RunOptions, *, source_fp: str, shard: dict) -> dict:
@@ -236,6 +238,9 @@ def _metadata(teacher: Teacher, sampling: SamplingOptions, run: RunOptions, *, s
     }
     if teacher.tokenizer_fingerprint is not None:
         meta["tokenizer_fingerprint"] = teacher.tokenizer_fingerprint
+    if run.mask_column is not None:
+        meta["generation"]["mask_column"] = run.mask_column
+        meta["generation"]["masked_positions"] = "stored empty (no labels): the mask column's 0 / -100 tokens"
     if run.metadata:
         meta["user"] = run.metadata
     return meta
@@ -277,6 +282,7 @@ def generate(
     write_behind: bool = True,
     metadata: dict | None = None,
     log_interval: float = 60.0,
+    mask_column: str | None = None,
 ) -> Path:
     """Label ``tokens`` with ``model`` into the directory ``out`` (one shard per rank and ``manifest.json``).
 
@@ -291,7 +297,9 @@ def generate(
     ``vocab_size`` overrides the label vocabulary (default: the tokenizer's length when smaller than the
     output layer, else the output size); ``tokenizer`` is the tokenizer directory (default: the model's);
     ``teacher_name``/``teacher_fingerprint`` override the computed identity. ``metadata`` is stored under the
-    ``"user"`` key. Returns ``out``.
+    ``"user"`` key. ``mask_column`` names a per-token column of a ``datasets`` source (0/1, or ``labels``
+    with -100): only the positions it keeps are labeled, the others are stored empty, while the teacher still
+    reads every token (see :mod:`sparselabels.pipeline.masking`). Returns ``out``.
     """
     require("generate", "torch", "transformers", extras="hf")
     # as Python ints from here on (numpy integers are accepted, but metadata stores only plain values)
@@ -304,20 +312,22 @@ def generate(
     if resume and overwrite:
         raise InputError("resume and overwrite exclude each other")
     run = RunOptions(batch_size, dtype, codec, resume, overwrite, progress, flush_every, chunk_bytes, write_behind,
-                     metadata, log_interval)
+                     metadata, log_interval, mask_column)
     world = distributed.init(resolve_device(device).type)
     try:
         teacher = load_teacher(model, dtype=dtype, device=device, tokenizer=tokenizer, vocab_size=vocab_size,
                                name=teacher_name, fingerprint=teacher_fingerprint)
         sampling = SamplingOptions(rounds, temperature, seed, teacher.vocab_size, max_rows)
-        _run(teacher, _open_tokens(tokens, column), Path(out), world, sampling, run)
+        src = _open_tokens(tokens, column)
+        mask = open_mask(src, mask_column)  # before any output: a bad column fails here
+        _run(teacher, src, Path(out), world, sampling, run, mask)
     finally:
         distributed.finish(world)
     return Path(out)
 
 
 def _run(teacher: Teacher, src, out: Path, world: distributed.World, sampling: SamplingOptions,
-         run: RunOptions) -> None:
+         run: RunOptions, mask=(None, "mask")) -> None:
     lengths = np.asarray(src.lengths(), dtype=np.int64)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
@@ -344,7 +354,7 @@ def _run(teacher: Teacher, src, out: Path, world: distributed.World, sampling: S
                        codec=run.codec, metadata=meta, num_sequences=seq_hi - seq_lo,
                        expected_from="this rank's slice")
     else:
-        _write_shard(teacher, src, shard, world, sampling, run, meta, offsets, range(seq_lo, seq_hi))
+        _write_shard(teacher, src, shard, world, sampling, run, meta, offsets, range(seq_lo, seq_hi), mask)
     distributed.barrier(world)
     if world.rank == 0:
         distributed.write_run_manifest(out, world.size)
@@ -358,7 +368,7 @@ def _is_tty() -> bool:
 
 
 def _write_shard(teacher: Teacher, src, shard: Path, world: distributed.World, sampling: SamplingOptions,
-                 run: RunOptions, meta: dict, offsets: np.ndarray, mine: range) -> None:
+                 run: RunOptions, meta: dict, offsets: np.ndarray, mine: range, mask=(None, "mask")) -> None:
     """Label this rank's sequences ``mine`` into ``shard``, continuing a partial shard when resuming."""
     writer = LabelWriter(shard, vocab_size=sampling.vocab_size, rounds=sampling.rounds, codec=run.codec,
                          metadata=meta, resume=run.resume, overwrite=run.overwrite, chunk_bytes=run.chunk_bytes)
@@ -373,7 +383,7 @@ def _write_shard(teacher: Teacher, src, shard: Path, world: distributed.World, s
         total, done_tokens = offsets[mine.stop] - offsets[mine.start], offsets[todo.start] - offsets[mine.start]
         with Progress(int(total), done=int(done_tokens), enabled=show, interval=run.log_interval,
                       label=label) as meter:
-            _label_range(teacher, src, writer, sampling, run, offsets, todo, meter)
+            _label_range(teacher, src, writer, sampling, run, offsets, todo, meter, mask)
         if writer.num_sequences != len(mine):
             raise SparseLabelsError(f"{shard}: {writer.num_sequences} sequences written, expected {len(mine)} "
                                     "(an internal error)")
@@ -385,7 +395,7 @@ def _write_shard(teacher: Teacher, src, shard: Path, world: distributed.World, s
 
 
 def _label_range(teacher: Teacher, src, writer: LabelWriter, sampling: SamplingOptions, run: RunOptions,
-                 offsets: np.ndarray, todo: range, progress: Progress) -> None:
+                 offsets: np.ndarray, todo: range, progress: Progress, mask=(None, "mask")) -> None:
     """Label sequences ``todo`` (a tail of this rank's slice) global batch by global batch, writing as it goes."""
     if not todo:
         return
@@ -397,6 +407,7 @@ def _label_range(teacher: Teacher, src, writer: LabelWriter, sampling: SamplingO
             sequences = [read_sequence(src, i, teacher.input_size) for i in range(lo, hi)]
             labels = label_sequences(teacher.model, sequences, [int(offsets[i]) for i in range(lo, hi)], sampling,
                                      teacher.device)
+            labels = masked_labels(*mask, lo, sequences, labels)
             skip = max(todo.start - lo, 0)  # a resumed run reruns the first batch whole and skips what is stored
             fps = [input_fingerprint(s, where=f"tokens, sequence {lo + skip + j}")
                    for j, s in enumerate(sequences[skip:])]

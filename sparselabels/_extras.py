@@ -17,6 +17,8 @@ EXTRA_OF = {
     "tokenizers": "hf",
     "h5py": "hf",
     "accelerate": "hf",
+    "fsspec": "remote",
+    "s3fs": "remote",
     "matplotlib": "demo",
 }
 

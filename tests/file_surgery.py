@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 import sparselabels.codecs
-from sparselabels.errors import SparseLabelsError
+from sparselabels.errors import InputError, SparseLabelsError
 from sparselabels.format.layout import (
     CHUNK_HEADER_SIZE,
     FLAG_FINGERPRINTS,
@@ -33,6 +33,7 @@ from sparselabels.format.layout import (
 from sparselabels.io.writer import LabelWriter
 
 VOCAB = 151_936
+WIDE_VOCAB = 1 << 32  # every u32 id is a valid label: the bases that cover the full id range
 ROUNDS = 50
 
 # Field tables of the fixed structures: name -> (byte offset, struct format). spec/FORMAT.md has the same.
@@ -99,6 +100,7 @@ class BaseFile:
     data: bytes
     content: tuple[str, ...]  # digest of every sequence, from the writer's inputs
     layout: FileLayout
+    vocab: int = VOCAB  # WIDE_VOCAB for the bases that cover the whole id range
 
 
 def sequence_digest(ids, values, indptr, fingerprint) -> str:
@@ -110,18 +112,21 @@ def sequence_digest(ids, values, indptr, fingerprint) -> str:
     return h.hexdigest()
 
 
-def random_sequence(rng: np.random.Generator, value_kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def random_sequence(rng: np.random.Generator, value_kind: str,
+                     vocab: int = VOCAB) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     num_positions = int(rng.choice([0, 1, 2, 3, 5, 9, 14]))
     ids, values, indptr = [], [], [0]
     for _ in range(num_positions):
         r = rng.random()
         k = 0 if r < 0.15 else ROUNDS if r < 0.2 else int(rng.integers(1, 14))
+        if vocab == WIDE_VOCAB and rng.random() < 0.1:
+            k = 1  # a lone label, sometimes the top id (rans refuses it as a position's first id)
         if k:
-            chosen = rng.choice(VOCAB - 2, size=k, replace=False) + 1  # distinct ids in 1..VOCAB-2
+            chosen = rng.choice(vocab - 2, size=k, replace=False) + 1  # distinct ids in 1..vocab-2
             if rng.random() < 0.1:
                 chosen[0] = 0
             if rng.random() < 0.1:
-                chosen[-1] = VOCAB - 1
+                chosen[-1] = vocab - 1
             counts = 1 + rng.multinomial(ROUNDS - k, np.ones(k) / k)  # k distinct draws summing to ROUNDS
             ids.extend(np.sort(chosen).tolist())
             values.extend(counts.tolist())
@@ -132,24 +137,50 @@ def random_sequence(rng: np.random.Generator, value_kind: str) -> tuple[np.ndarr
     return ids_a, vals, np.array(indptr, dtype=np.int64)
 
 
-def writer_settings(codec: str, value_kind: str) -> dict[str, Any]:
+def writer_settings(codec: str, value_kind: str, vocab: int = VOCAB) -> dict[str, Any]:
     """The LabelWriter arguments of a base file (a resumed writer must pass the same)."""
-    return {"vocab_size": VOCAB, "rounds": ROUNDS if value_kind == "count" else None, "value_kind": value_kind,
+    return {"vocab_size": vocab, "rounds": ROUNDS if value_kind == "count" else None, "value_kind": value_kind,
             "codec": codec, "chunk_bytes": 400, "durable": False,
             "metadata": {"teacher": "fuzz-teacher", "temperature": 1.0,
                          "user": {"purpose": "fuzz", "list": [1, 2.5, None]}}}
 
 
+def _first_id_is_top(ids: np.ndarray, indptr: np.ndarray) -> bool:
+    return bool(np.any(ids[indptr[:-1][np.diff(indptr) > 0]].astype(np.int64) == WIDE_VOCAB - 1))
+
+
+def _edge_sequences(value_kind: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The extremes of the full id range: 2**32 - 1 as a lone label, then beside 0 and 2**32 - 2."""
+    top = WIDE_VOCAB - 1
+    out = []
+    for ids, counts, indptr in (([top], [ROUNDS], [0, 0, 1]), ([0, top - 1, top, top - 1], [1, 1, ROUNDS - 2, ROUNDS],
+                                                                [0, 3, 4])):
+        counts_a = np.array(counts, dtype=np.int64)
+        vals = (counts_a / ROUNDS).astype(np.float16) if value_kind == "prob" else counts_a.astype(np.uint8)
+        out.append((np.array(ids, dtype=np.uint32), vals, np.array(indptr, dtype=np.int64)))
+    return out
+
+
 def write_base(path: Path, *, codec: str, value_kind: str, fingerprints: bool, num_sequences: int,
-               seed: int) -> tuple[bytes, tuple[str, ...]]:
-    """Write one valid file; return its bytes and the digest of every sequence as it was handed to the writer."""
+               seed: int, vocab: int = VOCAB) -> tuple[bytes, tuple[str, ...]]:
+    """Write one valid file; return its bytes and the digest of every sequence as it was handed to the writer.
+    A sequence the codec refuses (rans: a position whose first id is 2**32 - 1) must be refused with InputError
+    before anything is written, and is left out."""
     rng = np.random.default_rng(seed)
     content = []
-    with LabelWriter(path, overwrite=True, **writer_settings(codec, value_kind)) as writer:
-        for _ in range(num_sequences):
-            ids, vals, indptr = random_sequence(rng, value_kind)
+    with LabelWriter(path, overwrite=True, **writer_settings(codec, value_kind, vocab)) as writer:
+        edges = _edge_sequences(value_kind) if vocab == WIDE_VOCAB and num_sequences else []
+        while len(content) < num_sequences:
+            ids, vals, indptr = edges.pop(0) if edges else random_sequence(rng, value_kind, vocab)
             fp = int(rng.integers(0, 1 << 63, dtype=np.uint64)) * 2 + int(rng.integers(0, 2)) if fingerprints else None
-            writer.write(ids, vals, indptr, fingerprint=fp)
+            before = writer.num_sequences
+            try:
+                writer.write(ids, vals, indptr, fingerprint=fp)
+            except InputError as exc:
+                if not (codec == "rans" and _first_id_is_top(ids, indptr) and "beyond codec" in str(exc)):
+                    raise
+                assert writer.num_sequences == before
+                continue
             content.append(sequence_digest(ids, vals, indptr, fp))
             if rng.random() < 0.15:
                 writer.flush()
@@ -188,17 +219,18 @@ def build_bases(directory: Path, seed: int, codecs: list[str] | None = None) -> 
     """Valid base files: every codec x value kind x fingerprints, plus an empty file per codec."""
     bases = []
     for codec in codecs or sparselabels.codecs.available():
-        variants = [(kind, fp, 9) for kind in ("count", "prob") for fp in (False, True)] + [("count", False, 0)]
-        for k, (kind, fp, n) in enumerate(variants):
-            name = f"{codec}-{kind}-{'fp' if fp else 'nofp'}-{n}seq"
+        variants = [(kind, fp, 9, VOCAB) for kind in ("count", "prob") for fp in (False, True)] + [
+            ("count", False, 0, VOCAB), ("count", True, 9, WIDE_VOCAB), ("prob", False, 9, WIDE_VOCAB)]
+        for k, (kind, fp, n, vocab) in enumerate(variants):
+            name = f"{codec}-{kind}-{'fp' if fp else 'nofp'}-{n}seq{'-wide' if vocab != VOCAB else ''}"
             path = directory / f"{name}.slbl"
             try:
                 data, content = write_base(path, codec=codec, value_kind=kind, fingerprints=fp, num_sequences=n,
-                                           seed=seed * 1000 + k)
+                                           seed=seed * 1000 + k, vocab=vocab)
                 layout = parse_layout(data)
             except SparseLabelsError as exc:
                 raise RuntimeError(f"codec {codec!r} cannot write the valid base file {name}: {exc}") from exc
-            bases.append(BaseFile(name, codec, kind, fp, data, content, layout))
+            bases.append(BaseFile(name, codec, kind, fp, data, content, layout, vocab))
     return bases
 
 
@@ -307,11 +339,6 @@ def rebuild(meta: bytes, chunks: list[ChunkBlob], flags: int) -> bytes:
 def relayout_with_metadata(data: bytes, lay: FileLayout, meta: bytes) -> bytes:
     """Replace the metadata block, shifting every absolute offset so the rest stays consistent."""
     return rebuild(meta, split_chunks(data, lay), lay.flags)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Mutations: each takes (rng, base) and returns (mutated bytes, description)
-# ---------------------------------------------------------------------------------------------------------
 
 
 def vm_size() -> int:

@@ -14,14 +14,15 @@ import torch
 import sparselabels as sl
 
 
-def tiny_llama(path: Path, *, output_size: int = 1024, tokenizer_tokens: int | None = 1000, seed: int = 0) -> Path:
+def tiny_llama(path: Path, *, output_size: int = 1024, tokenizer_tokens: int | None = 1000, seed: int = 0,
+               max_positions: int = 512) -> Path:
     """A 2-layer Llama (hidden 64) saved with safetensors; with a WordLevel tokenizer of ``tokenizer_tokens``
     tokens, so the output layer is padded beyond the tokenizer when ``tokenizer_tokens < output_size``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=output_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
                          bos_token_id=1, eos_token_id=2, pad_token_id=0)
     model = LlamaForCausalLM(config)
     _spread_logits(model)
@@ -31,16 +32,26 @@ def tiny_llama(path: Path, *, output_size: int = 1024, tokenizer_tokens: int | N
     return path
 
 
-def tiny_gpt2(path: Path, *, vocab: int = 1000, seed: int = 1) -> Path:
+def tiny_gpt2(path: Path, *, vocab: int = 1000, seed: int = 1, n_positions: int = 512) -> Path:
     """A 2-layer GPT-2 (hidden 64), no tokenizer files."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=2, n_positions=512, bos_token_id=1,
+    config = GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=2, n_positions=n_positions, bos_token_id=1,
                         eos_token_id=2)
     model = GPT2LMHeadModel(config)
     _spread_logits(model)
     model.save_pretrained(path)
+    return path
+
+
+def config_only_model(path: Path, *, n_positions: int = 16, vocab: int = 1000) -> Path:
+    """A GPT-2 directory whose config is real but whose weight file is garbage: anything that loads the weights
+    fails, so an error about the inputs from it proves the inputs were checked before the weights loaded."""
+    from transformers import GPT2Config
+
+    GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=2, n_positions=n_positions).save_pretrained(path)
+    (path / "model.safetensors").write_bytes(b"not a safetensors file" * 10)
     return path
 
 
@@ -75,10 +86,22 @@ def load_model(path: Path, dtype: torch.dtype = torch.float32):
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
 
 
+def run_key(seed: int, sequences) -> int:
+    """The Philox key generate uses for ``sequences`` labeled with ``seed``: derived from the seed and the
+    source's fingerprint."""
+    from sparselabels.data.identity import source_fingerprint
+    from sparselabels.sampling.rng import stream_key
+
+    return stream_key(seed, source_fingerprint(sl.data.open_tokens(sequences)))
+
+
 def reference_labels(model, sequences, *, batch_size: int, seed: int, rounds: int = 50, temperature: float = 1.0,
-                     vocab_size: int | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                     vocab_size: int | None = None, key: int | None = None
+                     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The obvious labeler: the same global batches (right-padded with 0), the model's own logits, then
-    ``sample_counts`` one sequence at a time with row ids = global position."""
+    ``sample_counts`` one sequence at a time with row ids = global position, keyed by the run's stream key
+    (``key``; default: the one generate derives for an indexed source)."""
+    key = run_key(seed, [np.asarray(s) for s in sequences]) if key is None else key
     out = []
     position = 0
     for lo in range(0, len(sequences), batch_size):
@@ -95,7 +118,7 @@ def reference_labels(model, sequences, *, batch_size: int, seed: int, rounds: in
                 out.append((np.zeros(0, np.uint32), np.zeros(0, np.uint8), np.zeros(1, np.int64)))
                 continue
             labels = sl.sample_counts(logits[b, :n], rounds, temperature=temperature, vocab_size=vocab_size,
-                                      seed=seed, row_ids=torch.arange(position, position + n))
+                                      seed=key, row_ids=torch.arange(position, position + n))
             out.append(labels.numpy())
             position += n
     return out

@@ -213,6 +213,48 @@ def _(tmp_path):
         first.abort()
 
 
+@row("writer-partial-link", "LabelWriter", "a symbolic link (or a hard-linked file) planted at `<path>.partial`: "
+     "the writer only writes a file it created", SparseLabelsError,
+     "w.slbl.partial is a symbolic link; the writer only writes a partial file it created: remove the link")
+def _(tmp_path):
+    (tmp_path / "target").write_bytes(b"not yours")
+    os.symlink(tmp_path / "target", tmp_path / "w.slbl.partial")
+    _writer(tmp_path, overwrite=True)
+
+
+@row("writer-path-directory", "LabelWriter", "a directory at the path (refused at construction, not at `close()`)",
+     InputError, "w.slbl is a directory; a label file needs a file name")
+def _(tmp_path):
+    (tmp_path / "w.slbl").mkdir()
+    _writer(tmp_path, overwrite=True)
+
+
+@row("writer-name-too-long", "LabelWriter", "a file name that fits the file system but not with `.partial` appended",
+     InputError, "the writer keeps the unfinished file as '…', longer than the … bytes a file name may have here; "
+     "choose a shorter name")
+def _(tmp_path):
+    _writer(tmp_path, "x" * (os.pathconf(tmp_path, "PC_NAME_MAX") - 5) + ".slbl")
+
+
+@row("writer-disk-full", "LabelWriter.write/flush/close", "the disk fills up (ENOSPC, or any OSError): the sequence "
+     "is not counted and the same call can be retried; after a failed fsync the writer refuses to go on (abort, "
+     "then resume)", OSError, "[Errno 28] No space left on device: '…w.slbl.partial'")
+def _(tmp_path):
+    w = _writer(tmp_path, chunk_bytes=1)
+    real = os.pwrite
+
+    def full(fd, data, offset):
+        raise OSError(28, "No space left on device")
+
+    os.pwrite = full
+    try:
+        w.write([1], [50], [0, 1])
+    finally:
+        os.pwrite = real
+        assert w.num_sequences == 0
+        w.abort()
+
+
 @row("writer-resume-settings", "LabelWriter", "`resume=True` with other settings than the partial file",
      CompatibilityError, "cannot resume: rounds is 50 in the partial file but 40 was requested")
 def _(tmp_path):
@@ -303,6 +345,14 @@ def _(tmp_path):
      "sequence 0, position 0, label 1, field 'ids': id 100 is outside the vocabulary (vocab_size 100)")
 def _(tmp_path):
     _write(tmp_path, [3, 100], [25, 25], [0, 2])
+
+
+@row("write-id-beyond-codec", "LabelWriter.write", "a label the codec cannot store: with `rans` and "
+     "`vocab_size=2**32`, a position whose first id is 2**32 - 1", InputError,
+     "sequence 0, position 0, label 0, field 'ids': id 4294967295 as a position's first id is beyond codec 'rans' "
+     "(…); write this vocabulary with codec 'raw'")
+def _(tmp_path):
+    _write(tmp_path, [2**32 - 1], [50], [0, 1], vocab_size=2**32)
 
 
 @row("write-id-order", "LabelWriter.write", "ids of a position not strictly ascending (or repeated)",
@@ -515,7 +565,8 @@ def _(tmp_path):
     sl.open_labels(_valid_file(tmp_path), verify="fast")
 
 
-@row("read-closed", "LabelFile[i]", "reading after `close()`", ClosedError, "is closed")
+@row("read-closed", "LabelFile[i]", "reading after `close()`, or while another thread closes the file (reads in "
+     "flight finish; later ones get this error)", ClosedError, "is closed")
 def _(tmp_path):
     f = sl.open_labels(_valid_file(tmp_path))
     f.close()
@@ -576,6 +627,27 @@ def _(tmp_path):
 def _(tmp_path):
     _valid_file(tmp_path, "shard-00000-of-00002.slbl")
     sl.open_labels(tmp_path)
+
+
+@row("shards-dangling-link", "open_labels(directory)", "a `*.slbl` entry that is a dangling symbolic link or not a "
+     "regular file (skipping it would read as a smaller dataset)", FormatError,
+     "holds b.slbl, a link to a missing file: restore or remove it before reading the directory")
+def _(tmp_path):
+    _valid_file(tmp_path, "a.slbl")
+    os.symlink(tmp_path / "gone.slbl", tmp_path / "b.slbl")
+    sl.open_labels(tmp_path)
+
+
+@row("shards-manifest-metadata", "open_labels(manifest)", "a manifest whose metadata lacks the label settings "
+     "(`vocab_size`, `value_kind`, `rounds`) or holds invalid values", FormatError,
+     "metadata: required keys missing: ['vocab_size', 'value_kind', 'rounds']")
+def _(tmp_path):
+    _valid_file(tmp_path, "a.slbl")
+    manifest = sl.merge(tmp_path / "m.json", [tmp_path / "a.slbl"])
+    body = json.loads(manifest.read_text())
+    body["metadata"] = {}
+    manifest.write_text(json.dumps(body))
+    sl.open_labels(manifest)
 
 
 @row("validate-report", "validate", "any bad file: `validate` reports, it does not raise", None,
@@ -661,6 +733,13 @@ def _(tmp_path):
     sl.merge(tmp_path / "out.slbl", [_edit(_valid_file(tmp_path), edit)], copy=True)
 
 
+@row("merge-undecodable-chunk", "merge(copy=True)", "an input chunk whose CRCs match but whose records do not "
+     "decode (a faulty writer)", FormatError, "not copying a chunk that does not decode")
+def _(tmp_path):
+    path = _edit(_valid_file(tmp_path), _record_edit(4, b"\xff\xff\xff\xff", fix_crc=True))
+    sl.merge(tmp_path / "out.slbl", [path], copy=True)
+
+
 @row("merge-out-exists", "merge", "the output exists", OutputExistsError, "exists; pass overwrite=True to "
      "replace it")
 def _(tmp_path):
@@ -699,6 +778,14 @@ def _(tmp_path):
         assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
+@row("cli-validate-missing", "sparselabels validate", "a path that does not exist", None,
+     "exit status 2; stderr: `sparselabels validate: error: PATH: not found` (not `INVALID`)")
+def _(tmp_path):
+    proc = _cli("validate", str(tmp_path / "nothing.slbl"))
+    missing = tmp_path / "nothing.slbl"
+    assert proc.returncode == 2 and proc.stderr == f"sparselabels validate: error: {missing}: not found\n"
+
+
 @row("cli-usage", "sparselabels", "a bad option value", None,
      "exit status 2; stderr: usage and `argument --max-problems: must be a positive integer, got '0'`")
 def _(tmp_path):
@@ -707,6 +794,92 @@ def _(tmp_path):
     assert "argument --max-problems: must be a positive integer, got '0'" in proc.stderr
     proc = _cli("stats", str(_valid_file(tmp_path)), "--max-sequences", "-3")
     assert proc.returncode == 2 and "must be a positive integer, got '-3'" in proc.stderr
+
+
+# -- convert and token files ------------------------------------------------------------------------------------
+@row("convert-resume-other-input", "convert(resume=True)", "an input replaced between a crash and the resume (same "
+     "name, shape and dtype, other values)", CompatibilityError,
+     "cannot resume: the rows of sequence 0 differ from those the partial file's labels were converted from")
+def _(tmp_path):
+    import importlib
+
+    module = importlib.import_module("sparselabels.pipeline.convert")
+    logits = np.random.default_rng(0).standard_normal((3, 4, 20)).astype(np.float32)
+    np.save(tmp_path / "in.npy", logits)
+    real_open, reads = module.open_dense, []
+
+    class Crashing:  # the process dies while reading the third sequence's rows
+        def __init__(self, src):
+            self.src = src
+
+        def __getattr__(self, name):
+            return getattr(self.src, name)
+
+        def read(self, index):
+            reads.append(index)
+            if len(reads) == 3:
+                raise RuntimeError("killed")
+            return self.src.read(index)
+
+    module.open_dense = lambda path, key=None: Crashing(real_open(path, key=key))
+    try:
+        with pytest.raises(RuntimeError):
+            module.convert(tmp_path / "in.npy", tmp_path / "o.slbl", chunk_rows=4, chunk_bytes=1)
+    finally:
+        module.open_dense = real_open
+    np.save(tmp_path / "in.npy", logits + 1.0)
+    module.convert(tmp_path / "in.npy", tmp_path / "o.slbl", chunk_rows=4, chunk_bytes=1, resume=True)
+
+
+@row("convert-huge-rows", "convert", "rows wider than 256 MiB (e.g. an HDF5 file declaring shape (2, 2**28) with "
+     "no data): refused before anything is read", InputError,
+     "rows of 268435456 values are more than the 256 MiB per row convert holds at a time")
+def _(tmp_path):
+    import h5py
+
+    from sparselabels.pipeline.convert import convert
+
+    with h5py.File(tmp_path / "in.h5", "w") as f:
+        f.create_dataset("logits", shape=(2, 2**28), dtype="<f4")
+    convert(tmp_path / "in.h5", tmp_path / "o.slbl")
+
+
+@row("convert-hdf5-outside", "convert", "an HDF5 dataset whose data lies outside the file (external storage, a "
+     "virtual dataset, an external link)", InputError, "its data is stored in external files […]; convert reads only "
+     "the HDF5 file given")
+def _(tmp_path):
+    import h5py
+
+    from sparselabels.pipeline.convert import convert
+
+    (tmp_path / "other.bin").write_bytes(bytes(64))
+    with h5py.File(tmp_path / "in.h5", "w") as f:
+        f.create_dataset("logits", shape=(4, 4), dtype="<f4", external=[(str(tmp_path / "other.bin"), 0, 64)])
+    convert(tmp_path / "in.h5", tmp_path / "o.slbl")
+
+
+@row("tokens-changed", "pickle.loads(token source)", "a token file (`.npy`, Megatron `.bin`/`.idx`, saved dataset) "
+     "replaced or rewritten after it was opened (a DataLoader worker reopening it)", FormatError,
+     "changed after it was opened")
+def _(tmp_path):
+    import pickle
+
+    from sparselabels.data.tokens import open_tokens
+
+    np.save(tmp_path / "t.npy", np.zeros((2, 3), np.int32))
+    state = pickle.dumps(open_tokens(tmp_path / "t.npy"))
+    np.save(tmp_path / "new.npy", np.ones((2, 3), np.int32))
+    os.replace(tmp_path / "new.npy", tmp_path / "t.npy")
+    len(pickle.loads(state))
+
+
+@row("tokens-dtype", "open_tokens", "a token file of a non-integer dtype (float, timedelta64, ...)", FormatError,
+     "token ids must be integers, got dtype timedelta64[s]")
+def _(tmp_path):
+    from sparselabels.data.tokens import open_tokens
+
+    np.save(tmp_path / "t.npy", np.zeros((2, 3), "m8[s]"))
+    open_tokens(tmp_path / "t.npy")
 
 
 # -- the dataset ------------------------------------------------------------------------------------------------
@@ -757,6 +930,119 @@ def _(tmp_path):
 def _(tmp_path):
     ds = sl.data.SparseLabelDataset(_valid_file(tmp_path))
     sl.data.collate([ds[0], ds[1]], pad_to_multiple_of=-8)
+
+
+@row("dataset-source", "SparseLabelDataset", "tokens of the same shape as the labels' but another source (the "
+     "whole-source fingerprint the labels store), found at construction", AlignmentError,
+     "the labels were computed from token source tokens-blake2b:…, but these tokens are tokens-blake2b:…")
+def _(tmp_path):
+    from sparselabels.data.identity import source_fingerprint
+
+    path = tmp_path / "s.slbl"
+    tokens = np.arange(8, dtype=np.int32).reshape(4, 2)
+    with sl.LabelWriter(path, vocab_size=300, rounds=50,
+                        metadata={"source_fingerprint": source_fingerprint(sl.data.open_tokens(tokens))}) as w:
+        for _ in range(4):
+            w.write([1, 2], [50, 50], [0, 1, 2])
+    sl.data.SparseLabelDataset(path, tokens=tokens[::-1].copy())
+
+
+@row("dataset-shifted", "SparseLabelDataset", "`labels_are_shifted=True` (a Hugging Face style shift) for labels "
+     "stored as `next-token`", AlignmentError, "label_convention is 'next-token': labels position t is already the "
+     "target of the logits at t")
+def _(tmp_path):
+    path = tmp_path / "c.slbl"
+    with sl.LabelWriter(path, vocab_size=300, rounds=50, metadata={"label_convention": "next-token"}) as w:
+        w.write([1, 2], [25, 25], [0, 2])
+    sl.data.SparseLabelDataset(path, labels_are_shifted=True)
+
+
+@row("tokenizer-mismatch", "check_tokenizer", "a student tokenizer other than the one the labels were made with",
+     CompatibilityError, "were made with tokenizer files-blake2b:…, but … is files-blake2b:…")
+def _(tmp_path):
+    from pipeline_fixtures import save_tokenizer
+
+    from sparselabels.pipeline.teacher import files_fingerprint, tokenizer_files
+
+    save_tokenizer(tmp_path / "teacher", 300)
+    save_tokenizer(tmp_path / "student", 299)
+    path = tmp_path / "t.slbl"
+    fp = files_fingerprint(tokenizer_files(tmp_path / "teacher"))
+    with sl.LabelWriter(path, vocab_size=300, rounds=50, metadata={"tokenizer_fingerprint": fp}) as w:
+        w.write([1], [50], [0, 1])
+    sl.data.check_tokenizer(path, tmp_path / "student")
+
+
+# -- labeling (generate): all checked before the teacher's weights load -------------------------------------------
+def _broken_teacher(tmp_path: Path) -> Path:
+    from pipeline_fixtures import config_only_model
+
+    return config_only_model(tmp_path / "teacher", n_positions=16)  # garbage weights: loading them would fail
+
+
+def _generate(tmp_path: Path, tokens, **kw):
+    kw.setdefault("out", tmp_path / "out")
+    out = kw.pop("out")
+    return sl.pipeline.generate(_broken_teacher(tmp_path), tokens, out, dtype="float32", device="cpu",
+                                progress=False, **kw)
+
+
+@row("generate-context", "generate", "a sequence longer than the teacher's context (config `n_positions`, "
+     "`max_position_embeddings`, ...)", InputError, "sequence 1 has 20 tokens, more than the teacher's context of 16 "
+     "positions (config n_positions; 1 sequence(s) longer); pass max_length (--max-length) to label long sequences "
+     "in windows")
+def _(tmp_path):
+    _generate(tmp_path, [np.arange(5), np.arange(20)])
+
+
+@row("generate-windows", "generate", "`max_length` above the teacher's context, `window_overlap` not below "
+     "`max_length` or without it", InputError, "max_length 32 is more than the teacher's context of 16 positions "
+     "(config n_positions)")
+def _(tmp_path):
+    with pytest.raises(InputError, match="window_overlap must be below max_length"):
+        _generate(tmp_path, [np.arange(20)], max_length=8, window_overlap=8)
+    _generate(tmp_path, [np.arange(20)], max_length=32)
+
+
+@row("generate-token-id", "generate", "a token id outside the model's vocabulary (from its config)", InputError,
+     "tokens: sequence 1, position 5: token id 1000 is outside the teacher's input vocabulary 0..999")
+def _(tmp_path):
+    tokens = np.zeros((3, 8), dtype=np.int64)
+    tokens[1, 5] = 1000
+    _generate(tmp_path, tokens)
+
+
+@row("generate-out-file", "generate", "`out` is an existing file", InputError,
+     "is an existing file; generate writes a directory (shards and manifest.json)")
+def _(tmp_path):
+    (tmp_path / "f").write_text("x")
+    _generate(tmp_path, np.zeros((2, 4), dtype=np.int64), out=tmp_path / "f")
+
+
+@row("generate-seq-len", "generate / open_tokens", "`seq_len` with a source that is not a 1-D token stream (a 1-D "
+     "`.npy` without it: `a 1-D token stream is read with seq_len`)", InputError,
+     "seq_len cuts a 1-D token stream (an integer array or a 1-D .npy file), not a …")
+def _(tmp_path):
+    _generate(tmp_path, [np.arange(4)], seq_len=2)
+
+
+@row("generate-model", "generate", "a `model` that is neither a directory nor a hub id in the local Hugging Face "
+     "cache", InputError, "is neither a local directory nor a model in the local Hugging Face cache (…); download it "
+     "first")
+def _(tmp_path):
+    sl.pipeline.generate("sparselabels-tests/not-in-any-cache", np.zeros((2, 4), dtype=np.int64), tmp_path / "o",
+                         device="cpu")
+
+
+@row("merge-shared-stream", "merge", "inputs that drew the same random numbers (the same tokens labeled twice with "
+     "one seed, or one file given twice)", CompatibilityError,
+     "drew the same random numbers (stream …, rows … in both)")
+def _(tmp_path):
+    stream = {"random_stream": {"key": "00000000000000ab", "first_row": 0}}
+    for name in ("a.slbl", "b.slbl"):
+        with sl.LabelWriter(tmp_path / name, vocab_size=300, rounds=50, metadata=stream) as w:
+            w.write([1, 2], [25, 25], [0, 2])
+    sl.merge(tmp_path / "m.slbl", [tmp_path / "a.slbl", tmp_path / "b.slbl"], copy=True)
 
 
 # -- the sampler and the loss -------------------------------------------------------------------------------------

@@ -108,3 +108,20 @@ def test_evaluate_classifies_known_mutants(bases: list[fs.BaseFile], tmp_path: P
         # ...which a blind mutation must never produce: the harness calls that a bug
         result = _evaluate(b, "bitflip", dropped, tmp_path)
         assert result["outcome"] == "inconsistent" and "blind mutation" in result["detail"]
+
+
+def test_bases_cover_the_full_id_range(bases: list[fs.BaseFile], tmp_path: Path) -> None:
+    """Every codec is fuzzed on files with vocab_size 2**32 holding the top ids; raw stores 2**32 - 1 as a lone
+    label, which rans refuses (the base writer checks that it is refused up front)."""
+    for codec in sparselabels.codecs.available():
+        wide = [b for b in bases if b.codec == codec and b.vocab == fs.WIDE_VOCAB]
+        assert wide, codec
+        top_first = False
+        for b in wide:
+            (tmp_path / b.name).write_bytes(b.data)
+            with sparselabels.LabelFile(tmp_path / b.name) as f:
+                assert f.vocab_size == 2**32
+                ids = np.concatenate([s.ids for s in f])
+                assert int(ids.max()) == 2**32 - 1
+                top_first |= any(ff._first_id_is_top(s.ids, s.indptr) for s in f)
+        assert top_first == (codec == "raw"), codec

@@ -188,9 +188,9 @@ def test_tokens_give_fingerprints_and_must_line_up(tmp_path):
 
 
 def test_same_logits_give_the_same_labels_as_generate(tmp_path):
-    """generate and convert share the row-id scheme: dumping the teacher's logits and converting them gives
-    the labels generate writes."""
-    from pipeline_fixtures import load_model, random_tokens, tiny_gpt2
+    """generate and convert share the row-id scheme: dumping the teacher's logits and converting them with
+    generate's stream key as the seed gives the labels generate writes."""
+    from pipeline_fixtures import load_model, random_tokens, run_key, tiny_gpt2
 
     from sparselabels.pipeline.generate import generate
 
@@ -201,7 +201,8 @@ def test_same_logits_give_the_same_labels_as_generate(tmp_path):
     np.save(tmp_path / "logits.npy", logits)
     generated = read_all(generate(model_dir, tokens, tmp_path / "gen", batch_size=3, dtype="float32", device="cpu",
                                   seed=8, progress=False))[0]
-    converted = read_all(convert(tmp_path / "logits.npy", tmp_path / "conv.slbl", seed=8, tokens=tokens))[0]
+    converted = read_all(convert(tmp_path / "logits.npy", tmp_path / "conv.slbl", seed=run_key(8, list(tokens)),
+                                 tokens=tokens))[0]
     assert_same_labels(converted, generated)
     assert [c[3] for c in converted] == [g[3] for g in generated]
 
@@ -272,8 +273,9 @@ def test_resume_after_a_crash_gives_the_uninterrupted_bytes(tmp_path, monkeypatc
     opened = _open_counting(monkeypatch, reads=None)
     convert(path, out, resume=True, **args)
     assert out.read_bytes() == whole
-    rows_read = opened[-1].rows_read  # the sequences kept from the partial file are not read again
-    assert 0 < rows_read < 12 * 9 and rows_read % 9 == 0, rows_read
+    # every row is read once: the kept sequences' rows to check they are the rows they were labeled from, the
+    # others' rows to label them
+    assert opened[-1].rows_read == 12 * 9, opened[-1].rows_read
 
 
 def test_resume_of_a_finished_file_checks_it_and_keeps_it(tmp_path):
@@ -333,3 +335,85 @@ def test_cli_convert_resume(tmp_path):
     assert again.returncode != 0 and "pass --overwrite" in again.stderr
     resumed = subprocess.run([*base, "--resume"], env=subprocess_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
+
+
+@pytest.mark.parametrize("fmt", ["npy", "hdf5", "safetensors"])
+def test_resume_refuses_an_input_replaced_by_other_values(tmp_path, monkeypatch, fmt):
+    """Same name, shape and dtype, other values: resuming would mix the labels of two inputs in a valid file."""
+    first = logits_3d(12, 9, 300, seed=1)
+    path = save(fmt, tmp_path / "in", first)
+    args = dict(seed=5, chunk_rows=10, chunk_bytes=500)
+    _open_counting(monkeypatch, reads=7)
+    out = tmp_path / "labels.slbl"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        convert(path, out, **args)
+    journal = tmp_path / "labels.slbl.partial.rows"
+    assert journal.stat().st_size > 0 and journal.stat().st_size % 16 == 0  # one digest per sequence handed over
+    _open_counting(monkeypatch, reads=None)
+    other = first.copy()
+    other[1, 3, 7] += 1.0  # one value of a sequence the partial file already holds
+    save(fmt, tmp_path / "in", other)
+    with pytest.raises(sl.CompatibilityError, match="rows of sequence 1 differ"):
+        convert(path, out, resume=True, **args)
+    save(fmt, tmp_path / "in", first)  # the original input back: the resume goes through, byte for byte
+    convert(path, out, resume=True, **args)
+    assert out.read_bytes() == convert(path, tmp_path / "whole.slbl", **args).read_bytes()
+    assert not journal.exists() and not (tmp_path / "whole.slbl.partial.rows").exists()
+
+
+def test_resume_without_a_record_of_the_input_rows_is_refused(tmp_path, monkeypatch):
+    path = save("npy", tmp_path / "in", logits_3d(12, 9, 300))
+    _open_counting(monkeypatch, reads=7)
+    out = tmp_path / "labels.slbl"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        convert(path, out, seed=5, chunk_rows=10, chunk_bytes=500)
+    (tmp_path / "labels.slbl.partial.rows").unlink()
+    _open_counting(monkeypatch, reads=None)
+    with pytest.raises(sl.CompatibilityError, match="cannot be checked to be the one"):
+        convert(path, out, seed=5, chunk_rows=10, chunk_bytes=500, resume=True)
+    convert(path, out, seed=5, chunk_rows=10, chunk_bytes=500, overwrite=True)
+
+
+def test_hostile_hdf5_inputs_are_refused_before_reading(tmp_path):
+    """Declared shapes cost nothing to store: a row beyond the bound is refused before any allocation; data that
+    lives outside the given file (external storage, virtual datasets, external links) is never read."""
+    hostile = tmp_path / "huge.h5"
+    with h5py.File(hostile, "w") as f:
+        f.create_dataset("logits", shape=(2, 2**28), dtype="<f4")  # no data stored: a file of a few KB
+    assert hostile.stat().st_size < 10_000
+    with pytest.raises(InputError, match=r"rows of 268435456 values are more than the 256 MiB per row"):
+        convert(hostile, tmp_path / "o.slbl")
+    with h5py.File(tmp_path / "chunky.h5", "w") as f:
+        f.create_dataset("logits", shape=(2**21, 128), chunks=(2**21, 128), dtype="<f4")
+    with pytest.raises(InputError, match=r"chunks of .* are more than the"):
+        convert(tmp_path / "chunky.h5", tmp_path / "o.slbl")
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(64, dtype="<f4").tobytes())
+    with h5py.File(tmp_path / "external.h5", "w") as f:
+        f.create_dataset("logits", shape=(4, 4), dtype="<f4", external=[(str(secret), 0, 64)])
+    with pytest.raises(InputError, match=r"stored in external files \[.*secret\.bin'\]"):
+        convert(tmp_path / "external.h5", tmp_path / "o.slbl")
+    with h5py.File(tmp_path / "source.h5", "w") as f:
+        f.create_dataset("logits", data=np.zeros((4, 4), "<f4"))
+    with h5py.File(tmp_path / "virtual.h5", "w") as f:
+        layout = h5py.VirtualLayout(shape=(4, 4), dtype="<f4")
+        layout[:] = h5py.VirtualSource(str(tmp_path / "source.h5"), "logits", shape=(4, 4))
+        f.create_virtual_dataset("logits", layout)
+    with pytest.raises(InputError, match="virtual dataset"):
+        convert(tmp_path / "virtual.h5", tmp_path / "o.slbl")
+    with h5py.File(tmp_path / "linked.h5", "w") as f:
+        f["logits"] = h5py.ExternalLink(str(tmp_path / "source.h5"), "logits")
+    with pytest.raises(InputError, match="lives in another file"):
+        convert(tmp_path / "linked.h5", tmp_path / "o.slbl", key="logits")
+    assert not list(tmp_path.glob("o.slbl*"))
+
+
+@pytest.mark.parametrize("fmt", ["npy", "hdf5"])
+def test_big_endian_inputs_convert_like_little_endian(tmp_path, fmt):
+    logits = logits_3d(3, 5, 64)
+    little = convert(save(fmt, tmp_path / "le", logits), tmp_path / "le.slbl", seed=3)
+    big = convert(save(fmt, tmp_path / "be", logits.astype(">f4")), tmp_path / "be.slbl", seed=3)
+    with sl.LabelFile(little) as a, sl.LabelFile(big) as b:
+        assert len(a) == len(b) == 3
+        for x, y in zip(a, b, strict=True):
+            assert np.array_equal(x.ids, y.ids) and np.array_equal(x.counts, y.counts)

@@ -8,7 +8,7 @@ import importlib
 import numpy as np
 import pytest
 import torch
-from pipeline_fixtures import assert_same_labels, random_tokens, read_all, tiny_llama
+from pipeline_fixtures import assert_same_labels, random_tokens, read_all, run_key, tiny_llama
 
 import sparselabels as sl
 from sparselabels.pipeline.generate import generate
@@ -27,7 +27,7 @@ def cuda_reference(model_dir, sequences, *, dtype, batch_size, seed, vocab_size)
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=getattr(torch, dtype)).to("cuda").eval()
-    out, position = [], 0
+    out, position, key = [], 0, run_key(seed, sequences)
     for lo in range(0, len(sequences), batch_size):
         batch = sequences[lo : lo + batch_size]
         longest = max(len(s) for s in batch)
@@ -38,7 +38,7 @@ def cuda_reference(model_dir, sequences, *, dtype, batch_size, seed, vocab_size)
             logits = model(input_ids=ids.cuda(), use_cache=False).logits
         for b, s in enumerate(batch):
             n = len(s)
-            labels = sl.sample_counts(logits[b, :n], 50, seed=seed, vocab_size=vocab_size,
+            labels = sl.sample_counts(logits[b, :n], 50, seed=key, vocab_size=vocab_size,
                                       row_ids=torch.arange(position, position + n, device="cuda"))
             out.append(labels.numpy())
             position += n

@@ -46,4 +46,8 @@ def test_two_ranks_equal_one_process(tmp_path):
     assert [g[3] for g in got] == [e[3] for e in expected] == [sl.input_fingerprint(t) for t in tokens]
     meta_single.pop("shard")
     assert "shard" not in meta_multi  # differs between shards, so not common
+    stream = meta_single.pop("random_stream")  # one stream; each shard starts at its own first row
+    assert "random_stream" not in meta_multi
+    with sl.LabelFile(tmp_path / "multi" / "shard-00001-of-00002.slbl") as f:
+        assert f.metadata["random_stream"] == {**stream, "first_row": 6 * 18}
     assert meta_multi == meta_single

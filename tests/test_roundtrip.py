@@ -111,6 +111,15 @@ def test_roundtrip_property(tmp_path_factory, case):
     if value_kind == "count":
         kwargs["rounds"] = rounds
     seqs = [random_sequence(rng, n, **kwargs) for n in lengths]
+    if vocab_size == 2**32:  # the top of the id range, as last label and as only label of positions
+        seqs = [_with_top_ids(rng, s) for s in seqs]
+        beyond = [codec == "rans" and _first_id_is_top(s) for s in seqs]
+        for s in (s for s, b in zip(seqs, beyond, strict=True) if b):
+            with sl.LabelWriter(tmp_path_factory.mktemp("top") / "t.slbl", vocab_size=vocab_size, codec=codec,
+                                value_kind=value_kind, rounds=rounds or None) as w, \
+                    pytest.raises(sl.InputError, match="beyond codec 'rans'"):
+                w.write(*s)
+        seqs = [s for s, b in zip(seqs, beyond, strict=True) if not b]
     fps = [int(x) for x in rng.integers(0, 2**63, size=len(seqs))] if with_fp else None
     path = tmp_path_factory.mktemp("prop") / "p.slbl"
     write(path, seqs, codec=codec, value_kind=value_kind, vocab_size=vocab_size, rounds=rounds or None,
@@ -121,3 +130,18 @@ def test_roundtrip_property(tmp_path_factory, case):
             for i, expected in enumerate(seqs):
                 assert_same(f[i], expected)
                 assert f[i].fingerprint == (fps[i] if fps else None)
+
+
+def _with_top_ids(rng, seq):
+    """``seq`` with the last id of about a third of its non-empty positions set to 2**32 - 1."""
+    ids, values, indptr = seq
+    ids = ids.copy()
+    for p in range(len(indptr) - 1):
+        if indptr[p + 1] > indptr[p] and rng.random() < 0.35:
+            ids[indptr[p + 1] - 1] = 2**32 - 1
+    return ids, values, indptr
+
+
+def _first_id_is_top(seq) -> bool:
+    ids, _, indptr = seq
+    return bool(np.any(ids[indptr[:-1][np.diff(indptr) > 0]].astype(np.int64) == 2**32 - 1))

@@ -103,6 +103,9 @@ OUTCOMES_OK = ("identical", "valid-different", "rejected-open", "rejected-read",
 OUTCOMES_BUG = ("crash", "hang", "memory", "wrong-exception", "inconsistent", "spread")
 OUTCOMES = OUTCOMES_OK + OUTCOMES_BUG
 
+# ---------------------------------------------------------------------------------------------------------
+# Mutations: each takes (rng, base) and returns (mutated bytes, description)
+# ---------------------------------------------------------------------------------------------------------
 def edge_values(old: int, bits: int, rng: random.Random, file_size: int) -> int:
     top = (1 << bits) - 1
     choices = [0, 1, old - 1, old + 1, old - 8, old + 8, old * 2, old + 64, old - 64, (1 << 31) - 1, 1 << 31,
@@ -731,7 +734,7 @@ def run_fuzz(*, cases_per_codec: int, seed: int = 0, workers: int | None = None,
     try:
         bases = build_bases(scratch, seed, codecs)
         expected = {b.name: b.content for b in bases}
-        settings = {b.name: writer_settings(b.codec, b.value_kind) for b in bases}
+        settings = {b.name: writer_settings(b.codec, b.value_kind, b.vocab) for b in bases}
         for b in bases:  # warm up numba and every code path before forking, and check the rebuild twin
             assert rebuild(b.data[b.layout.metadata.start:b.layout.metadata.end], split_chunks(b.data, b.layout),
                            b.layout.flags) == b.data, f"independent rebuild of {b.name} differs from the writer's"

@@ -4,7 +4,8 @@ The docs quote only measured numbers. Each table lives in one file (``DOCS``: a 
 its headline numbers) between ``<!-- table: NAME -->`` and ``<!-- /table -->``; regenerating it from the JSON
 keeps it in step:
 
-    python tools/readme_tables.py codec     # or: io, loader, fidelity, fuzz, sampler, loss, generate, goals, headline
+    python tools/readme_tables.py codec     # or: io, loader, fidelity, fuzz, sampler, loss, generate, goals,
+                                            #     headline, remote
     python tools/readme_tables.py --write   # rewrite every table in place in its docs/ file
 """
 
@@ -263,11 +264,22 @@ def headline() -> str:
     return "\n".join(lines)
 
 
+def remote() -> str:
+    d = _load("bench_remote")
+    lines = [f"<!-- tools/results/bench_remote.json: {_when(d)}; {d['sequences']:,} x {d['seq_len']:,} positions in "
+             f"{d['shards']} shards, batches of {d['batch']}, {1e3 * d['latency_s']:.0f} ms added per request -->",
+             "| read path | positions/s | requests |", "|---|---|---|"]
+    for r in d["rows"]:
+        lines.append(f"| {r['mode']} | {r['positions_per_s']:,.0f} | {r.get('requests', '-')} |")
+    return "\n".join(lines)
+
+
 TABLES = {"codec": codec, "loader": loader, "io": io, "fidelity": fidelity, "fuzz": fuzz, "sampler": sampler,
-          "loss": loss, "generate": generate, "goals": goals, "headline": headline}
+          "loss": loss, "generate": generate, "goals": goals, "headline": headline, "remote": remote}
 #: The docs/ file that holds each table.
 DOCS = {name: ROOT / "docs" / ("reliability.md" if name == "fuzz" else "performance.md") for name in TABLES}
 DOCS["headline"] = ROOT / "README.md"
+DOCS["remote"] = ROOT / "docs" / "remote.md"
 
 
 def block(name: str) -> str:

@@ -54,6 +54,14 @@ def cli_wording(message: str, args: argparse.Namespace) -> str:
     return message
 
 
+def interrupted_message(args: argparse.Namespace) -> str:
+    """What Ctrl-C leaves: for a resumable command, how to continue."""
+    if hasattr(args, "resume"):
+        return ("interrupted; what was written is kept: rerun the same command with --resume to continue where it "
+                "stopped")
+    return "interrupted"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -80,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sparselabels {args.command}: error: out of memory", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"sparselabels {args.command}: interrupted", file=sys.stderr)
+        print(f"sparselabels {args.command}: {interrupted_message(args)}", file=sys.stderr)
         return 130
 
 

@@ -1,13 +1,16 @@
-"""``sparselabels validate FILE``: exit 0 when valid, otherwise 1 and the problems found, first first."""
+"""``sparselabels validate FILE``: exit 0 when valid, 1 and the problems found (first first) when not, 2 when
+there is no such path."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 from sparselabels.cli.main import positive_int
+from sparselabels.errors import InputError
 from sparselabels.io.validate import validate
 
 
@@ -20,6 +23,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not os.path.lexists(args.path):  # nothing to validate: a usage error like the other commands', not INVALID
+        raise InputError(f"{args.path}: not found")
     report = validate(args.path, max_problems=args.max_problems)
     if args.json:
         print(json.dumps({"path": report.path, "ok": report.ok, "problems": [str(p) for p in report.problems],

@@ -112,6 +112,11 @@ class Codec(abc.ABC):
         return (np.asarray(positions) > sizes * cls.max_positions_per_byte) | (
             np.asarray(labels) > sizes * cls.max_labels_per_byte)
 
+    def unencodable(self, ids: np.ndarray, indptr: np.ndarray) -> LabelProblem | None:
+        """The first label of a valid sequence this codec cannot store, or None (the writer refuses such a sequence
+        before it is buffered, rather than write a record that does not decode)."""
+        return None
+
     @abc.abstractmethod
     def encode_chunk(self, chunk: ChunkInput) -> EncodedChunk:
         """Encode the sequences of one chunk. Inputs are already validated; output is deterministic."""

@@ -25,9 +25,10 @@ from sparselabels._forksafe import ForkSafeLock
 from sparselabels.codecs import _rans_kernels as K
 from sparselabels.codecs.base import VALUE_DTYPES, ChunkInput, Codec, EncodedChunk, LabelRuleError
 from sparselabels.errors import FormatError, InputError
-from sparselabels.format.checks import check_labels
+from sparselabels.format.checks import LabelProblem, check_labels
 
 _ID_LIMIT = 1 << 32  # ids are u32: the format's own range, checked whether or not label rules are
+_UNENCODABLE = 100  # LabelProblem code of a valid label this codec cannot store
 
 _ERRORS = {
     K.ERR_RECORD_SIZE: "record size does not match its raw-bit and rANS word counts",
@@ -83,6 +84,20 @@ class RansCodec(Codec):
         positions, labels = np.asarray(positions, dtype=np.int64), np.asarray(labels, dtype=np.int64)
         # each alone first, then the sum as cap - labels: claims near 2**63 must not wrap past the check
         return (positions > cap) | (labels > cap) | (positions > cap - labels)
+
+    def unencodable(self, ids, indptr):
+        """A position whose first id is 2**32 - 1 (hence its only label): the gap from -1 is 2**32, one bit more
+        than the largest gap bucket (31) holds (spec/codecs/rans.md section 4)."""
+        if not ids.size or int(ids.max()) < _ID_LIMIT - 1:
+            return None
+        starts = np.asarray(indptr[:-1], dtype=np.int64)
+        nonempty = np.flatnonzero(indptr[1:] > starts)
+        bad = nonempty[np.asarray(ids)[starts[nonempty]] == _ID_LIMIT - 1]
+        if not bad.size:
+            return None
+        return LabelProblem(_UNENCODABLE, int(bad[0]), 0, "ids",
+                            f"id {_ID_LIMIT - 1} as a position's first id is beyond codec 'rans' (its gap from -1, "
+                            "2**32, needs a 33-bit bucket); write this vocabulary with codec 'raw'")
 
     def __reduce__(self):  # picklable (the cache and its lock are rebuilt, not copied)
         return (type(self), (self._cache_size,))

@@ -19,8 +19,10 @@ from sparselabels.data.collate import (
     collate_reference,
 )
 from sparselabels.data.dataset import SparseItem, SparseLabelDataset
+from sparselabels.data.identity import check_label_convention, check_tokenizer
 from sparselabels.data.packing import PackedCollator, PackedDataset, PackedItem
 from sparselabels.data.sampler import ResumableSampler, epoch_order
+from sparselabels.data.streams import StreamTokens, TokenStream
 from sparselabels.data.targets import SparseTargets
 from sparselabels.data.tokens import (
     ArrayTokens,
@@ -48,7 +50,11 @@ __all__ = [
     "SparseLabelCollator",
     "SparseLabelDataset",
     "SparseTargets",
+    "StreamTokens",
     "TokenSource",
+    "TokenStream",
+    "check_label_convention",
+    "check_tokenizer",
     "collate",
     "collate_reference",
     "epoch_order",

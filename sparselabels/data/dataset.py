@@ -4,12 +4,17 @@ Convention: a label file and its token source describe the same sequences in the
 length. Labels position ``t`` holds the teacher's distribution over the token that *follows* input token ``t``
 (the next-token target of position ``t``), exactly what a causal LM's logits at ``t`` are trained against.
 So ``labels[i].num_positions == len(tokens[i])`` for every ``i``; there is no shift to apply at training time.
+Files from ``generate`` say so in their metadata (``label_convention: "next-token"``, exposed as
+:attr:`SparseLabelDataset.label_convention`); ``labels_are_shifted=True`` (a training loop that shifts as for
+Hugging Face input-id labels) is refused at construction against such a file.
 
-Alignment is checked twice over: sequence counts and every sequence length at construction (one vectorised
-comparison of the two indexes), and, when the label file stores input fingerprints, the fingerprint of the
-tokens read (``verify_fingerprints="lazy"``, per item as it is read; ``"all"``: every sequence at
-construction, which reads all tokens; ``"off"``). A mismatch raises :class:`~sparselabels.errors.AlignmentError`
-naming the first bad sequence.
+Alignment is checked three times over: sequence counts and every sequence length at construction (one
+vectorised comparison of the two indexes); the whole-source fingerprint the labels store
+(``source_fingerprint``: the count, the lengths and three sequences) against the tokens, at construction too;
+and, when the label file stores input fingerprints, the fingerprint of the tokens read
+(``verify_fingerprints="lazy"``, per item as it is read; ``"all"``: every sequence at construction, which
+reads all tokens; ``"off"``: neither this nor the source fingerprint). A mismatch raises
+:class:`~sparselabels.errors.AlignmentError` naming the first bad sequence.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch.utils.data
 
+from sparselabels.data.identity import check_label_convention, check_source, label_convention
 from sparselabels.data.masks import mask_source, read_position_mask
 from sparselabels.data.tokens import TokenSource, open_tokens
 from sparselabels.errors import AlignmentError, InputError
@@ -82,14 +88,17 @@ def _first_fingerprint_mismatch(tokens: TokenSource, stored: np.ndarray) -> int 
 class SparseLabelDataset(torch.utils.data.Dataset):
     """Item ``i`` is sequence ``i``'s sparse labels (and input ids when ``tokens`` is given) as a SparseItem.
 
-    ``labels``: a Labels object or a path (file, shard directory, manifest). ``tokens``: anything
+    ``labels``: a Labels object or a path (file, shard directory, manifest) or URL (``s3://...``; open it with
+    :func:`~sparselabels.open_labels` to pass ``storage_options`` or ``cache_dir``). ``tokens``: anything
     :func:`~sparselabels.data.tokens.open_tokens` accepts (``token_column`` names a ``datasets`` column).
     ``mask_column`` names a per-token column of a ``datasets`` source (0/1, or ``labels`` with -100) and
     ``masks`` is any other token source of such values; either gives each item a ``loss_mask`` of the
     positions to train (rules in :mod:`sparselabels.data.masks`; lengths checked here, values per item).
     ``check_labels=False`` skips the reader's per-read label-rule pass (ascending ids, counts summing to
     ``rounds``), for files already checked with ``sparselabels validate``; :func:`collate` still checks every id
-    against the vocabulary.
+    against the vocabulary. ``labels_are_shifted``: whether the training code pairs ``labels[:, t]`` with
+    ``logits[:, t-1]``; True is refused (AlignmentError) for labels stored as ``"next-token"``, which pair with
+    ``logits[:, t]`` as they are.
     Pickles by path (labels and file-backed tokens), so it works with ``DataLoader(num_workers>0)``.
     """
 
@@ -103,10 +112,13 @@ class SparseLabelDataset(torch.utils.data.Dataset):
         check_labels: bool = True,
         mask_column: str | None = None,
         masks: Any = None,
+        labels_are_shifted: bool = False,
     ) -> None:
         if verify_fingerprints not in VERIFY_FINGERPRINTS:
             raise InputError(f"verify_fingerprints must be one of {VERIFY_FINGERPRINTS}, got {verify_fingerprints!r}")
         self.labels = _open_labels(labels)
+        check_label_convention(self.labels.metadata, labels_are_shifted=bool(labels_are_shifted),
+                               where=f"labels {_describe(self.labels)}")
         self.check_labels = bool(check_labels)
         self.tokens = None if tokens is None else open_tokens(tokens, column=token_column)
         self.vocab_size = self.labels.vocab_size
@@ -133,6 +145,8 @@ class SparseLabelDataset(torch.utils.data.Dataset):
                 f"({bad.size} sequences differ in length; labels position t is the target of input token t, "
                 "so lengths must be equal)"
             )
+        if verify != "off":
+            check_source(labels.metadata, tokens, where)
         if verify == "all":
             stored = labels.fingerprints  # (a shard set concatenates its shards' columns: only when needed)
             if stored is None:
@@ -152,11 +166,24 @@ class SparseLabelDataset(torch.utils.data.Dataset):
             "different tokens: the two sources are not in the same order, or come from different data)"
         )
 
+    @property
+    def label_convention(self) -> str | None:
+        """The stored convention (``"next-token"``: position t targets the logits at t, no shift), or None."""
+        return label_convention(self.labels.metadata)
+
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> SparseItem:
-        seq = self.labels.read(index, check=self.check_labels)
+        return self._item(self.labels.read(index, check=self.check_labels), index)
+
+    def __getitems__(self, indices: list[int]) -> list[SparseItem]:
+        """A batch of items, their labels read together (``DataLoader`` calls this with a sampler's batch): a
+        remote store fetches the batch's records concurrently, in as few requests as they allow."""
+        seqs = self.labels.read_many(indices, check=self.check_labels)
+        return [self._item(seq, index) for seq, index in zip(seqs, indices, strict=True)]
+
+    def _item(self, seq, index: int) -> SparseItem:
         i = int(seq.index) if seq.index is not None else int(index)
         input_ids = None
         if self.tokens is not None:

@@ -20,9 +20,7 @@ refused: this reader is for text tokens.
 
 from __future__ import annotations
 
-import abc
 import mmap
-import operator
 import os
 import struct
 from pathlib import Path
@@ -30,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from sparselabels.data.streams import StreamTokens
+from sparselabels.data.token_source import TokenSource
 from sparselabels.errors import FormatError, InputError
 
 __all__ = [
@@ -43,37 +43,23 @@ __all__ = [
 ]
 
 
-class TokenSource(abc.ABC):
-    """Token ids of ``len(src)`` sequences; ``src[i]`` is sequence ``i`` as a 1-D integer array."""
+def file_identity(path: str) -> tuple[int, ...]:
+    """What must not change between opening a token file and reopening it by path in a worker: device, inode,
+    size and modification time (a file replaced or rewritten differs in one of them)."""
+    info = os.stat(path)
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
-    @abc.abstractmethod
-    def __len__(self) -> int: ...
 
-    @abc.abstractmethod
-    def _get(self, index: int) -> np.ndarray:
-        """Sequence ``index`` with 0 <= index < len(self)."""
-
-    @abc.abstractmethod
-    def lengths(self) -> np.ndarray:
-        """int64[len(self)]: tokens per sequence, read from an index where the source has one."""
-
-    @abc.abstractmethod
-    def describe(self) -> str:
-        """A short name for errors and metadata, e.g. ``npy:/data/tokens.npy``."""
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        n = len(self)
-        index = operator.index(index)
-        if not -n <= index < n:
-            raise IndexError(f"sequence {index} out of range for {n} sequences in {self.describe()}")
-        return self._get(index % n)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.describe()!r}, sequences={len(self)})"
+def check_identity(paths: tuple[str, ...], expected: tuple | None, found: tuple) -> None:
+    """Refuse token files that changed since the sending process opened them: labels would be paired with other
+    tokens (without stored fingerprints, silently)."""
+    if expected is not None and tuple(map(tuple, expected)) != tuple(map(tuple, found)):
+        raise FormatError(f"token file {' / '.join(paths)!r} changed after it was opened (device, inode, size or "
+                          "modification time differ from the sender's): reopen it rather than read other tokens")
 
 
 def _check_integer(dtype: np.dtype, what: str) -> None:
-    if not np.issubdtype(dtype, np.integer):
+    if dtype.kind not in "iu":  # issubdtype(..., np.integer) admits timedelta64
         raise InputError(f"{what}: token ids must be integers, got dtype {dtype}")
 
 
@@ -113,6 +99,9 @@ class ArrayTokens(TokenSource):
     def _get(self, index: int) -> np.ndarray:
         return self._array[index]
 
+    def concatenated(self, lo: int, hi: int) -> np.ndarray | None:
+        return self._array[lo:hi].reshape(-1) if self._array.ndim == 2 else None
+
     def lengths(self) -> np.ndarray:
         a = self._array
         if a.ndim == 2:
@@ -129,19 +118,25 @@ class NpyTokens(TokenSource):
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.fspath(path)
         self._array: np.ndarray | None = None
+        self._identity: tuple[int, ...] | None = None  # set at open; a reopen must find the same
         self._open()
 
     def _open(self) -> np.ndarray:
         try:
+            identity = file_identity(self.path)
             array = np.load(self.path, mmap_mode="r", allow_pickle=False)
         except ValueError as exc:  # object arrays need pickle, which a token file must not need
             raise FormatError(f"npy {self.path!r}: cannot memory-map ({exc})") from None
         except OSError as exc:
             raise InputError(f"npy {self.path!r}: cannot open ({exc})") from None
         if array.ndim != 2:
-            raise FormatError(f"npy {self.path!r}: token array must be 2-D (sequences x tokens), got {array.shape}")
-        if not np.issubdtype(array.dtype, np.integer):
+            hint = "; a 1-D token stream is read with seq_len (--seq-len)" if array.ndim == 1 else ""
+            raise FormatError(f"npy {self.path!r}: token array must be 2-D (sequences x tokens), got "
+                              f"{array.shape}{hint}")
+        if array.dtype.kind not in "iu":  # issubdtype(..., np.integer) admits timedelta64
             raise FormatError(f"npy {self.path!r}: token ids must be integers, got dtype {array.dtype}")
+        check_identity((self.path,), None if self._identity is None else (self._identity,), (identity,))
+        self._identity = identity
         self._array = array
         return array
 
@@ -155,6 +150,9 @@ class NpyTokens(TokenSource):
     def _get(self, index: int) -> np.ndarray:
         return self.array[index]
 
+    def concatenated(self, lo: int, hi: int) -> np.ndarray | None:
+        return self.array[lo:hi].reshape(-1)
+
     def lengths(self) -> np.ndarray:
         a = self.array
         return np.full(a.shape[0], a.shape[1], dtype=np.int64)
@@ -163,11 +161,14 @@ class NpyTokens(TokenSource):
         return f"npy:{self.path}"
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path}
+        if self._identity is None:
+            self._open()
+        return {"path": self.path, "identity": self._identity}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.path = state["path"]
-        self._array = None  # reopened on first use in the receiving process
+        self._identity = state.get("identity")
+        self._array = None  # reopened on first use in the receiving process, and checked against the identity
 
 
 # -------------------------------------------------------------------------------------------- Megatron
@@ -203,6 +204,7 @@ class MegatronTokens(TokenSource):
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.prefix = megatron_prefix(path)
+        self._identity: tuple | None = None
         self._open()
 
     @property
@@ -218,8 +220,8 @@ class MegatronTokens(TokenSource):
 
     def _open(self) -> None:
         try:
-            idx_size = os.stat(self.idx_path).st_size
-            bin_size = os.stat(self.bin_path).st_size
+            identity = (file_identity(self.idx_path), file_identity(self.bin_path))
+            idx_size, bin_size = identity[0][2], identity[1][2]
             with open(self.idx_path, "rb") as f:
                 header = f.read(_MEGATRON_HEADER.size)
                 index = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if idx_size else b""
@@ -235,7 +237,7 @@ class MegatronTokens(TokenSource):
         if code not in MEGATRON_DTYPES:
             raise self._fail(f"unknown dtype code {code}")
         dtype = MEGATRON_DTYPES[code]
-        if not np.issubdtype(dtype, np.integer):
+        if dtype.kind not in "iu":
             raise self._fail(f"dtype code {code} ({dtype}) is not an integer type; token ids must be integers")
         head = _MEGATRON_HEADER.size
         expected = head + 12 * num_seq + 8 * num_doc  # Python ints: no overflow whatever the header says
@@ -263,6 +265,8 @@ class MegatronTokens(TokenSource):
             raise self._fail(
                 f"document indices must rise from 0 to the sequence count {num_seq} (found {num_doc} entries)"
             )
+        check_identity((self.idx_path, self.bin_path), self._identity, identity)
+        self._identity = identity
         self._dtype = dtype
         self._lengths = lengths
         self._pointers = pointers
@@ -319,14 +323,22 @@ class MegatronTokens(TokenSource):
     def lengths(self) -> np.ndarray:
         return self._lengths.astype(np.int64)
 
+    def concatenated(self, lo: int, hi: int) -> np.ndarray | None:
+        if lo >= hi:
+            return self._tokens[:0]
+        start = int(self._pointers[lo]) // self._dtype.itemsize
+        last = int(self._pointers[hi - 1]) // self._dtype.itemsize + int(self._lengths[hi - 1])
+        return self._tokens[start:last]
+
     def describe(self) -> str:
         return f"megatron:{self.prefix}"
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"prefix": self.prefix}
+        return {"prefix": self.prefix, "identity": self._identity}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.prefix = state["prefix"]
+        self._identity = state.get("identity")
         self._open()
 
 
@@ -345,7 +357,7 @@ def write_megatron_tokens(path: str | os.PathLike, sequences, *, dtype=np.int32,
     if lengths.size and lengths.max() >= 1 << 31:
         raise InputError("a Megatron sequence holds fewer than 2**31 tokens")
     for i, a in enumerate(arrays):
-        if a.ndim != 1 or (a.size and not np.issubdtype(a.dtype, np.integer)):
+        if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
             raise InputError(f"sequence {i}: must be a 1-D integer array")
         info = np.iinfo(dtype)
         if a.size and (int(a.min()) < info.min or int(a.max()) > info.max):
@@ -355,6 +367,7 @@ def write_megatron_tokens(path: str | os.PathLike, sequences, *, dtype=np.int32,
     pointers = np.zeros(len(arrays), dtype=np.int64)
     if len(arrays) > 1:
         np.cumsum(lengths[:-1] * dtype.itemsize, out=pointers[1:])
+    Path(prefix).parent.mkdir(parents=True, exist_ok=True)  # as np.save would need it to exist: make it
     with open(prefix + ".bin", "wb") as f:
         for a in arrays:
             f.write(np.ascontiguousarray(a, dtype=dtype.newbyteorder("<")).tobytes())
@@ -388,6 +401,7 @@ class HFTokens(TokenSource):
         self.path = os.fspath(path) if path is not None else None
         self._dataset = dataset
         self._fast: tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray | None] | None = None
+        self._pinned: str | None = None  # a dataset on disk: its fingerprint at open, checked when reloaded
         self._prepare()
 
     @classmethod
@@ -410,6 +424,12 @@ class HFTokens(TokenSource):
     def _prepare(self) -> None:
         if self._dataset is None:
             self._dataset = self._load()
+            found = getattr(self._dataset, "_fingerprint", None)
+            if self._pinned is not None and found != self._pinned:
+                self._dataset = None
+                raise FormatError(f"{self.describe()} changed after it was opened (dataset fingerprint {found!r}, "
+                                  f"the sender's {self._pinned!r}): reopen it rather than read other tokens")
+            self._pinned = found
         ds = self._dataset
         if not _is_hf_dataset(ds):
             raise InputError(f"HFTokens needs a datasets.Dataset, got {type(ds).__name__}")
@@ -454,7 +474,7 @@ class HFTokens(TokenSource):
         ds = self.dataset
         if self._fast is None:
             out = np.asarray(ds[index][self.column])
-            if out.ndim != 1 or (out.size and not np.issubdtype(out.dtype, np.integer)):
+            if out.ndim != 1 or (out.size and out.dtype.kind not in "iu"):
                 raise InputError(f"{self.describe()}: row {index} is not a list of integers")
             return out
         offsets_list, values_list, chunk_starts, _ = self._fast
@@ -476,7 +496,7 @@ class HFTokens(TokenSource):
         return f"hf:{self.path}[{self.column}]" if self.path else f"hf:<Dataset>[{self.column}]"
 
     def __getstate__(self) -> dict[str, Any]:
-        state = {"column": self.column, "path": self.path}
+        state = {"column": self.column, "path": self.path, "pinned": self._pinned}
         if self.path is None:
             state["dataset"] = self._dataset
         return state
@@ -485,6 +505,7 @@ class HFTokens(TokenSource):
         self.column = state["column"]
         self.path = state["path"]
         self._dataset = state.get("dataset")
+        self._pinned = state.get("pinned")
         self._fast = None
         if self._dataset is not None:
             self._fast = self._arrow_columns(self._dataset)
@@ -494,14 +515,21 @@ class HFTokens(TokenSource):
 # ------------------------------------------------------------------------------------------------ opening
 
 
-def open_tokens(source: Any, *, column: str = "input_ids") -> TokenSource:
+def open_tokens(source: Any, *, column: str = "input_ids", seq_len: int | None = None) -> TokenSource:
     """A :class:`TokenSource` for ``source``.
 
     ``source`` may be a TokenSource (returned as is), a numpy array (2-D, or a 1-D object array of 1-D arrays)
     or a list of 1-D arrays, a ``datasets.Dataset`` (``column`` is read), or a path: ``*.npy`` (memory-mapped),
     a Megatron ``*.bin``/``*.idx`` file or their common prefix, or a directory written by
-    ``Dataset.save_to_disk``.
+    ``Dataset.save_to_disk``. With ``seq_len``, ``source`` is one 1-D token stream (an integer array or a 1-D
+    ``.npy``) read as sequences of ``seq_len`` tokens (see :class:`~sparselabels.data.streams.StreamTokens`).
     """
+    if seq_len is not None:
+        if isinstance(source, np.ndarray) or (isinstance(source, str | os.PathLike)
+                                              and Path(source).suffix == ".npy"):
+            return StreamTokens(source, seq_len)
+        raise InputError(f"seq_len cuts a 1-D token stream (an integer array or a 1-D .npy file), not a "
+                         f"{type(source).__name__ if not isinstance(source, str | os.PathLike) else repr(str(source))}")
     if isinstance(source, TokenSource):
         return source
     if isinstance(source, np.ndarray | list | tuple):

@@ -255,7 +255,7 @@ def run_demo(
     evaluations["teacher"] = teacher_eval
 
     # 5. results
-    from sparselabels.demo.plots import COLOURS, plot_loss_curves, plot_reliability
+    from sparselabels.demo.plots import COLOURS, SMOKE_TEST_NOTE, plot_loss_curves, plot_reliability
 
     diagrams = {name: ev.reliability for name, ev in evaluations.items()}
     colours = {**{row.name: colour for row, colour in zip(students, COLOURS, strict=False)}, "teacher": "#7f7f7f"}
@@ -266,8 +266,10 @@ def run_demo(
     files["loss_curves_png"] = str(plot_loss_curves(
         {row.name: ([s for s, _ in row.curve], [v for _, v in row.curve]) for row in students},
         out / "loss_curves.png", reference={"teacher": teacher_eval.loss},
-        title=f"Held-out loss of the students (first {settings.curve_batches} eval batches)", colours=colours))
-    files["reliability_png"] = str(plot_reliability(diagrams, out / "reliability.png", colours=colours))
+        title=f"Held-out loss of the students (first {settings.curve_batches} eval batches)", colours=colours,
+        note=SMOKE_TEST_NOTE if quick else None))
+    files["reliability_png"] = str(plot_reliability(diagrams, out / "reliability.png", colours=colours,
+                                                    note=SMOKE_TEST_NOTE if quick else None))
     timings["students_s"] = sum(row.train_seconds for row in students)
     timings["total_wall_s"] = time.perf_counter() - wall
     timings["total_cpu_s"] = time.process_time() - cpu

@@ -21,7 +21,7 @@ def input_fingerprint(token_ids, *, where: str = "input_fingerprint") -> int:
         arr = token_ids.detach().cpu().numpy()
     if arr.ndim != 1:
         raise InputError(f"{where}: token ids must be 1-D, got shape {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+    if arr.size and arr.dtype.kind not in "iu":  # issubdtype(..., np.integer) admits timedelta64
         raise InputError(f"{where}: token ids must be integers, got dtype {arr.dtype}")
     if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= 1 << 32):
         bad = int(np.flatnonzero((arr < 0) | (arr > (1 << 32) - 1))[0])

@@ -205,6 +205,19 @@ def check(meta: Any) -> None:
         raise FormatError(f"metadata: temperature {temp!r} must be finite and > 0", field="temperature")
 
 
+def check_common_metadata(meta: Any) -> None:
+    """Check what a shard set's metadata (the keys all its shards share) must hold: the label settings every
+    shard agrees on (``vocab_size``, ``value_kind``, ``rounds``), and valid values for the other keys present.
+    The per-file keys (codec, versions) may differ between shards and be absent."""
+    if not isinstance(meta, dict):
+        raise FormatError(f"metadata: top level is {type(meta).__name__}, expected a map")
+    missing = [k for k in ("vocab_size", "value_kind", "rounds") if k not in meta]
+    if missing:
+        raise FormatError(f"metadata: required keys missing: {missing}")
+    per_file = {"format_version": f"{VERSION_MAJOR}.{VERSION_MINOR}", "codec": "any", "library_version": ""}
+    check({**per_file, **meta})
+
+
 def _plain_int(value: Any) -> Any:
     """A numpy integer as a Python int (msgpack stores only the latter); anything else unchanged, for check()."""
     if isinstance(value, bool | int) or value is None:

@@ -12,12 +12,12 @@ import contextlib
 import json
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from sparselabels.errors import CompatibilityError, FormatError, InputError
-from sparselabels.format.metadata import COMPATIBILITY_KEYS
+from sparselabels.errors import CompatibilityError, FormatError, InputError, reworded
+from sparselabels.format.metadata import COMPATIBILITY_KEYS, check_common_metadata
 from sparselabels.io.reader import LabelFile
 
 MANIFEST_FORMAT = "sparselabels-manifest"
@@ -71,32 +71,21 @@ def check_manifest_name(path: Path, hint: str = "") -> None:
         raise InputError(f"{path}: a manifest is JSON; name it *.json{hint}")
 
 
-def write_manifest(path: str | os.PathLike, shards: list[str | os.PathLike]) -> Path:
-    """Write a manifest at ``path`` (``*.json``) for shard files that live in its directory tree (checked
-    compatible)."""
-    path = Path(path)
-    check_manifest_name(path)
-    root = path.parent.resolve()
+def manifest_body(named: Iterable[tuple[str, str, Callable[[], LabelFile]]]) -> dict:
+    """A manifest's content for shards given as (path relative to the manifest, name for messages, opener),
+    checked compatible; each shard is opened in turn and closed again."""
     entries, metas, first_name, with_fingerprints = [], [], None, []
-    for shard in shards:
-        shard_path = Path(shard).resolve()
-        try:
-            rel = shard_path.relative_to(root)
-        except ValueError:
-            raise CompatibilityError(
-                f"shard {str(shard)!r} is outside the manifest's directory {str(root)!r}; a manifest may only "
-                "list files beside or below it (or merge with copy=True)"
-            ) from None
-        with LabelFile(shard_path) as f:
+    for rel, name, opener in named:
+        with opener() as f:
             if metas:
-                check_compatible(metas[0], f.metadata, what=f"shard {str(shard)!r}", reference_name=first_name)
+                check_compatible(metas[0], f.metadata, what=f"shard {name!r}", reference_name=first_name)
             else:
-                first_name = str(shard)
+                first_name = name
             metas.append(f.metadata)
             if len(f):
                 with_fingerprints.append(f.fingerprints is not None)
             entries.append({
-                "path": rel.as_posix(),
+                "path": rel,
                 "bytes": f.file_size,
                 "num_sequences": len(f),
                 "num_positions": f.num_positions,
@@ -106,7 +95,7 @@ def write_manifest(path: str | os.PathLike, shards: list[str | os.PathLike]) -> 
     if not entries:
         raise CompatibilityError("a manifest needs at least one shard")
     check_fingerprints_agree(with_fingerprints)
-    body = {
+    return {
         "format": MANIFEST_FORMAT,
         "manifest_version": MANIFEST_VERSION,
         "num_sequences": sum(e["num_sequences"] for e in entries),
@@ -115,6 +104,26 @@ def write_manifest(path: str | os.PathLike, shards: list[str | os.PathLike]) -> 
         "metadata": common_metadata(metas),
         "shards": entries,
     }
+
+
+def write_manifest(path: str | os.PathLike, shards: list[str | os.PathLike]) -> Path:
+    """Write a manifest at ``path`` (``*.json``) for shard files that live in its directory tree (checked
+    compatible)."""
+    path = Path(path)
+    check_manifest_name(path)
+    root = path.parent.resolve()
+    named = []
+    for shard in shards:
+        shard_path = Path(shard).resolve()
+        try:
+            rel = shard_path.relative_to(root)
+        except ValueError:
+            raise CompatibilityError(
+                f"shard {str(shard)!r} is outside the manifest's directory {str(root)!r}; a manifest may only "
+                "list files beside or below it (or merge with copy=True)"
+            ) from None
+        named.append((rel.as_posix(), str(shard), lambda p=shard_path: LabelFile(p)))
+    body = manifest_body(named)
     # A temporary name of its own (two merges writing one manifest must not write into each other's file),
     # synced before the rename so that readers only ever see a complete manifest.
     # (os.open rather than mkstemp, whose files are 0600: other users of a shared cluster must read the manifest
@@ -135,21 +144,26 @@ def write_manifest(path: str | os.PathLike, shards: list[str | os.PathLike]) -> 
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
-    """Load and check a manifest (structure, types, confinement of shard paths); a FormatError's ``path`` is the
-    manifest's."""
-    try:
-        return _read_manifest(Path(path))
-    except FormatError as exc:
-        exc.at(path=os.fspath(path))
-        raise
-
-
-def _read_manifest(path: Path) -> dict:
+    """Load and check a manifest (structure, types, confinement of shard paths)."""
+    path = Path(path)
     where = f"manifest {str(path)!r}"
     size = path.stat().st_size
     if size > MAX_MANIFEST_BYTES:
-        raise FormatError(f"{where}: {size} bytes, more than the limit of {MAX_MANIFEST_BYTES}")
-    data = path.read_bytes()
+        raise FormatError(f"{where}: {size} bytes, more than the limit of {MAX_MANIFEST_BYTES}", path=os.fspath(path))
+    return parse_manifest(path.read_bytes(), where, path=os.fspath(path))
+
+
+def parse_manifest(data: bytes, where: str, *, path: str | None = None) -> dict:
+    """Check a manifest's bytes (at most MAX_MANIFEST_BYTES, read by the caller) as :func:`read_manifest` does;
+    ``path`` (the manifest's path or URL) becomes the ``path`` of a FormatError."""
+    try:
+        return _parse_manifest(data, where)
+    except FormatError as exc:
+        exc.at(path=path)
+        raise
+
+
+def _parse_manifest(data: bytes, where: str) -> dict:
     # a manifest needs one map per shard and a few more: 64 MB of "{}," would decode to 1.7 GB of dicts
     if data.count(b"{") + data.count(b"[") > len(data) // 32 + 64:
         raise FormatError(f"{where}: more maps and arrays than a manifest's shard entries need")
@@ -167,6 +181,10 @@ def _read_manifest(path: Path) -> dict:
         raise FormatError(f"{where}: 'shards' must be a non-empty list")
     if not isinstance(body.get("metadata"), dict):
         raise FormatError(f"{where}: 'metadata' must be a map")
+    try:  # what readers of a shard set use without opening a shard (vocab_size, value_kind, rounds, ...)
+        check_common_metadata(body["metadata"])
+    except FormatError as exc:
+        raise reworded(exc, f"{where}: {exc}") from None
     for i, entry in enumerate(shards):
         if not isinstance(entry, dict):
             raise FormatError(f"{where}: shard {i} is not a map")

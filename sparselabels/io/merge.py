@@ -2,7 +2,8 @@
 
 Both check that the shards can be read as one dataset (vocabulary, value kind, rounds, teacher, tokenizer,
 temperature). A physical merge copies chunks byte for byte when the codec stays the same (verifying each
-chunk's checksum on the way) and re-encodes sequence by sequence otherwise. It writes through
+chunk's checksum on the way, and decoding every record a reader would decode, so that a chunk whose checksums
+match but whose records do not decode is never spread) and re-encodes sequence by sequence otherwise. It writes through
 :class:`LabelWriter`, so it is crash-safe in the same way.
 """
 
@@ -23,33 +24,40 @@ from sparselabels.io.manifest import (
 )
 from sparselabels.io.open import open_labels
 from sparselabels.io.reader import LabelFile
+from sparselabels.io.remote import is_url
 from sparselabels.io.shards import LabelShards
+from sparselabels.io.streams import check_distinct_streams
 from sparselabels.io.verify import checked_chunk
 from sparselabels.io.writer import LabelWriter
 
 
-def input_files(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Expand files, manifests and shard directories into the list of shard files, in order."""
-    files: list[Path] = []
+def input_files(inputs: list[str | os.PathLike]) -> list[Path | str]:
+    """Expand files, manifests and shard directories (local, or URLs) into the list of shard files, in order."""
+    files: list[Path | str] = []
     for item in inputs:
         labels = open_labels(item, verify="structure")
         try:
             if isinstance(labels, LabelShards):
                 files.extend(labels.shard_paths())
             else:
-                files.append(Path(item))
+                files.append(item if is_url(item) else Path(item))
         finally:
             labels.close()
     return files
 
 
 def merge(out: str | os.PathLike, inputs: list[str | os.PathLike], *, copy: bool = False,
-          codec: str | None = None, overwrite: bool = False) -> Path:
+          codec: str | None = None, overwrite: bool = False, storage_options: dict | None = None) -> Path | str:
     """Merge ``inputs`` (files, manifests or directories) into ``out``.
 
     ``copy=False`` writes a manifest at ``out`` (the shards must live in its directory tree). ``copy=True``
-    writes one label file at ``out``; ``codec`` picks its codec (default: the inputs' common codec).
+    writes one label file at ``out``; ``codec`` picks its codec (default: the inputs' common codec). With
+    ``copy=True``, ``out`` may be a URL: the file is written locally, then uploaded (``storage_options`` go to
+    fsspec; URL inputs are read with fsspec's configuration).
     """
+    if is_url(out):
+        return _merge_to_url(os.fspath(out), inputs, copy=copy, codec=codec, overwrite=overwrite,
+                             storage_options=storage_options)
     out = Path(out)
     if not copy:
         check_manifest_name(out, ", or pass copy=True to write one label file")
@@ -58,6 +66,7 @@ def merge(out: str | os.PathLike, inputs: list[str | os.PathLike], *, copy: bool
     files = input_files(inputs)
     if not files:
         raise CompatibilityError("merge needs at least one input")
+    check_distinct_streams(files)  # before anything is written
     if not copy:
         if out.exists() and not overwrite:
             raise OutputExistsError(f"{out} exists; pass overwrite=True to replace it")
@@ -65,7 +74,7 @@ def merge(out: str | os.PathLike, inputs: list[str | os.PathLike], *, copy: bool
     return _merge_copy(out, files, codec=codec, overwrite=overwrite)
 
 
-def _merge_copy(out: Path, files: list[Path], *, codec: str | None, overwrite: bool) -> Path:
+def _merge_copy(out: Path, files: list[Path | str], *, codec: str | None, overwrite: bool) -> Path:
     # one input open at a time (thousands of shards must not need a descriptor each): a first pass checks
     # that they agree, a second copies them, each checked again against what the first pass saw
     facts = []
@@ -106,6 +115,30 @@ def _merge_copy(out: Path, files: list[Path], *, codec: str | None, overwrite: b
     return out
 
 
+def _merge_to_url(out: str, inputs: list, *, copy: bool, codec: str | None, overwrite: bool,
+                  storage_options: dict | None) -> str:
+    """``merge(copy=True)`` to a URL: one label file written in a temporary directory, then uploaded whole."""
+    import tempfile
+
+    from sparselabels.io.remote import url_parent
+    from sparselabels.io.upload import RemoteTarget
+
+    if not copy:
+        raise InputError(f"{out!r}: merging to a URL writes one label file; pass copy=True (a manifest over "
+                         "remote shards is written by generate)")
+    target = RemoteTarget(url_parent(out), storage_options)
+    name = out.rstrip("/").rsplit("/", 1)[-1]
+    if name in target.names() and not overwrite:
+        raise OutputExistsError(f"{out} exists; pass overwrite=True to replace it")
+    files = input_files(inputs)
+    if not files:
+        raise CompatibilityError("merge needs at least one input")
+    with tempfile.TemporaryDirectory(prefix="sparselabels-merge-") as tmp:
+        local = _merge_copy(Path(tmp) / name, files, codec=codec, overwrite=False)
+        target.upload(local, name)
+    return out
+
+
 def _copy_chunks(f: LabelFile, writer: LabelWriter) -> None:
     """Append ``f``'s chunks to ``writer`` unchanged but for their headers, checking each payload's CRC."""
     writer.flush()  # chunks stay whole: a pending partial chunk of an earlier input goes first
@@ -116,6 +149,14 @@ def _copy_chunks(f: LabelFile, writer: LabelWriter) -> None:
             raise ChecksumError(f"{exc}; not copying a corrupt chunk") from None
         except FormatError as exc:
             raise FormatError(f"{exc}; not copying an inconsistent chunk") from None
+        first = int(f.index_column("chunk_first_sequence")[c])
+        for i in range(first, first + chunk.header.num_sequences):
+            if f.sequence_lengths[i] > f.max_sequence_positions:
+                continue  # readers refuse it unless they raise the limit too: copied on its CRC (decoding is O(T))
+            try:  # a chunk whose CRCs match can still hold a record that does not decode (a faulty writer)
+                f.read(i)
+            except FormatError as exc:
+                raise FormatError(f"{exc}; not copying a chunk that does not decode") from None
         header = chunk.header
         entries_2d = chunk.entries.view("<u8").reshape(header.num_sequences, -1)
         writer._emit_chunk(entries_2d, chunk.table, chunk.records, header.flags, payload_crc=chunk.payload_crc32)

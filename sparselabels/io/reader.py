@@ -39,6 +39,7 @@ from sparselabels.format.layout import (
     crc32,
     entry_size,
 )
+from sparselabels.io.remote import is_url
 from sparselabels.io.sequence import LabelSpan
 from sparselabels.io.source import ByteSource, open_source
 from sparselabels.io.verify import verify_full
@@ -74,6 +75,16 @@ class Labels(abc.ABC):
         """Sequence ``index`` (negative counts from the end). With ``check`` (the default) the record's CRC-32 is
         verified before it is decoded and the labels are checked against the label rules, so a damaged file never
         reads back as different labels; ``check=False`` skips both, for data verified as a whole."""
+
+    def prefetch(self, indices) -> None:  # noqa: B027 - local sources have nothing to start early
+        """Start fetching the bytes of sequences ``indices`` without waiting (a remote store fetches them
+        concurrently, coalesced; local files need nothing). A hint: bad indices are left to the reads."""
+
+    def read_many(self, indices, *, check: bool = True) -> list[LabelSpan]:
+        """Sequences ``indices`` (a batch), each as :meth:`read` returns it; their bytes are fetched together."""
+        indices = list(indices)
+        self.prefetch(indices)
+        return [self.read(i, check=check) for i in indices]
 
     @property
     @abc.abstractmethod
@@ -166,17 +177,19 @@ class LabelFile(Labels):
     read verifies its record's CRC-32 and the label rules whatever the level (see :meth:`read`).
     ``max_sequence_positions`` bounds what one read may allocate: a longer sequence is refused rather than
     trusted (the default, 2**24, is far above real documents; raise it for genuinely longer sequences).
-    Instances pickle by path and reopen lazily in the receiving process (DataLoader workers).
+    Instances pickle by path and reopen lazily in the receiving process (DataLoader workers). ``path`` may be
+    a URL (``s3://...``; ``remote`` holds the fsspec options and caches, see :mod:`sparselabels.io.remote`).
     """
 
     def __init__(self, path: str | os.PathLike, *, mmap: bool = True, verify: str = "index",
-                 max_sequence_positions: int = DEFAULT_MAX_SEQUENCE_POSITIONS) -> None:
+                 max_sequence_positions: int = DEFAULT_MAX_SEQUENCE_POSITIONS, remote=None) -> None:
         if verify not in VERIFY_LEVELS:
             raise InputError(f"verify must be one of {VERIFY_LEVELS}, got {verify!r}")
         self.path = os.fspath(path)
         self._use_mmap = mmap
         self._verify = verify
         self.max_sequence_positions = check_int("max_sequence_positions", max_sequence_positions, 1)
+        self._remote = remote
         self._source: ByteSource | None = None
         self._open()
 
@@ -185,7 +198,13 @@ class LabelFile(Labels):
         return FormatError(f"file {self.path!r}: {message}", path=self.path, **where)
 
     def _open(self) -> None:
-        self._source = open_source(self.path, use_mmap=self._use_mmap)  # OSError (missing file...) passes through
+        if self._remote is not None or is_url(self.path):
+            from sparselabels.io.remote import RemoteOptions, RemoteSource
+
+            self._remote = self._remote or RemoteOptions()
+            self._source = RemoteSource(self.path, self._remote)
+        else:
+            self._source = open_source(self.path, use_mmap=self._use_mmap)  # OSError (missing file...) passes through
         try:
             self._read_structure()
             if self._verify == "full":
@@ -357,22 +376,26 @@ class LabelFile(Labels):
 
     @property
     def fingerprints(self) -> np.ndarray | None:
-        self._index()
-        return self._fingerprint_column()
-
-    def _fingerprint_column(self) -> np.ndarray | None:
-        return self._columns.get("fingerprint") if self.footer.flags & FLAG_FINGERPRINTS else None
+        columns = self._snapshot()[2]
+        return columns.get("fingerprint") if self.footer.flags & FLAG_FINGERPRINTS else None
 
     def index_column(self, name: str) -> np.ndarray:
         """A raw index column (uint64 view), for tools that work on the layout itself."""
-        self._index()
-        return self._columns[name]
+        return self._snapshot()[2][name]
 
     def _index(self) -> dict[str, np.ndarray]:
         """The index columns (int64 views of the file), once the file is known to be open and unchanged: every
         access to the index or the records at read time goes through here (see MmapSource.check_unchanged)."""
-        self._opened().check_unchanged()
-        return self._col
+        return self._snapshot()[1]
+
+    def _snapshot(self) -> tuple[ByteSource, dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(source, int64 columns, raw columns), taken together so that a read racing with close() from another
+        thread either uses all three of the open file or gets ``ValueError: closed``: close() drops the source
+        before the columns, so columns read before a source found open are that file's."""
+        col, columns = self._col, self._columns
+        source = self._opened()
+        source.check_unchanged()
+        return source, col, columns
 
     def _locate(self, position: int) -> tuple[int, int]:
         starts = self._index()["position_start"]
@@ -381,29 +404,47 @@ class LabelFile(Labels):
 
     def record_bytes(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(record, table) bytes of sequence ``index``: what the codec decodes."""
-        col = self._index()
-        src = self._opened()
+        src, col, _ = self._snapshot()
+        return self._record_bytes(index, src, col)
+
+    def _record_bytes(self, index: int, src: ByteSource, col: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         record = src.view(int(col["record_offset"][index]), int(col["record_size"][index]), f"sequence {index}")
         if self._has_tables:
-            chunk = self._chunk_index(index)
+            chunk = self._chunk_index(index, col)
             table = src.view(int(col["chunk_table_offset"][chunk]), int(col["chunk_table_size"][chunk]),
                              f"table of chunk {chunk}")
         else:
             table = _EMPTY
         return record, table
 
-    def _chunk_index(self, index: int) -> int:
+    def _chunk_index(self, index: int, col: dict[str, np.ndarray] | None = None) -> int:
         """The chunk holding sequence ``index``."""
-        return int(np.searchsorted(self._col["chunk_first_sequence"], index, side="right")) - 1
+        col = self._col if col is None else col
+        return int(np.searchsorted(col["chunk_first_sequence"], index, side="right")) - 1
 
-    def _chunk_of(self, index: int) -> str:
+    def _chunk_of(self, index: int, col: dict[str, np.ndarray]) -> str:
         """" (chunk c)" for messages about a sequence whose decoding involves its chunk's table, else ""."""
-        return f" (chunk {self._chunk_index(index)})" if self._has_tables else ""
+        return f" (chunk {self._chunk_index(index, col)})" if self._has_tables else ""
+
+    def prefetch(self, indices) -> None:
+        fetch = getattr(self._opened(), "prefetch", None)
+        if fetch is None:
+            return
+        col, n = self._index(), len(self)
+        ranges = []
+        for i in indices:
+            if -n <= i < n:
+                i %= n
+                ranges.append((int(col["record_offset"][i]), int(col["record_size"][i])))
+                if self._has_tables:
+                    c = self._chunk_index(i)
+                    ranges.append((int(col["chunk_table_offset"][c]), int(col["chunk_table_size"][c])))
+        fetch(ranges)
 
     def read(self, index: int, *, check: bool = True) -> LabelSpan:
         index = self._sequence_index(index, f" in {self.path!r}")
-        record, table = self.record_bytes(index)
-        col = self._col
+        src, col, columns = self._snapshot()
+        record, table = self._record_bytes(index, src, col)
         num_pos = int(col["position_start"][index + 1] - col["position_start"][index])
         num_lab = int(col["label_start"][index + 1] - col["label_start"][index])
         if num_pos > self.max_sequence_positions:
@@ -423,16 +464,16 @@ class LabelFile(Labels):
             raise FormatError(f"file {self.path!r}, sequence {index}, {exc.problem.describe()}", path=self.path,
                               sequence=index, **exc.problem.location()) from None
         except FormatError as exc:
-            chunk = self._chunk_index(index) if self._has_tables else None
-            raise FormatError(f"file {self.path!r}, sequence {index}{self._chunk_of(index)}: {exc}", path=self.path,
-                              sequence=index, chunk=chunk) from None
+            chunk = self._chunk_index(index, col) if self._has_tables else None
+            raise FormatError(f"file {self.path!r}, sequence {index}{self._chunk_of(index, col)}: {exc}",
+                              path=self.path, sequence=index, chunk=chunk) from None
         if check and not inline:
             problem = check_labels(ids, values, indptr, vocab_size=self.vocab_size, value_kind=self.value_kind,
                                    rounds=self.rounds)
             if problem is not None:
                 raise FormatError(f"file {self.path!r}, sequence {index}, {problem.describe()}", path=self.path,
                                   sequence=index, **problem.location())
-        fps = self._fingerprint_column()  # the file was checked by record_bytes
+        fps = columns.get("fingerprint") if self.footer.flags & FLAG_FINGERPRINTS else None
         return LabelSpan(ids, values, indptr, int(fps[index]) if fps is not None else None, index)
 
     def close(self) -> None:
@@ -446,12 +487,14 @@ class LabelFile(Labels):
     # -- pickling: by path, reopened in the receiving process ---------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "mmap": self._use_mmap, "verify": self._verify,
-                "max_sequence_positions": self.max_sequence_positions, "identity": self._identity()}
+                "max_sequence_positions": self.max_sequence_positions, "identity": self._identity(),
+                "remote": self._remote}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.path = state["path"]
         self._use_mmap = state["mmap"]
         self.max_sequence_positions = state["max_sequence_positions"]
+        self._remote = state.get("remote")
         self._verify = "structure"  # the sending process already verified the index
         self._source = None
         self._open()

@@ -12,6 +12,7 @@ import os
 import re
 import stat
 from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,14 @@ class LabelShards(Labels):
         return len(self._entries)
 
     def shard_paths(self) -> list[Path]:
-        return [self._root / e["path"] for e in self._entries]
+        return [self._shard_location(k) for k in range(self.num_shards)]
+
+    def _shard_location(self, k: int):
+        """Where shard ``k`` lives (a remote shard set gives URLs)."""
+        return self._root / self._entries[k]["path"]
+
+    def _new_file(self, location, verify: str) -> LabelFile:
+        return LabelFile(location, mmap=self._mmap, verify=verify, max_sequence_positions=self._max_sequence_positions)
 
     def shard(self, k: int) -> LabelFile:
         """Shard ``k``, opened (and checked against its manifest entry) on first use."""
@@ -151,13 +159,13 @@ class LabelShards(Labels):
 
     def _open_shard(self, k: int) -> LabelFile:
         entry = self._entries[k]
-        path = self._root / entry["path"]
+        path = self._shard_location(k)
         where = f"shard {k} ({str(path)!r})"
         # reopened after eviction: the footer (which holds the index CRC) is compared with the entry below, so
         # the index CRC need not be computed again; the structure is always checked
         verify = "structure" if k in self._verified and self._verify == "index" else self._verify
         try:
-            f = LabelFile(path, mmap=self._mmap, verify=verify, max_sequence_positions=self._max_sequence_positions)
+            f = self._new_file(path, verify)
         except FileNotFoundError:
             raise FormatError(f"{where}: file is missing", path=str(path)) from None
         found = {"bytes": f.file_size, "num_sequences": len(f), "num_positions": f.num_positions,
@@ -197,6 +205,19 @@ class LabelShards(Labels):
         k, local = self.locate_sequence(index)
         s = self.shard(k).read(local, check=check)
         return LabelSpan(s.ids, s.values, s.indptr, s.fingerprint, index)
+
+    def prefetch(self, indices) -> None:
+        """Group ``indices`` by shard and start each shard's fetches (see :meth:`Labels.prefetch`)."""
+        for k, local in self._by_shard(indices).items():
+            self.shard(k).prefetch(local)
+
+    def _by_shard(self, indices) -> dict[int, list[int]]:
+        n, groups = len(self), {}
+        for i in indices:
+            if -n <= i < n:
+                k, local = self.locate_sequence(i % n)
+                groups.setdefault(k, []).append(local)
+        return groups
 
     def _locate(self, position: int) -> tuple[int, int]:
         k = int(np.searchsorted(self._pos_starts, position, side="right")) - 1
@@ -253,16 +274,28 @@ def shard_files(directory: Path) -> list[Path]:
     when the shards of a labeling run (``shard-RRRRR-of-WWWWW``) are not all there: the directory would read as
     a dataset silently missing sequences."""
     names = {p.name for p in directory.iterdir()}
+    files = {n for n in names if n.endswith(SHARD_SUFFIX) and (directory / n).is_file()}
+    unreadable = sorted(n for n in names if n.endswith(SHARD_SUFFIX) and n not in files)
+    if unreadable:  # a dangling link or a directory: skipping it would read as a smaller dataset
+        what = "a link to a missing file" if (directory / unreadable[0]).is_symlink() else "not a regular file"
+        raise FormatError(f"directory {str(directory)!r} holds {unreadable[0]}, {what}: restore or remove it before "
+                          "reading the directory")
+    return [directory / n for n in shard_names(names, files, str(directory))]
+
+
+def shard_names(names: Iterable[str], files: Iterable[str], directory: str) -> list[str]:
+    """The shard file names among a directory's ``names`` (``files``: those that are regular files), in order,
+    checked as :func:`shard_files` describes."""
     unfinished = sorted(n for n in names if n.endswith(SHARD_SUFFIX + ".partial"))
     if unfinished:
-        raise FormatError(f"directory {str(directory)!r} holds {unfinished[0]}, an unfinished label file (a writer "
+        raise FormatError(f"directory {directory!r} holds {unfinished[0]}, an unfinished label file (a writer "
                           "is running or was interrupted): finish or resume it before reading the directory")
-    files = sorted(directory / n for n in names if n.endswith(SHARD_SUFFIX) and (directory / n).is_file())
-    if not files:
-        raise FormatError(f"directory {str(directory)!r} holds no {MANIFEST_NAME} and no *{SHARD_SUFFIX} files")
+    found = sorted(n for n in files if n.endswith(SHARD_SUFFIX))
+    if not found:
+        raise FormatError(f"directory {directory!r} holds no {MANIFEST_NAME} and no *{SHARD_SUFFIX} files")
     runs: dict[int, set[int]] = {}
-    for p in files:
-        m = RUN_SHARD_RE.match(p.name)
+    for name in found:
+        m = RUN_SHARD_RE.match(name)
         if m:
             runs.setdefault(int(m.group(2)), set()).add(int(m.group(1)))
     for world_size, ranks in runs.items():
@@ -271,6 +304,6 @@ def shard_files(directory: Path) -> list[Path]:
         if missing or stray or len(runs) > 1:
             what = (f"shard {missing[0]} is missing" if missing else f"a shard numbered {stray[0]}" if stray
                     else f"shards of runs with {sorted(runs)} ranks")
-            raise FormatError(f"directory {str(directory)!r} holds the shards of a {world_size}-rank labeling run "
+            raise FormatError(f"directory {directory!r} holds the shards of a {world_size}-rank labeling run "
                               f"but not as one complete run ({what})")
-    return files
+    return found

@@ -15,7 +15,8 @@ import stat
 
 import numpy as np
 
-from sparselabels.errors import FormatError
+from sparselabels._forksafe import ForkSafeLock
+from sparselabels.errors import ClosedError, FormatError
 
 
 class ByteSource:
@@ -63,7 +64,10 @@ class MmapSource(ByteSource):
 
     def view(self, offset: int, length: int, what: str) -> np.ndarray:
         self.check_range(offset, length, what)
-        return self._array[offset : offset + length]
+        array = self._array  # before the map: close() drops the map first, so a live map means a live array
+        if self._map is None and self.size:
+            raise _closed(self.path)
+        return array[offset : offset + length]
 
     def check_unchanged(self) -> None:
         """Refuse a file truncated, extended or rewritten (``cp`` over it) since it was mapped: a page of the map
@@ -75,19 +79,23 @@ class MmapSource(ByteSource):
         handed out see the new bytes: use ``mmap=False`` for files that may change while open. Positioned reads
         need no check per read, which parallel file systems would make costly: a shorter file ends a read
         early, an error, and a record's CRC catches other bytes.)"""
-        if self._map is None:
+        mapped = self._map  # one reference for both checks: close() may drop the attribute meanwhile
+        if mapped is None:
+            if self.size:
+                raise _closed(self.path)
             return
-        size = self._map.size()
-        if size != self.size or self._last_bytes() != self._tail:
+        size = mapped.size()
+        if size != self.size or mapped[max(self.size - 64, 0) : self.size] != self._tail:
             raise FormatError(
                 f"file {self.path!r}: now {size} bytes ({self.size} when opened)"
                 f"{', other footer bytes' if size == self.size else ''}: truncated or overwritten while open; "
                 "reopen it", path=self.path)
 
     def close(self) -> None:
-        # Views handed out keep the buffer alive; dropping our references lets the map close when they go.
-        self._array = np.zeros(0, np.uint8)
+        # Views handed out keep the buffer alive; dropping our references lets the map close when they go. The map
+        # goes first: a reader that still finds it also found the whole array (see view).
         self._map = None
+        self._array = np.zeros(0, np.uint8)
 
 
 class PreadSource(ByteSource):
@@ -96,24 +104,49 @@ class PreadSource(ByteSource):
     def __init__(self, path: str, fd: int, size: int) -> None:
         super().__init__(path, size)
         self._fd = os.dup(fd)
+        # reads in flight, so that close() from another thread never closes (and frees for reuse) the descriptor a
+        # read is using: the last read out closes it
+        self._guard = ForkSafeLock()
+        self._readers = 0
+        self._closing = False
 
     def close(self) -> None:
-        if getattr(self, "_fd", -1) >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        guard = getattr(self, "_guard", None)
+        if guard is None:
+            return
+        with guard:
+            self._closing = True
+            if self._readers == 0 and self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
     def view(self, offset: int, length: int, what: str) -> np.ndarray:
         self.check_range(offset, length, what)
-        out = np.empty(length, dtype=np.uint8)
-        done = 0
-        mv = memoryview(out)
-        while done < length:
-            n = os.preadv(self._fd, [mv[done:]], offset + done)
-            if n <= 0:
-                raise FormatError(f"file {self.path!r}: {what}: file ended early (was it truncated while open?)",
-                                  path=self.path)
-            done += n
-        return out
+        with self._guard:
+            if self._closing:
+                raise _closed(self.path)
+            self._readers += 1
+        try:
+            out = np.empty(length, dtype=np.uint8)
+            done = 0
+            mv = memoryview(out)
+            while done < length:
+                n = os.preadv(self._fd, [mv[done:]], offset + done)
+                if n <= 0:
+                    raise FormatError(f"file {self.path!r}: {what}: file ended early (was it truncated while open?)",
+                                      path=self.path)
+                done += n
+            return out
+        finally:
+            with self._guard:
+                self._readers -= 1
+                if self._closing and self._readers == 0 and self._fd >= 0:
+                    os.close(self._fd)
+                    self._fd = -1
+
+
+def _closed(path: str) -> ClosedError:
+    return ClosedError(f"file {path!r} is closed", path=path)
 
 
 def open_source(path: str, *, use_mmap: bool) -> ByteSource:

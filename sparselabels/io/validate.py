@@ -14,6 +14,7 @@ from pathlib import Path
 from sparselabels.errors import FormatError, InputError, SparseLabelsError
 from sparselabels.io.open import open_labels
 from sparselabels.io.reader import LabelFile
+from sparselabels.io.remote import is_url
 from sparselabels.io.shards import LabelShards
 from sparselabels.io.verify import problems as file_problems
 
@@ -77,25 +78,32 @@ class ValidationReport:
         return self.ok
 
 
-def validate_file(path: str | os.PathLike, *, max_problems: int = 20) -> ValidationReport:
-    """Check one file completely; stop collecting after ``max_problems`` (at least 1)."""
+def validate_file(path: str | os.PathLike, *, labels: LabelFile | None = None,
+                  max_problems: int = 20) -> ValidationReport:
+    """Check one file completely (``labels``: the file already open, else it is opened here); stop collecting
+    after ``max_problems`` (at least 1)."""
     _check_max_problems(max_problems)
     report = ValidationReport(os.fspath(path), files=1)
+    own = labels is None
+    if own:
+        try:
+            labels = LabelFile(path, verify="index")
+        except FormatError as exc:
+            report.add(exc)
+            return report
+        except OSError as exc:
+            report.add(exc, f"file {os.fspath(path)!r}: cannot open ({exc})")
+            return report
     try:
-        labels = LabelFile(path, verify="index")
-    except FormatError as exc:
-        report.add(exc)
-        return report
-    except OSError as exc:
-        report.add(exc, f"file {os.fspath(path)!r}: cannot open ({exc})")
-        return report
-    with labels:
         report.num_sequences, report.num_positions, report.num_labels = (
             len(labels), labels.num_positions, labels.num_labels)
         for exc in file_problems(labels):
             report.add(exc)
             if len(report.problems) >= max_problems:
                 break
+    finally:
+        if own:
+            labels.close()
     return report
 
 
@@ -105,9 +113,12 @@ def _check_max_problems(max_problems: int) -> None:
         raise InputError(f"max_problems must be an integer >= 1, got {max_problems!r}")
 
 
-def validate(path: str | os.PathLike, *, max_problems: int = 20) -> ValidationReport:
-    """Validate a file, a manifest or a shard directory; every shard is checked completely."""
+def validate(path: str | os.PathLike, *, max_problems: int = 20, **open_options) -> ValidationReport:
+    """Validate a file, a manifest or a shard directory; every shard is checked completely. A URL is read as
+    :func:`~sparselabels.open_labels` reads it (``open_options``: ``storage_options``, ``cache_dir``, ...)."""
     _check_max_problems(max_problems)
+    if is_url(path):
+        return _validate_url(path, max_problems, open_options)
     path = Path(path)
     if path.is_file() and path.suffix != ".json":
         return validate_file(path, max_problems=max_problems)
@@ -137,4 +148,34 @@ def validate(path: str | os.PathLike, *, max_problems: int = 20) -> ValidationRe
             report.num_labels += sub.num_labels
             if len(report.problems) >= max_problems:
                 break
+    return report
+
+
+def _validate_url(url: str, max_problems: int, open_options: dict) -> ValidationReport:
+    """``validate`` of a remote store: every shard opened with its index CRC checked, then checked completely."""
+    report = ValidationReport(url)
+    try:
+        labels = open_labels(url, verify="index", **open_options)
+    except (SparseLabelsError, OSError) as exc:
+        report.add(exc)
+        return report
+    with labels:
+        if not isinstance(labels, LabelShards):
+            return validate_file(url, labels=labels, max_problems=max_problems)
+        for k in range(labels.num_shards):
+            if len(report.problems) >= max_problems:
+                break
+            try:
+                shard = labels.shard(k)
+            except (SparseLabelsError, OSError) as exc:
+                report.add(exc)
+                continue
+            sub = validate_file(shard.path, labels=shard, max_problems=max_problems - len(report.problems))
+            if report.first_error is None and not report.problems:
+                report.first_error = sub.first_error
+            report.problems.extend(sub.problems)
+            report.files += 1
+            report.num_sequences += sub.num_sequences
+            report.num_positions += sub.num_positions
+            report.num_labels += sub.num_labels
     return report

@@ -6,6 +6,13 @@ memory stays bounded whatever the file's size. ``flush()`` makes everything writ
 ``close()`` appends the index and footer, fsyncs, and renames the file to ``<path>`` atomically, so the final
 path only ever holds a complete file. After a crash, ``LabelWriter(path, ..., resume=True)`` keeps every
 chunk of the partial file whose checksums verify and continues after the last one.
+
+Only a file this writer holds locked is written: the partial file is created with ``O_EXCL`` (or opened with
+``O_NOFOLLOW``; links are refused), and after the lock is taken its device and inode are compared with what
+``<path>.partial`` names, so a writer whose lock came late never writes a file another writer finished. A
+``write`` or ``flush`` that fails (a full disk: the error names the file) counts nothing, and the same call can
+be made again; a ``close`` that fails leaves the partial file for ``resume=True``; after a failed fsync the writer
+refuses to go on (``abort()``, then ``resume=True``).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import operator
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -132,6 +140,12 @@ class _ChunkBuffer:
         self.num_positions += t
         self.num_labels += m
 
+    def drop_last(self) -> None:
+        """Forget the sequence appended last (its write failed)."""
+        self.fingerprints.pop()
+        self.num_positions -= self.seq_positions.pop()
+        self.num_labels -= self.seq_labels.pop()
+
 
 def record_crcs(table: np.ndarray, records: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """Each record's CRC-32, taken over the chunk's table followed by the record: what one read decodes."""
@@ -201,7 +215,8 @@ class LabelWriter:
     ``<path>.partial``), ``overwrite`` (replace an existing ``path`` or partial file), ``chunk_bytes`` (input
     bytes buffered per chunk), ``durable`` (fsync in ``flush``/``close``; turn off only for scratch files),
     ``resumable`` (False: a writer that stops without finishing deletes its partial file, for jobs that cannot
-    resume and must not leave one behind to block the next attempt, such as a merge),
+    resume and must not leave one behind to block the next attempt, such as a merge; such a writer also starts
+    afresh over a stale partial file that a killed process left, which it can lock, so no live writer uses it),
     ``max_sequence_positions`` (the longest sequence accepted: by default what readers accept by default, so
     that no file is written that they refuse; raise it on both sides for longer sequences).
     """
@@ -244,6 +259,7 @@ class LabelWriter:
         self._meta_bytes = meta_format.encode(self.metadata)
         self._fd = -1
         self._closed = False
+        self._failed: str | None = None  # why the writer cannot go on (its state on disk is unknown); see write()
         self._fingerprints: bool | None = None  # decided by the first sequence (or the recovered chunks)
         self._buffer = _ChunkBuffer(VALUE_DTYPES[value_kind])
         self._reset_counters()
@@ -257,30 +273,55 @@ class LabelWriter:
         self._labels = 0
 
     def _acquire(self, *, resume: bool, overwrite: bool) -> None:
-        if self.path.exists() and not overwrite:
-            if resume:
-                raise SparseLabelsError(f"{self.path} is already complete; nothing to resume")
-            raise OutputExistsError(f"{self.path} exists; pass overwrite=True to replace it", path=str(self.path))
+        self._check_target()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.partial_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        for _ in range(_LOCK_TRIES):
+            if self.path.exists() and not overwrite:
+                if resume:
+                    raise SparseLabelsError(f"{self.path} is already complete; nothing to resume")
+                raise OutputExistsError(f"{self.path} exists; pass overwrite=True to replace it", path=str(self.path))
+            fd = _open_partial(self.partial_path)
+            if fd is None:
+                continue  # created or removed by another writer between the look and the open: look again
+            try:
+                _lock(fd)
+            except BlockingIOError:
+                os.close(fd)
+                raise SparseLabelsError(f"{self.partial_path} is being written by another LabelWriter") from None
+            if _is_at(fd, self.partial_path):
+                break
+            # another writer finished (renamed this file into place) or removed it between our open and our lock:
+            # the locked file is no longer the partial file, and must not be written
             os.close(fd)
-            raise SparseLabelsError(f"{self.partial_path} is being written by another LabelWriter") from None
+        else:
+            raise SparseLabelsError(f"{self.partial_path} kept changing while this writer tried to lock it "
+                                    f"({_LOCK_TRIES} tries): is another writer starting and finishing it?")
         self._fd = fd
         try:
             self._columns = {name: _Column(self.path.parent) for name in _COLUMN_ORDER}
             existing = os.fstat(fd).st_size
             if existing and resume:
                 self._recover()
-            elif existing and not overwrite:
+            elif existing and not overwrite and self.resumable:
                 raise SparseLabelsError(f"{self.partial_path} holds an unfinished file; {PARTIAL_FILE_ADVICE}")
-            else:
+            else:  # a writer that cannot resume starts afresh over a stale partial file: it holds its lock
                 self._start()
+        except OSError as exc:  # a full disk while writing the header: say which file
+            self._release()
+            raise self._named(exc) from None
         except BaseException:
             self._release()
             raise
+
+    def _check_target(self) -> None:
+        """Refuse up front what would only fail at close(): a directory at the path, a name too long for the
+        file system once ``.partial`` is appended."""
+        if self.path.is_dir():
+            raise InputError(f"{self.path} is a directory; a label file needs a file name")
+        name_max = _name_max(self.path.parent)
+        if len(os.fsencode(self.partial_path.name)) > name_max:
+            raise InputError(f"{self.path.name!r}: the writer keeps the unfinished file as {self.partial_path.name!r}, "
+                             f"longer than the {name_max} bytes a file name may have here; choose a shorter name")
 
     def _start(self) -> None:
         os.ftruncate(self._fd, 0)
@@ -402,6 +443,8 @@ class LabelWriter:
                 values_a = values_a.astype(VALUE_DTYPES["prob"])
         problem = check_labels(ids_a, values_a, indptr_a, vocab_size=self.vocab_size, value_kind=self.value_kind,
                                rounds=self.rounds)
+        if problem is None:
+            problem = self.codec.unencodable(ids_a, indptr_a)
         if problem is not None:  # counts are checked before the cast to uint8, so 256 cannot wrap to 0
             raise InputError(f"{where}, {problem.describe()}", path=str(self.path), sequence=seq,
                              **problem.location())
@@ -413,10 +456,17 @@ class LabelWriter:
                 f"{where}: fingerprint is {'set' if has_fp else 'missing'}, but earlier sequences {state} "
                 "fingerprint; a file stores one for every sequence or for none"
             )
+        before = self._fingerprints
         self._fingerprints = has_fp
         self._buffer.append(ids_a, values_a, indptr_a, fp_value)
         if self._buffer.nbytes >= self.chunk_bytes:
-            self._write_chunk()
+            try:
+                self._write_chunk()
+            except BaseException:
+                # not written: the writer is as before the call (or marked failed when that cannot be promised)
+                self._buffer.drop_last()
+                self._fingerprints = before
+                raise
         return seq
 
     def _coerce(self, ids, counts, indptr, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -488,13 +538,34 @@ class LabelWriter:
         )
         offset = self._end
         at = offset
-        for part in (header.pack(), entries, table, records):
-            size = len(part) if isinstance(part, bytes) else part.nbytes
-            if size:
-                _pwrite_all(self._fd, part, at)
-            at += size
-        self._note_chunk(offset, header, entries)
+        try:
+            for part in (header.pack(), entries, table, records):
+                size = len(part) if isinstance(part, bytes) else part.nbytes
+                if size:
+                    _pwrite_all(self._fd, part, at)
+                at += size
+        except OSError as exc:  # nothing is counted: the bytes past the end are overwritten or cut later
+            raise self._named(exc) from None
+        try:
+            self._note_chunk(offset, header, entries)
+        except BaseException as exc:  # counters and index columns may be half updated: no way back
+            self._failed = f"noting a chunk failed ({exc!r})"
+            if isinstance(exc, OSError):
+                raise self._named(exc) from None
+            raise
         self._end = at
+
+    def _named(self, exc: OSError) -> OSError:
+        """``exc`` naming the partial file (ENOSPC and EIO say nothing of which file otherwise)."""
+        return type(exc)(exc.errno, exc.strerror, str(self.partial_path)) if exc.errno else exc
+
+    def _sync(self) -> None:
+        """fsync the partial file; a failure leaves its pages in an unknown state, so the writer stops."""
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            self._failed = f"fsync failed ({exc.strerror})"
+            raise self._named(exc) from None
 
     def _note_chunk(self, offset: int, header: ChunkHeader, entries: np.ndarray) -> None:
         """Account for a chunk on disk: counters and index columns."""
@@ -528,7 +599,7 @@ class LabelWriter:
         self._check_open()
         self._write_chunk()
         if self.durable:
-            os.fsync(self._fd)
+            self._sync()
 
     def close(self) -> None:
         """Finish the file: write the index and footer, fsync, and rename to the final path atomically."""
@@ -538,6 +609,9 @@ class LabelWriter:
         try:
             self._write_chunk()
             self._finalize()
+        except OSError as exc:
+            self._drop_partial()
+            raise self._named(exc) from None
         except BaseException:
             self._drop_partial()
             raise
@@ -590,6 +664,9 @@ class LabelWriter:
     def _check_open(self) -> None:
         if self._closed or self._fd < 0:
             raise ClosedError(f"LabelWriter for {self.path} is closed")
+        if self._failed is not None:
+            raise SparseLabelsError(f"LabelWriter for {self.path} stopped: {self._failed}; abort() it and continue "
+                                    "with resume=True, which keeps the chunks that verify")
 
     def __enter__(self) -> LabelWriter:
         return self
@@ -601,7 +678,7 @@ class LabelWriter:
         # An error escaped the block: keep what was accepted (durably) for resume, but never finalise.
         if not self._closed and self._fd >= 0:
             try:
-                if self.resumable:
+                if self.resumable and self._failed is None:
                     self.flush()
             finally:
                 self.abort()
@@ -612,6 +689,59 @@ class LabelWriter:
 
 
 _COLUMN_ORDER = tuple(name for name, _ in INDEX_COLUMNS)
+
+
+_LOCK_TRIES = 8
+
+
+def _lock(fd: int) -> None:
+    """Take the writer's exclusive lock on an open partial file (a separate function: tests delay it)."""
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _open_partial(path: Path) -> int | None:
+    """A descriptor of the regular file at ``path``, created by this call if there is none; None when the file
+    appeared or vanished meanwhile. A symbolic link or a file with other hard links is refused: the writer
+    truncates and writes the file it opens, and must never write through to another file."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        try:
+            fd = os.open(path, flags | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if path.is_symlink():
+                raise SparseLabelsError(f"{path} is a symbolic link; the writer only writes a partial file it "
+                                        "created: remove the link") from None
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+        os.close(fd)
+        what = "not a regular file" if not stat.S_ISREG(info.st_mode) else f"a file with {info.st_nlink} hard links"
+        raise SparseLabelsError(f"{path} is {what}; the writer only writes a partial file it created: remove it")
+    return fd
+
+
+def _is_at(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is (still) the file at ``path``."""
+    try:
+        here = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino) and mine.st_nlink > 0
+
+
+def _name_max(directory: Path) -> int:
+    """The longest file name the file system of ``directory`` (or its nearest existing ancestor) allows."""
+    for d in (directory, *directory.parents):
+        try:
+            return os.pathconf(d, "PC_NAME_MAX")
+        except (OSError, ValueError):
+            continue
+    return 255
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -14,7 +14,9 @@ not depend on ``chunk_rows``. Log-probs are logits up to a per-row constant (sof
 temperature); ``kind="logprobs"`` only adds a check that every row's probabilities sum to 1, to catch
 mislabelled inputs. ``topk=K`` writes Top-K probability labels (``value_kind="prob"``) for baselines. The same
 determinism makes ``resume=True`` exact: a rerun after a crash keeps the sequences already in the partial
-file and labels the rest, and the file is the one an uninterrupted run writes.
+file and labels the rest, and the file is the one an uninterrupted run writes. The kept sequences' input rows
+are hashed again and compared with the digests recorded while they were converted (``row_journal``), so an
+input replaced in between is refused rather than mixed into the file.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from sparselabels.io.sequence import CsrLabels, concat_csr, split_csr
 from sparselabels.io.writer import DEFAULT_CHUNK_BYTES, LabelWriter
 from sparselabels.pipeline.progress import Progress
 from sparselabels.pipeline.resume import check_finished
+from sparselabels.pipeline.row_journal import RowJournal, row_digest
 from sparselabels.pipeline.teacher import resolve_device
 
 KINDS = ("logits", "logprobs")
@@ -71,6 +74,18 @@ class DenseSource(abc.ABC):
 
 
 _NUMPY_FLOATS = (np.float16, np.float32, np.float64)
+# One row (a vocabulary's worth of outputs) is the least convert holds at a time, several times over while it
+# samples: 256 MiB of float32 (a vocabulary of 64M entries) is far above any real one, and a declared shape
+# beyond it (cheap to declare in an HDF5 file without storing any data) is refused before anything is read.
+MAX_ROW_BYTES = 256 << 20
+# HDF5 decompresses whole chunks: a chunk larger than this is refused for the same reason.
+MAX_HDF5_CHUNK_BYTES = 256 << 20
+
+
+def _native_float(dtype: np.dtype) -> np.dtype | None:
+    """``dtype`` in native byte order if it is float16/32/64 in either byte order, else None."""
+    native = np.dtype(dtype).newbyteorder("=")
+    return native if native in _NUMPY_FLOATS else None
 
 
 class NpySource(DenseSource):
@@ -80,10 +95,11 @@ class NpySource(DenseSource):
             self._array = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError) as exc:
             raise InputError(f"npy {str(path)!r}: cannot memory-map ({exc})") from None
-        if self._array.dtype not in _NUMPY_FLOATS:
+        self._native = _native_float(self._array.dtype)
+        if self._native is None:
             raise InputError(f"npy {str(path)!r}: dtype {self._array.dtype} is not float16, float32 or float64")
         self.shape = tuple(self._array.shape)
-        self.dtype = str(self._array.dtype)
+        self.dtype = str(self._native)
 
     @property
     def itemsize(self) -> int:
@@ -92,7 +108,8 @@ class NpySource(DenseSource):
     def read(self, index):
         import torch
 
-        return torch.from_numpy(np.array(self._array[index]))  # a private, writable copy of the mapped rows
+        # a private, writable copy of the mapped rows, in native byte order (torch has no other)
+        return torch.from_numpy(np.array(self._array[index], dtype=self._native))
 
 
 class Hdf5Source(DenseSource):
@@ -117,15 +134,17 @@ class Hdf5Source(DenseSource):
             if key not in self._file or not isinstance(self._file[key], h5py.Dataset):
                 raise InputError(f"hdf5 {str(path)!r}: no dataset {key!r}")
             self._dataset = self._file[key]
-            if self._dataset.dtype not in _NUMPY_FLOATS:
+            self._native = _native_float(self._dataset.dtype)
+            if self._native is None:
                 raise InputError(f"hdf5 {str(path)!r}, dataset {key!r}: dtype {self._dataset.dtype} is not float16, "
                                  "float32 or float64")
+            _check_hdf5_storage(self._file, self._dataset, f"hdf5 {str(path)!r}, dataset {key!r}")
         except BaseException:
             self._file.close()
             raise
         self.key = key
         self.shape = tuple(self._dataset.shape)
-        self.dtype = str(self._dataset.dtype)
+        self.dtype = str(self._native)
 
     @property
     def itemsize(self) -> int:
@@ -134,10 +153,30 @@ class Hdf5Source(DenseSource):
     def read(self, index):
         import torch
 
-        return torch.from_numpy(np.ascontiguousarray(self._dataset[index]))
+        return torch.from_numpy(np.ascontiguousarray(self._dataset[index], dtype=self._native))
 
     def close(self) -> None:
         self._file.close()
+
+
+def _check_hdf5_storage(file, dataset, where: str) -> None:
+    """Refuse a dataset whose data lies outside the given file (external storage, a virtual dataset, a link to
+    another file: convert must read only the file it was given) or whose chunks decompress to more than
+    MAX_HDF5_CHUNK_BYTES."""
+    if dataset.file.id != file.id:
+        raise InputError(f"{where}: the dataset lives in another file ({dataset.file.filename!r}, through an "
+                         "external link); convert that file itself")
+    if dataset.is_virtual:
+        raise InputError(f"{where}: a virtual dataset maps data from other files; convert the source files")
+    if dataset.external:
+        files = sorted({str(name) for name, *_ in dataset.external})
+        raise InputError(f"{where}: its data is stored in external files {files}; convert reads only the HDF5 "
+                         "file given")
+    if dataset.chunks is not None:
+        chunk_bytes = int(np.prod(dataset.chunks, dtype=np.int64)) * dataset.dtype.itemsize
+        if chunk_bytes > MAX_HDF5_CHUNK_BYTES:
+            raise InputError(f"{where}: chunks of {dataset.chunks} ({chunk_bytes} bytes) are more than the "
+                             f"{MAX_HDF5_CHUNK_BYTES} bytes convert decompresses at a time")
 
     def describe(self) -> dict:
         return {**super().describe(), "key": self.key}
@@ -204,6 +243,11 @@ def open_dense(path: str | os.PathLike, *, key: str | None = None) -> DenseSourc
     if len(source.shape) not in (2, 3) or source.width < 1:
         source.close()
         raise InputError(f"input {str(path)!r}: expected a [R, V] or [N, T, V] array, got shape {source.shape}")
+    if source.width * max(source.itemsize, 4) > MAX_ROW_BYTES:  # rows are sampled as float32 at least
+        source.close()
+        raise InputError(f"input {str(path)!r}: rows of {source.width} values are more than the "
+                         f"{MAX_ROW_BYTES >> 20} MiB per row convert holds at a time (a vocabulary of at most "
+                         f"{MAX_ROW_BYTES // 4} entries)")
     return source
 
 
@@ -232,7 +276,7 @@ def make_layout(shape: tuple[int, ...], *, seq_len: int | None, lengths) -> Layo
         raise InputError("give seq_len or lengths, not both")
     if lengths is not None:
         lengths = np.asarray(lengths)
-        if lengths.ndim != 1 or (lengths.size and not np.issubdtype(lengths.dtype, np.integer)):
+        if lengths.ndim != 1 or (lengths.size and lengths.dtype.kind not in "iu"):
             raise InputError(f"lengths must be a 1-D integer array, got {lengths.dtype} {lengths.shape}")
         lengths = lengths.astype(np.int64)
         if lengths.size and lengths.min() < 0:
@@ -354,8 +398,9 @@ def convert(
     ``chunk_rows`` bounds the rows in memory (default: about 256 MiB of float32). ``resume=True`` continues after
     a crash or kill: the sequences in the verified chunks of ``out``'s partial file are kept and the rest are
     labeled again; sampling depends only on the seed and each row's global index, so the file is byte for byte
-    the one an uninterrupted run writes (an ``out`` already finished is checked against these arguments and
-    kept). ``chunk_bytes``: input bytes per chunk of the label file (LabelWriter).
+    the one an uninterrupted run writes; the kept sequences' input rows are read and checked to be the rows they
+    were labeled from (CompatibilityError otherwise). An ``out`` already finished is checked against these
+    arguments and kept. ``chunk_bytes``: input bytes per chunk of the label file (LabelWriter).
     """
     require("convert", "torch", extras="hf")
     import torch
@@ -413,11 +458,16 @@ def convert(
             return Path(out)
         writer = LabelWriter(out, **settings, metadata=meta, overwrite=overwrite, resume=resume,
                              chunk_bytes=chunk_bytes)
+        journal = None
         try:
             done = writer.num_sequences  # kept from a partial file when resuming
             if done > num_sequences:
                 raise CompatibilityError(f"{writer.partial_path} holds {done} sequences but the input has only "
                                          f"{num_sequences}")
+            journal = RowJournal(writer.partial_path, kept=done)
+            if done:  # the kept labels must come from these very rows, not from an input since replaced
+                _check_kept_rows(src, layout, chunk_rows, done, journal, where=str(writer.partial_path))
+            digests: dict[int, Any] = {}
             with Progress(int(layout.offsets[-1]), done=int(layout.offsets[done]), enabled=progress,
                           label="convert") as meter:
                 pending: list[CsrLabels] = []
@@ -425,7 +475,11 @@ def convert(
                     chunk = [p for p in planned if p.seq >= done]
                     if not chunk:
                         continue
-                    blocks = [src.read(layout.rows(p.seq, p.t0, p.t1)).reshape(-1, width) for p in chunk if p.t1 > p.t0]
+                    blocks = []
+                    for p in chunk:
+                        if p.t1 > p.t0:
+                            blocks.append(src.read(layout.rows(p.seq, p.t0, p.t1)).reshape(-1, width))
+                            digests.setdefault(p.seq, row_digest()).update(_raw_bytes(blocks[-1]))
                     if blocks:
                         rows = torch.cat(blocks).to(dev) if len(blocks) > 1 else blocks[0].to(dev)
                         row_ids = torch.cat([torch.arange(p.t0, p.t1, dtype=torch.int64) + int(layout.offsets[p.seq])
@@ -454,16 +508,40 @@ def convert(
                         if p.t1 == layout.lengths[p.seq]:  # the sequence is complete
                             ids, values, indptr = concat_csr(pending)
                             pending = []
+                            journal.append((digests.pop(p.seq, None) or row_digest()).digest())
                             writer.write(ids, values, indptr,
                                          fingerprint=None if fingerprints is None else int(fingerprints[p.seq]))
                     meter.update(sum(pieces))
         except BaseException:
             writer.abort()
+            if journal is not None:
+                journal.close(remove=False)
             raise
         writer.close()
+        journal.close(remove=True)
     finally:
         src.close()
     return Path(out)
+
+
+def _raw_bytes(block) -> np.ndarray:
+    """The bytes of a block of rows as read from the input (any dtype, bfloat16 included)."""
+    import torch
+
+    return block.contiguous().view(torch.uint8).numpy()
+
+
+def _check_kept_rows(src: DenseSource, layout: Layout, chunk_rows: int, kept: int, journal: RowJournal,
+                     where: str) -> None:
+    """Hash the input rows of the ``kept`` sequences again (``chunk_rows`` at a time) and compare with the journal."""
+    digests: dict[int, Any] = {}
+    for planned in plan_chunks(layout.lengths[:kept], chunk_rows):
+        for p in planned:
+            digest = digests.setdefault(p.seq, row_digest())
+            if p.t1 > p.t0:
+                digest.update(_raw_bytes(src.read(layout.rows(p.seq, p.t0, p.t1))))
+            if p.t1 == layout.lengths[p.seq]:
+                journal.check(p.seq, digests.pop(p.seq).digest(), where)
 
 
 def _token_fingerprints(tokens, column: str, lengths: np.ndarray) -> np.ndarray | None:

@@ -36,13 +36,15 @@ def format_count(n: float) -> str:
 class Progress:
     """Track tokens done out of ``total``; ``update(n)`` after each batch, ``close()`` at the end.
 
-    ``enabled=False`` prints nothing. ``tty=None`` asks the stream whether it is a terminal.
+    ``total=None``: not known in advance (a streamed source): counts and rate, no bar or ETA. ``enabled=False``
+    prints nothing. ``tty=None`` asks the stream whether it is a terminal. Leaving the ``with`` block on an
+    exception (Ctrl-C) ends the line cleanly with where the run stopped, instead of a finished-looking bar.
     """
 
-    def __init__(self, total: int, *, done: int = 0, label: str = "generate", stream: TextIO | None = None,
+    def __init__(self, total: int | None, *, done: int = 0, label: str = "generate", stream: TextIO | None = None,
                  enabled: bool = True, interval: float = 60.0, tty: bool | None = None,
                  clock=time.monotonic) -> None:
-        self.total = int(total)
+        self.total = None if total is None else int(total)
         self.done = int(done)
         self._start_done = self.done
         self.label = label
@@ -68,6 +70,8 @@ class Progress:
 
     @property
     def eta(self) -> float:
+        if self.total is None:
+            return float("nan")
         rate = self.rate
         remaining = max(self.total - self.done, 0)
         if remaining == 0:
@@ -76,11 +80,15 @@ class Progress:
 
     def line(self) -> str:
         """The status text (without bar): done/total tokens, percent, tokens/s and ETA."""
+        if self.total is None:
+            return f"{format_count(self.done)} tokens, {format_count(self.rate)} tok/s"
         pct = 100.0 * self.done / self.total if self.total else 100.0
         return (f"{format_count(self.done)}/{format_count(self.total)} tokens ({pct:.1f}%), "
                 f"{format_count(self.rate)} tok/s, ETA {format_duration(self.eta)}")
 
     def bar(self) -> str:
+        if self.total is None:
+            return "[stream]"
         frac = min(self.done / self.total, 1.0) if self.total else 1.0
         filled = int(frac * _BAR_WIDTH)
         return "[" + "#" * filled + "-" * (_BAR_WIDTH - filled) + "]"
@@ -92,7 +100,7 @@ class Progress:
             return
         now = self._clock()
         if self.tty:
-            if now - self._last_print >= _REDRAW_S or self.done >= self.total:
+            if now - self._last_print >= _REDRAW_S or (self.total is not None and self.done >= self.total):
                 self._last_print = now
                 self.stream.write(f"\r{self.label} {self.bar()} {self.line()}\x1b[K")
                 self.stream.flush()
@@ -100,26 +108,29 @@ class Progress:
             self._last_print = now
             self._log()
 
-    def _log(self) -> None:
+    def _log(self, note: str = "") -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        self.stream.write(f"{stamp} {self.label}: {self.line()}\n")
+        self.stream.write(f"{stamp} {self.label}: {self.line()}{note}\n")
         self.stream.flush()
 
-    def close(self) -> None:
-        """Print the final state (a newline after the bar, or a last log line)."""
+    def close(self, *, stopped: bool = False) -> None:
+        """Print the final state (a newline after the bar, or a last log line); ``stopped``: the run did not
+        finish, and the line says so."""
         if self._closed:
             return
         self._closed = True
         if not self.enabled:
             return
+        end = f", stopped after {format_duration(self.elapsed)}" if stopped else f", {format_duration(self.elapsed)}"
         if self.tty:
-            self.stream.write(f"\r{self.label} {self.bar()} {self.line()}, {format_duration(self.elapsed)}\x1b[K\n")
+            # from the line's start, erasing what the terminal echoed into it (^C): one whole line, then a newline
+            self.stream.write(f"\r\x1b[K{self.label} {self.bar()} {self.line()}{end}\n")
             self.stream.flush()
         else:
-            self._log()
+            self._log(" (stopped)" if stopped else "")
 
     def __enter__(self) -> Progress:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(stopped=exc_type is not None)

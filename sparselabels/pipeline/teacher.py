@@ -1,4 +1,8 @@
-"""The teacher: a Hugging Face causal LM loaded from a local directory, and what identifies it in label files.
+"""The teacher: a Hugging Face causal LM (a local directory or a hub id in the local cache), and what identifies it.
+
+Everything that needs only the model's ``config.json`` (its context length, its input vocabulary) is read by
+:func:`inspect_teacher` before any weight is loaded, so bad tokens or options fail in seconds, not after minutes
+of loading a large teacher.
 
 Fingerprints (stored in the metadata so that labels from different teachers are never mixed):
 
@@ -33,8 +37,28 @@ WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.json", "merges.txt", "vocab.txt", "tokenizer.model", "spiece.model",
                    "sentencepiece.bpe.model")
+# Config attributes that hold a model's maximum number of positions, in the order they are looked up.
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length",
+                "max_seq_len")
 _BLOCK = 8 << 20
 _DIGEST = 16
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """What is known of a teacher before its weights load: where it lives and what its config says.
+
+    ``context``: the most positions one forward may hold (None when the config names no limit);
+    ``context_key``: the config attribute it came from; ``input_size``: the config's vocabulary (token ids
+    must be below it; None when the config has none).
+    """
+
+    model: Any  # the resolved directory (Path) or the nn.Module handed over
+    name: str  # stored as ``teacher``: the directory's name, the hub id, or the module's name_or_path
+    config: Any
+    context: int | None
+    context_key: str | None
+    input_size: int | None
 
 
 @dataclass
@@ -164,6 +188,13 @@ def _cast_parameters(module, dtype):
     return module
 
 
+def _model_name(model: Any, directory: Path) -> str:
+    """The directory's name, or a hub id as given (a cache snapshot's directory is named by its commit)."""
+    if isinstance(model, str | os.PathLike) and not Path(model).is_dir():
+        return os.fspath(model)
+    return directory.resolve().name
+
+
 def resolve_device(device: str | None):
     """``"cuda"`` means the local rank's GPU under torchrun (``LOCAL_RANK``), GPU 0 otherwise."""
     import torch
@@ -182,13 +213,82 @@ def resolve_device(device: str | None):
     return dev
 
 
+def resolve_model(model: str | os.PathLike) -> Path:
+    """A local model directory for ``model``: the directory itself, or a hub id (``org/name``) resolved from the
+    local Hugging Face cache (``HF_HUB_CACHE`` / ``HF_HOME``), never downloading: a labeling run under
+    torchrun must not fetch a model once per rank."""
+    directory = Path(model)
+    if directory.is_dir():
+        return directory
+    if directory.exists():
+        raise InputError(f"model {str(model)!r} is a file; pass a model directory or a hub id")
+    text = os.fspath(model)
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return Path(snapshot_download(text, local_files_only=True))
+    except Exception as exc:  # huggingface_hub raises validation, missing-entry and OS errors here
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise InputError(
+            f"model {text!r} is neither a local directory nor a model in the local Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}; {reason}); download it first (`huggingface-cli download {text}`) or "
+            "pass its directory"
+        ) from None
+
+
+def context_limit(config: Any) -> tuple[int | None, str | None]:
+    """(maximum positions, config attribute) of a model config; (None, None) when it names no limit."""
+    configs = [config]
+    text_config = getattr(config, "get_text_config", None)
+    if callable(text_config):
+        configs.insert(0, text_config())
+    for cfg in configs:
+        for key in CONTEXT_KEYS:
+            value = getattr(cfg, key, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value, (getattr(cfg, "attribute_map", None) or {}).get(key, key)  # GPT-2: n_positions
+    return None, None
+
+
+def _read_config(directory: Path) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(directory), local_files_only=True)
+    except Exception as exc:  # transformers raises many types for a bad config
+        raise InputError(f"model {str(directory)!r}: cannot read config.json ({type(exc).__name__}: {exc})") from None
+
+
+def inspect_teacher(model) -> TeacherSpec:
+    """Resolve ``model`` and read its config, loading no weights: a directory or hub id, or an ``nn.Module``."""
+    if isinstance(model, str | os.PathLike):
+        directory = resolve_model(model)
+        model_files(directory)  # config.json and weight files present
+        config = _read_config(directory)
+        vocab = getattr(config.get_text_config() if hasattr(config, "get_text_config") else config, "vocab_size",
+                        None)
+        context, key = context_limit(config)
+        return TeacherSpec(directory, _model_name(model, directory), config, context, key,
+                           vocab if isinstance(vocab, int) else None)
+    import torch.nn as nn
+
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a directory path, a hub id or a torch.nn.Module, got {type(model).__name__}")
+    config = getattr(model, "config", None)
+    context, key = context_limit(config) if config is not None else (None, None)
+    module_name = getattr(config, "name_or_path", "") or type(model).__name__
+    return TeacherSpec(model, Path(str(module_name)).name or type(model).__name__, config, context, key,
+                       _model_sizes(model)[1])
+
+
 def load_teacher(model, *, dtype: str = "bfloat16", device: str | None = None,
                  tokenizer: str | os.PathLike | None = None, vocab_size: int | None = None, name: str | None = None,
                  fingerprint: str | None = None) -> Teacher:
     """Load (or adopt) a teacher and work out its identity and label vocabulary.
 
-    ``model``: a local model directory (loaded with ``from_pretrained(dtype=...)``) or an already built
-    ``nn.Module`` (moved to ``device``; floating parameters, not buffers, cast to ``dtype``).
+    ``model``: a local model directory or a hub id in the local cache (loaded with ``from_pretrained(dtype=...)``),
+    a :class:`TeacherSpec` from :func:`inspect_teacher`, or an already built ``nn.Module`` (moved to ``device``;
+    floating parameters, not buffers, cast to ``dtype``).
     ``tokenizer``: a directory with tokenizer files (default: the model directory).
     ``name``/``fingerprint`` override the computed identity (e.g. when the module came from elsewhere).
     """
@@ -197,26 +297,20 @@ def load_teacher(model, *, dtype: str = "bfloat16", device: str | None = None,
     tokenizer_dir = Path(tokenizer) if tokenizer is not None else None
     if tokenizer_dir is not None and not tokenizer_files(tokenizer_dir):  # a typo must not drop the tokenizer
         raise InputError(f"tokenizer {str(tokenizer_dir)!r}: holds no tokenizer files (tokenizer.json, ...)")
-    if isinstance(model, str | os.PathLike):
-        directory = Path(model)
-        if not directory.is_dir():
-            raise InputError(f"model {str(model)!r} is not a directory (a local Hugging Face model is expected)")
+    spec = model if isinstance(model, TeacherSpec) else inspect_teacher(model)
+    if isinstance(spec.model, Path):
+        directory = spec.model
         files = model_files(directory)
         if fingerprint is None:
             fingerprint = files_fingerprint(files)
         from transformers import AutoModelForCausalLM
 
         module = AutoModelForCausalLM.from_pretrained(str(directory), dtype=dt, local_files_only=True)
-        name = name or directory.resolve().name
+        name = name or spec.name
         tokenizer_dir = tokenizer_dir or directory
     else:
-        import torch.nn as nn
-
-        if not isinstance(model, nn.Module):
-            raise InputError(f"model must be a directory path or a torch.nn.Module, got {type(model).__name__}")
-        module = model
-        module_name = getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__
-        name = name or Path(str(module_name)).name or type(model).__name__
+        module = spec.model
+        name = name or spec.name
     module = _cast_parameters(module.to(device=dev), dt).eval()
     if fingerprint is None:
         fingerprint = state_fingerprint(module)

@@ -17,10 +17,16 @@ The stream layout (a contract shared with ``triton_kernel.py``; changing it chan
   in ascending order, i.e. directly as (id, count) runs).
 
 All arithmetic here is on int64 tensors holding uint32 values, so it runs on any torch device.
+
+Streams of a labeling run (:func:`stream_key`): ``generate`` does not key Philox with the user's seed itself but
+with a key derived from the seed *and* the token source's fingerprint, so two parts of a corpus labeled
+separately with one seed (whose row ids both start at 0) draw from different streams, while a rerun, a resume
+or another number of ranks over the same tokens draws from the same one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import operator
 
 import torch
@@ -77,6 +83,15 @@ def check_seed(seed: int | None) -> int:
     if not 0 <= value < 1 << 64:
         raise InputError(f"seed must be in [0, 2**64), got {value}")
     return value
+
+
+def stream_key(seed: int, source: str) -> int:
+    """The Philox key (in [0, 2^64)) of a labeling run: BLAKE2b-64, personalised ``sl-stream-v1``, over the seed
+    (8 bytes, little-endian) and the UTF-8 bytes of ``source`` (the run's source fingerprint)."""
+    h = hashlib.blake2b(digest_size=8, person=b"sl-stream-v1")
+    h.update(check_seed(seed).to_bytes(8, "little"))
+    h.update(source.encode())
+    return int.from_bytes(h.digest(), "little")
 
 
 def sorted_uniforms(seed: int, row_ids: torch.Tensor, rounds: int) -> torch.Tensor:

@@ -145,11 +145,11 @@ def writer_settings(codec: str, value_kind: str, vocab: int = VOCAB) -> dict[str
                          "user": {"purpose": "fuzz", "list": [1, 2.5, None]}}}
 
 
-def _first_id_is_top(ids: np.ndarray, indptr: np.ndarray) -> bool:
+def first_id_is_top(ids: np.ndarray, indptr: np.ndarray) -> bool:
     return bool(np.any(ids[indptr[:-1][np.diff(indptr) > 0]].astype(np.int64) == WIDE_VOCAB - 1))
 
 
-def _edge_sequences(value_kind: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def edge_sequences(value_kind: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The extremes of the full id range: 2**32 - 1 as a lone label, then beside 0 and 2**32 - 2."""
     top = WIDE_VOCAB - 1
     out = []
@@ -169,7 +169,7 @@ def write_base(path: Path, *, codec: str, value_kind: str, fingerprints: bool, n
     rng = np.random.default_rng(seed)
     content = []
     with LabelWriter(path, overwrite=True, **writer_settings(codec, value_kind, vocab)) as writer:
-        edges = _edge_sequences(value_kind) if vocab == WIDE_VOCAB and num_sequences else []
+        edges = edge_sequences(value_kind) if vocab == WIDE_VOCAB and num_sequences else []
         while len(content) < num_sequences:
             ids, vals, indptr = edges.pop(0) if edges else random_sequence(rng, value_kind, vocab)
             fp = int(rng.integers(0, 1 << 63, dtype=np.uint64)) * 2 + int(rng.integers(0, 2)) if fingerprints else None
@@ -177,7 +177,7 @@ def write_base(path: Path, *, codec: str, value_kind: str, fingerprints: bool, n
             try:
                 writer.write(ids, vals, indptr, fingerprint=fp)
             except InputError as exc:
-                if not (codec == "rans" and _first_id_is_top(ids, indptr) and "beyond codec" in str(exc)):
+                if not (codec == "rans" and first_id_is_top(ids, indptr) and "beyond codec" in str(exc)):
                     raise
                 assert writer.num_sequences == before
                 continue

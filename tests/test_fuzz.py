@@ -123,5 +123,5 @@ def test_bases_cover_the_full_id_range(bases: list[fs.BaseFile], tmp_path: Path)
                 assert f.vocab_size == 2**32
                 ids = np.concatenate([s.ids for s in f])
                 assert int(ids.max()) == 2**32 - 1
-                top_first |= any(ff._first_id_is_top(s.ids, s.indptr) for s in f)
+                top_first |= any(fs.first_id_is_top(s.ids, s.indptr) for s in f)
         assert top_first == (codec == "raw"), codec

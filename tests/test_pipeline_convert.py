@@ -342,16 +342,16 @@ def test_resume_of_a_finished_file_checks_it_and_keeps_it(tmp_path):
     before = out.read_bytes()
     assert convert(path, out, seed=1, resume=True) == out
     assert out.read_bytes() == before
-    with pytest.raises(sl.CompatibilityError, match="seed"):
+    with pytest.raises(sl.CompatibilityError, match="cannot resume: seed is 1 in the finished file but 2"):
         convert(path, out, seed=2, resume=True)
     with pytest.raises(InputError, match="exclude"):
         convert(path, out, seed=1, resume=True, overwrite=True)
 
 
 @pytest.mark.parametrize(("first", "second", "message"), [
-    (dict(seed=1, seq_len=8), dict(seed=2, seq_len=8), "seed"),
+    (dict(seed=1, seq_len=8), dict(seed=2, seq_len=8), "cannot resume: seed is 1"),
     # the same rows cut into other sequences: appending to them mixed lengths and lost positions, and validated
-    (dict(seed=1, seq_len=8), dict(seed=1, seq_len=16), "converted_from"),
+    (dict(seed=1, seq_len=8), dict(seed=1, seq_len=16), "cannot resume: converted_from is"),
 ])
 def test_resume_refuses_a_partial_file_of_other_settings(tmp_path, monkeypatch, first, second, message):
     path = save("npy", tmp_path / "in", logits_3d(1, 64, 300)[0])

@@ -71,8 +71,10 @@ def build(*, vocab_size: int, value_kind: str, rounds: int | None, codec: str, e
 
 
 def check_same_settings(stored: dict, requested: dict, *, where: str, stored_in: str) -> None:
-    """Resuming continues a file only under the settings it was started with (the writer's version may differ)."""
-    for key in sorted(set(stored) | set(requested)):
+    """Resuming continues a file only under the settings it was started with (the writer's version may differ).
+    ``random_stream`` is derived from other settings (seed, source): it is compared last, so a message names the
+    setting the user changed."""
+    for key in sorted(set(stored) | set(requested), key=lambda k: (k == "random_stream", k)):
         if key != "library_version" and not _same(_as_stored(stored.get(key)), _as_stored(requested.get(key))):
             raise CompatibilityError(
                 f"{where}: cannot resume: {key} is {stored.get(key)!r} in {stored_in} but {requested.get(key)!r} "

@@ -20,8 +20,9 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def machine_info(modules: tuple[str, ...] = ("numpy", "numba", "torch", "triton")) -> dict[str, Any]:
-    """Date, CPU model, cores, load, Python and the versions of ``modules`` that are installed."""
+def machine_info(modules: tuple[str, ...] = ("numpy", "numba", "torch", "triton", "isal")) -> dict[str, Any]:
+    """Date, CPU model, cores, load, Python and the versions of ``modules`` that are installed (isal: whether
+    CRC-32 ran through it or through zlib)."""
     info: dict[str, Any] = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from sparselabels.format.layout import crc32
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("size", [0, 1, 7, 15, 16, 63, 64, 65, 255, 256, 1000, 4096, 65537, 1 << 20])
@@ -26,3 +32,14 @@ def test_crc32_equals_zlib(size):
 def test_crc32_continues_across_pieces():
     data = np.random.default_rng(0).integers(0, 256, size=10_000, dtype=np.uint8)
     assert crc32(data[4000:], crc32(data[:4000])) == zlib.crc32(data.tobytes())
+
+
+def test_without_isal_zlib_computes_it():
+    """Where isal has no wheel the package still imports, and reads check the same CRC through zlib."""
+    code = ("import sys; sys.modules['isal'] = None\n"
+            "import zlib\n"
+            "from sparselabels.format import layout\n"
+            "assert layout.CRC32_IMPLEMENTATION == 'zlib', layout.CRC32_IMPLEMENTATION\n"
+            "assert layout.crc32(b'123456789') == zlib.crc32(b'123456789') == 0xCBF43926\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=REPO)

@@ -27,5 +27,5 @@ with sl.open_labels(path) as f:
     print("sequence 0, position 0 (id: count):", dict(zip(ids.tolist(), counts.tolist(), strict=True)))
 
 report = sl.validate(path)
-print("valid" if report.ok else f"INVALID: {report.problems}")
+print("valid" if report.ok else f"INVALID: {[str(p) for p in report.problems]}")
 sys.exit(0 if report.ok else 1)

@@ -40,6 +40,7 @@ import numpy as np
 
 from sparselabels.errors import InputError, check_int
 from sparselabels.io.sequence import split_csr
+from sparselabels.options import check_rounds
 
 PAPER_DISTINCT_CURVE = {4: 2.4, 13: 5.0, 50: 12.1, 150: 24.5}
 """Mean distinct ids per position against draws N, read off the RS-KD paper's plot (see shared notes)."""
@@ -315,8 +316,7 @@ def sample_labels(
     Sequence indices start at ``first_sequence`` (labels depend only on the model, sequence and position).
     """
     model = model or TeacherModel()
-    if not 1 <= check_int("rounds", rounds, 1) <= 255:
-        raise InputError(f"rounds must be in [1, 255] (counts are uint8), got {rounds}")
+    check_rounds(rounds)
     lengths = _lengths(num_sequences, seq_len)
     tables = model.tables
     params = model.scalar_params()

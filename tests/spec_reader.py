@@ -72,10 +72,10 @@ CODECS = {"raw": (decode_raw, 1, False)}
 
 def _codec(name: str):
     if name not in CODECS:
-        try:  # the compact codec's independent decoder, when it exists
-            import spec_compact_decoder
+        try:  # the rans codec's independent decoder, when it exists
+            import spec_rans_decoder
 
-            CODECS.update(spec_compact_decoder.CODECS)
+            CODECS.update(spec_rans_decoder.CODECS)
         except ImportError:
             pass
     _need(name in CODECS, f"metadata: codec {name!r} is not known")

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import file_surgery as fs
+import msgpack
 import numpy as np
 import pytest
 
@@ -25,16 +27,16 @@ import sparselabels as sl
 from sparselabels.errors import (
     AlignmentError,
     ChecksumError,
+    ClosedError,
     CompatibilityError,
     FormatError,
     IncompleteFileError,
     InputError,
+    OutputExistsError,
     SparseLabelsError,
 )
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
-import fuzz_format as ff  # noqa: E402
 
 DOC = REPO / "docs" / "errors.md"
 TABLE_START, TABLE_END = "<!-- table: bad-input -->\n", "<!-- /table -->"
@@ -89,25 +91,25 @@ def _valid_file(tmp_path: Path, name: str = "f.slbl", *, fingerprints: bool = Fa
     return path
 
 
-def _edit(path: Path, edit: Callable[[bytearray, ff.FileLayout], None]) -> Path:
+def _edit(path: Path, edit: Callable[[bytearray, fs.FileLayout], None]) -> Path:
     buf = bytearray(path.read_bytes())
-    edit(buf, ff.parse_layout(bytes(buf)))
+    edit(buf, fs.parse_layout(bytes(buf)))
     path.write_bytes(bytes(buf))
     return path
 
 
 def _record_edit(offset_in_record: int, value: bytes, *, fix_crc: bool):
     """Overwrite bytes of sequence 2's record (optionally fixing every CRC over it, so deeper checks run)."""
-    def edit(buf: bytearray, lay: ff.FileLayout) -> None:
+    def edit(buf: bytearray, lay: fs.FileLayout) -> None:
         at = lay.records[2].start + offset_in_record
         buf[at:at + len(value)] = value
         if fix_crc:
             first = 0
             for chunk in lay.chunks:
                 if chunk.records.start <= at < chunk.end:
-                    ff.fix_record_crcs(buf, lay, chunk, first)
-                    ff.fix_chunk_crcs(buf, chunk)
-                    ff.fix_index_crc(buf, lay)
+                    fs.fix_record_crcs(buf, lay, chunk, first)
+                    fs.fix_chunk_crcs(buf, chunk)
+                    fs.fix_index_crc(buf, lay)
                 first += chunk.num_sequences
 
     return edit
@@ -185,7 +187,7 @@ def _(tmp_path):
     _writer(tmp_path, chunk_bytes=0)
 
 
-@row("writer-path-exists", "LabelWriter", "the file exists", SparseLabelsError,
+@row("writer-path-exists", "LabelWriter", "the file exists", OutputExistsError,
      "w.slbl exists; pass overwrite=True to replace it")
 def _(tmp_path):
     _valid_file(tmp_path, "w.slbl")
@@ -270,7 +272,7 @@ def _(tmp_path):
     _writer(tmp_path, resume=True)
 
 
-@row("writer-closed", "LabelWriter.write", "writing after `close()`/`abort()`", SparseLabelsError,
+@row("writer-closed", "LabelWriter.write", "writing after `close()`/`abort()`", ClosedError,
      "LabelWriter for … is closed")
 def _(tmp_path):
     w = _writer(tmp_path)
@@ -450,7 +452,7 @@ def _(tmp_path):
 def _(tmp_path):
     def edit(buf, lay):
         struct.pack_into("<H", buf, 8, 2)
-        ff.fix_struct_crc(buf, 0)
+        fs.fix_struct_crc(buf, 0)
 
     sl.open_labels(_edit(_valid_file(tmp_path), edit))
 
@@ -460,7 +462,7 @@ def _(tmp_path):
 def _(tmp_path):
     def edit(buf, lay):
         struct.pack_into("<I", buf, 36, 4)
-        ff.fix_struct_crc(buf, 0)
+        fs.fix_struct_crc(buf, 0)
 
     sl.open_labels(_edit(_valid_file(tmp_path), edit))
 
@@ -490,9 +492,9 @@ def _(tmp_path):
 def _(tmp_path):
     path = _valid_file(tmp_path)
     data = path.read_bytes()
-    lay = ff.parse_layout(data)
-    meta = ff.msgpack.unpackb(data[lay.metadata.start:lay.metadata.end])
-    path.write_bytes(ff.relayout_with_metadata(data, lay, ff.msgpack.packb({**meta, "rounds": 0})))
+    lay = fs.parse_layout(data)
+    meta = msgpack.unpackb(data[lay.metadata.start:lay.metadata.end])
+    path.write_bytes(fs.relayout_with_metadata(data, lay, msgpack.packb({**meta, "rounds": 0})))
     sl.open_labels(path)
 
 
@@ -501,9 +503,9 @@ def _(tmp_path):
 def _(tmp_path):
     path = _valid_file(tmp_path)
     data = path.read_bytes()
-    lay = ff.parse_layout(data)
-    meta = ff.msgpack.unpackb(data[lay.metadata.start:lay.metadata.end])
-    path.write_bytes(ff.relayout_with_metadata(data, lay, ff.msgpack.packb({**meta, "codec": "zstd"})))
+    lay = fs.parse_layout(data)
+    meta = msgpack.unpackb(data[lay.metadata.start:lay.metadata.end])
+    path.write_bytes(fs.relayout_with_metadata(data, lay, msgpack.packb({**meta, "codec": "zstd"})))
     sl.open_labels(path)
 
 
@@ -513,7 +515,7 @@ def _(tmp_path):
     def edit(buf, lay):
         at = lay.columns["record_offset"].start + 2 * 8
         struct.pack_into("<Q", buf, at, struct.unpack_from("<Q", buf, at)[0] + 8)
-        ff.fix_index_crc(buf, lay)
+        fs.fix_index_crc(buf, lay)
 
     sl.open_labels(_edit(_valid_file(tmp_path), edit))
 
@@ -564,7 +566,7 @@ def _(tmp_path):
 
 
 @row("read-closed", "LabelFile[i]", "reading after `close()`, or while another thread closes the file (reads in "
-     "flight finish; later ones get this error)", ValueError, "is closed")
+     "flight finish; later ones get this error)", ClosedError, "is closed")
 def _(tmp_path):
     f = sl.open_labels(_valid_file(tmp_path))
     f.close()
@@ -654,9 +656,9 @@ def _(tmp_path):
     path = _edit(_valid_file(tmp_path), _record_edit(4, b"\xff\xff\xff\xff", fix_crc=True))
     report = sl.validate(path)
     assert not report.ok
-    assert re.search(r"sequence 2, position 1, label 0, field 'ids': id 4294967295 is outside", report.problems[0])
+    assert re.search(r"sequence 2, position 1, label 0, field 'ids': id 4294967295 is outside", str(report.problems[0]))
     missing = sl.validate(tmp_path / "nothing.slbl")
-    assert not missing.ok and "No such file or directory" in missing.problems[0]
+    assert not missing.ok and "No such file or directory" in str(missing.problems[0])
 
 
 @row("read-overwritten", "LabelFile[i]", "a mapped file truncated or overwritten in place (`cp`) while open "
@@ -726,7 +728,7 @@ def _(tmp_path):
     def edit(buf, lay):
         chunk = lay.chunks[0]
         struct.pack_into("<Q", buf, chunk.entries.start + 8, 99)  # entry 0: labels
-        ff.fix_chunk_crcs(buf, chunk)
+        fs.fix_chunk_crcs(buf, chunk)
 
     sl.merge(tmp_path / "out.slbl", [_edit(_valid_file(tmp_path), edit)], copy=True)
 
@@ -738,7 +740,7 @@ def _(tmp_path):
     sl.merge(tmp_path / "out.slbl", [path], copy=True)
 
 
-@row("merge-out-exists", "merge", "the output exists", CompatibilityError, "exists; pass overwrite=True to "
+@row("merge-out-exists", "merge", "the output exists", OutputExistsError, "exists; pass overwrite=True to "
      "replace it")
 def _(tmp_path):
     a = _valid_file(tmp_path, "a.slbl")

@@ -175,7 +175,7 @@ def test_inconsistent_batches_are_errors():
     with pytest.raises(InputError, match="empty"):
         collate([])
     with pytest.raises(InputError, match="rounds"):
-        collate([sl.Sequence(ids, counts, indptr)], vocab_size=VOCAB)  # plain Sequences carry no rounds
+        collate([sl.LabelSpan(ids, counts, indptr)], vocab_size=VOCAB)  # plain Sequences carry no rounds
     with pytest.raises(InputError, match="rounds=40 given"):
         collate([a], rounds=40)
 

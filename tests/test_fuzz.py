@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import file_surgery as fs
 import numpy as np
 import pytest
 
@@ -68,23 +69,23 @@ def test_pool_classifies_crashes_hangs_and_memory(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def bases(tmp_path_factory) -> list[ff.BaseFile]:
-    return ff.build_bases(tmp_path_factory.mktemp("bases"), seed=3)
+def bases(tmp_path_factory) -> list[fs.BaseFile]:
+    return fs.build_bases(tmp_path_factory.mktemp("bases"), seed=3)
 
 
-def test_independent_rebuild_reproduces_every_base_file(bases: list[ff.BaseFile]) -> None:
+def test_independent_rebuild_reproduces_every_base_file(bases: list[fs.BaseFile]) -> None:
     """The fuzzer's own index builder (used for coherent rewrites) agrees with the writer byte for byte."""
     assert {b.codec for b in bases} == set(sparselabels.codecs.available())
     for b in bases:
         meta = b.data[b.layout.metadata.start:b.layout.metadata.end]
-        assert ff.rebuild(meta, ff.split_chunks(b.data, b.layout), b.layout.flags) == b.data, b.name
+        assert fs.rebuild(meta, fs.split_chunks(b.data, b.layout), b.layout.flags) == b.data, b.name
 
 
-def _evaluate(b: ff.BaseFile, mutation: str, data: bytes, tmp_path: Path) -> dict:
+def _evaluate(b: fs.BaseFile, mutation: str, data: bytes, tmp_path: Path) -> dict:
     return ff.evaluate(ff.Case(0, b.codec, b.name, mutation, "test", data), tmp_path, {b.name: b.content})
 
 
-def test_evaluate_classifies_known_mutants(bases: list[ff.BaseFile], tmp_path: Path) -> None:
+def test_evaluate_classifies_known_mutants(bases: list[fs.BaseFile], tmp_path: Path) -> None:
     for b in (b for b in bases if b.content):
         lay = b.layout
         assert _evaluate(b, "control", b.data, tmp_path)["outcome"] == "identical"
@@ -94,7 +95,7 @@ def test_evaluate_classifies_known_mutants(bases: list[ff.BaseFile], tmp_path: P
         record = next(r for r in lay.records if r.end - r.start >= 8)
         buf[record.start:record.start + 8] = b"\xff" * 8
         chunk = next(c for c in lay.chunks if c.records.start <= record.start < c.end)
-        ff.fix_chunk_crcs(buf, chunk)
+        fs.fix_chunk_crcs(buf, chunk)
         assert _evaluate(b, "record+crc", bytes(buf), tmp_path)["outcome"] == "rejected-read", b.name
         # the same edit without the CRC fix-up: the default verify level reads it, validate rejects it
         buf = bytearray(b.data)
@@ -102,18 +103,18 @@ def test_evaluate_classifies_known_mutants(bases: list[ff.BaseFile], tmp_path: P
         assert _evaluate(b, "byte-run", bytes(buf), tmp_path)["outcome"] in ("rejected-read", "rejected-validate")
         # a chunk dropped and the file rebuilt consistently: valid, with other content
         meta = b.data[lay.metadata.start:lay.metadata.end]
-        dropped = ff.rebuild(meta, ff.split_chunks(b.data, lay)[1:], lay.flags)
+        dropped = fs.rebuild(meta, fs.split_chunks(b.data, lay)[1:], lay.flags)
         assert _evaluate(b, "coherent-rewrite", dropped, tmp_path)["outcome"] == "valid-different", b.name
         # ...which a blind mutation must never produce: the harness calls that a bug
         result = _evaluate(b, "bitflip", dropped, tmp_path)
         assert result["outcome"] == "inconsistent" and "blind mutation" in result["detail"]
 
 
-def test_bases_cover_the_full_id_range(bases: list[ff.BaseFile], tmp_path: Path) -> None:
+def test_bases_cover_the_full_id_range(bases: list[fs.BaseFile], tmp_path: Path) -> None:
     """Every codec is fuzzed on files with vocab_size 2**32 holding the top ids; raw stores 2**32 - 1 as a lone
     label, which rans refuses (the base writer checks that it is refused up front)."""
     for codec in sparselabels.codecs.available():
-        wide = [b for b in bases if b.codec == codec and b.vocab == ff.WIDE_VOCAB]
+        wide = [b for b in bases if b.codec == codec and b.vocab == fs.WIDE_VOCAB]
         assert wide, codec
         top_first = False
         for b in wide:
@@ -122,5 +123,5 @@ def test_bases_cover_the_full_id_range(bases: list[ff.BaseFile], tmp_path: Path)
                 assert f.vocab_size == 2**32
                 ids = np.concatenate([s.ids for s in f])
                 assert int(ids.max()) == 2**32 - 1
-                top_first |= any(ff._first_id_is_top(s.ids, s.indptr) for s in f)
+                top_first |= any(fs.first_id_is_top(s.ids, s.indptr) for s in f)
         assert top_first == (codec == "raw"), codec

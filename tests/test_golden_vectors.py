@@ -149,7 +149,7 @@ def test_library_refuses_invalid_vector(path):
     assert str(path) in str(info.value)
     _assert_names(str(info.value), spec["where"])
     report = sl.validate(path)
-    assert not report.ok and type(report.first_error) is error and str(path) in report.problems[0]
+    assert not report.ok and type(report.first_error) is error and str(path) in str(report.problems[0])
     with pytest.raises(error):  # a full check at open refuses every invalid vector, whatever its stage
         sl.open_labels(path, verify="full").close()
 

@@ -195,7 +195,7 @@ def _advise(path: Path, advice: int) -> None:
         os.close(fd)
 
 
-def _assert_same(s: sl.Sequence, expected: Seq) -> None:
+def _assert_same(s: sl.LabelSpan, expected: Seq) -> None:
     assert expected.arrays is not None
     np.testing.assert_array_equal(s.ids, expected.arrays[0])
     np.testing.assert_array_equal(s.counts, expected.arrays[1])

@@ -8,7 +8,7 @@ another design still yields realistic work, because rANS decoding of any bits dr
 probabilities: the number of labels per position, the gap buckets and counts follow the same distributions.
 The output is labels decoded per second, not labels (only ``library`` decodes correctly).
 
-- ``library``: ``CompactCodec.decode`` with the label checks, as a read does.
+- ``library``: ``RansCodec.decode`` with the label checks, as a read does.
 - ``current``: today's loop without checks: one rANS state for L and gaps, one for counts, the gap's raw bits,
   the gap context from the previous id's bit length. ``current-gaps-only`` drops counts and raw bits.
 - ``four-chains``: two gap states and two count states (labels alternate), each with its own word stream, and
@@ -36,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib
 
 from sparselabels import synthetic
-from sparselabels.codecs import _compact_kernels as K
-from sparselabels.codecs._compact_kernels import _at, bit_length, lclass_of
+from sparselabels.codecs import _rans_kernels as K
+from sparselabels.codecs._rans_kernels import _at, bit_length, lclass_of
 from sparselabels.codecs.base import ChunkInput
-from sparselabels.codecs.compact import CompactCodec
+from sparselabels.codecs.rans import RansCodec
 
 SCALE, BITS, LOW = K.PROB_SCALE, K.PROB_BITS, K.RANS_LOW
 MAX_L = 40  # labels per position are capped so that a variant reading another design's bytes stays bounded
@@ -188,7 +188,7 @@ def main() -> None:
         args.sequences, args.repeats = 4, 3
     ids, counts, indptr, lengths = synthetic.sample_labels(args.sequences, 2048, 50)
     sequences = synthetic.split_sequences(ids, counts, indptr, lengths)
-    codec = CompactCodec()
+    codec = RansCodec()
     encoded = codec.encode_chunk(ChunkInput.from_sequences(sequences, "count", 128_256))
     _, _, gap_ctx, count_ctx, l_ctx, dec, info = codec._parsed(encoded.table)
     # contexts without a model point at some model: the variants read bytes of another design

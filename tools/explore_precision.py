@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib
 
 from sparselabels import synthetic
-from sparselabels.codecs import _compact_kernels as shipped
-from sparselabels.codecs import compact
+from sparselabels.codecs import _rans_kernels as shipped
+from sparselabels.codecs import rans
 from sparselabels.codecs.base import ChunkInput
 
 
@@ -65,8 +65,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for bits in (int(b) for b in args.bits.split(",")):
             module = kernels_at(bits, Path(tmp))
-            compact.K = module  # CompactCodec looks its kernels up at call time
-            codec = compact.CompactCodec()
+            rans.K = module  # RansCodec looks its kernels up at call time
+            codec = rans.RansCodec()
             encoded = codec.encode_chunk(chunk)  # also compiles
             starts = [0, *encoded.record_sizes.cumsum().tolist()]
             records = [(encoded.records[starts[j] : starts[j + 1]], len(s[2]) - 1, len(s[0]))
@@ -78,7 +78,7 @@ def main() -> None:
         try:
             for _ in range(args.repeats):
                 for bits, (module, codec, encoded, records) in setups.items():
-                    compact.K = module
+                    rans.K = module
                     start = time.thread_time()
                     codec.encode_chunk(chunk)
                     times[bits]["encode"].append(time.thread_time() - start)
@@ -87,7 +87,7 @@ def main() -> None:
                         codec.decode(record, encoded.table, t, m, "count", vocab_size=128_256, rounds=50)
                     times[bits]["decode"].append(time.thread_time() - start)
         finally:
-            compact.K = shipped
+            rans.K = shipped
     rows = []
     for bits, (_, _, encoded, records) in setups.items():
         rows.append({

@@ -13,6 +13,7 @@ import numpy as np
 
 from sparselabels.codecs import DEFAULT_CODEC, available
 from sparselabels.errors import InputError
+from sparselabels.format.checks import MAX_ROUNDS
 
 _DESCRIPTION = """Convert dense teacher outputs (logits or log-probs) in .npy, HDF5 or safetensors into a label file,
 streaming rows in chunks so inputs may be larger than memory.
@@ -31,7 +32,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--key", default=None, help="HDF5 dataset or safetensors tensor name (default: the only one)")
     p.add_argument("--seq-len", type=int, default=None, help="2-D input: positions per sequence")
     p.add_argument("--lengths", default=None, help=".npy of per-sequence lengths (int), or comma-separated lengths")
-    p.add_argument("--rounds", type=int, default=50, help="draws per position, 1..255 (default 50)")
+    p.add_argument("--rounds", type=int, default=50, help=f"draws per position, 1..{MAX_ROUNDS} (default 50)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--topk", type=int, default=None, help="write Top-K probability labels instead (baselines)")

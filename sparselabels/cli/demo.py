@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 
+from sparselabels._extras import require
 from sparselabels.cli.main import positive_int
 
 _DESCRIPTION = """Build a corpus from the Python standard library's sources, train a small teacher on it, label a
@@ -40,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     # 2 threads) whenever anything else shares the cores; passive waiting costs little on an idle machine. Read
     # once, when torch loads: an explicit OMP_WAIT_POLICY is kept, and it has no effect if torch is loaded already.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    require("sparselabels demo", "torch", "transformers", "tokenizers", "matplotlib", extras="hf,demo")
     import torch
     from transformers.utils import logging as hf_logging
 

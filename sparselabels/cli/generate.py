@@ -9,6 +9,7 @@ import argparse
 
 from sparselabels.cli.main import positive_int
 from sparselabels.codecs import DEFAULT_CODEC, available
+from sparselabels.format.checks import MAX_ROUNDS
 
 _DESCRIPTION = """Run a Hugging Face causal LM over token sequences and write RS-KD labels (N draws per position,
 kept as distinct ids with counts) to OUT: one shard per rank and manifest.json.
@@ -51,7 +52,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--mask-column", default=None,
                    help="per-token column of a datasets source (0/1, or labels with -100): label only the positions "
                         "it keeps, store the others empty (the teacher still reads every token)")
-    p.add_argument("--rounds", type=int, default=50, help="draws per position, 1..255 (default 50)")
+    p.add_argument("--rounds", type=int, default=50, help=f"draws per position, 1..{MAX_ROUNDS} (default 50)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per teacher forward (default 8)")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),

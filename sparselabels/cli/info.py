@@ -6,8 +6,8 @@ import argparse
 import json
 import os
 
+from sparselabels.io.open import open_labels
 from sparselabels.io.reader import LabelFile
-from sparselabels.io.shards import open_labels
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ import importlib
 import os
 import sys
 
+from sparselabels._extras import MissingExtraError, as_missing_extra
 from sparselabels._version import __version__
 from sparselabels.errors import SparseLabelsError
 from sparselabels.io.writer import PARTIAL_FILE_ADVICE
@@ -70,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except SparseLabelsError as exc:
         print(f"sparselabels {args.command}: error: {cli_wording(str(exc), args)}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # a command whose optional packages are not installed
+        error = as_missing_extra(exc, f"sparselabels {args.command}")
+        if not isinstance(error, MissingExtraError):
+            raise
+        print(f"sparselabels {args.command}: error: {error}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `sparselabels info FILE | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from sparselabels.cli.main import positive_int
-from sparselabels.io.shards import open_labels
+from sparselabels.io.open import open_labels
 from sparselabels.io.stats import label_stats
 
 

@@ -4,6 +4,7 @@ there is no such path."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -26,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{args.path}: not found")
     report = validate(args.path, max_problems=args.max_problems)
     if args.json:
-        print(json.dumps({"path": report.path, "ok": report.ok, "problems": report.problems,
+        print(json.dumps({"path": report.path, "ok": report.ok, "problems": [str(p) for p in report.problems],
+                          "problem_details": [dataclasses.asdict(p) for p in report.problems],
                           "files": report.files, "sequences": report.num_sequences,
                           "positions": report.num_positions, "labels": report.num_labels}, indent=2))
     elif report.ok:

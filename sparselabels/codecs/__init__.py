@@ -13,7 +13,7 @@ DEFAULT_CODEC = "rans"
 
 _REGISTRY: dict[str, Codec] = {}
 # Modules that define a codec class; each is imported on first use of the registry.
-_MODULES = {"sparselabels.codecs.raw": "RawCodec", "sparselabels.codecs.compact": "CompactCodec"}
+_MODULES = {"sparselabels.codecs.raw": "RawCodec", "sparselabels.codecs.rans": "RansCodec"}
 
 
 def _load() -> dict[str, Codec]:

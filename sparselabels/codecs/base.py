@@ -38,7 +38,7 @@ class LabelRuleError(FormatError):
     reader's message is the same whichever side checked."""
 
     def __init__(self, problem: LabelProblem) -> None:
-        super().__init__(problem.describe())
+        super().__init__(problem.describe(), **problem.location())
         self.problem = problem
 
 

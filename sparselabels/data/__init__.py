@@ -6,6 +6,10 @@ resumes exactly, also across world sizes; ``PackedDataset`` → whole documents 
 (position ids and boundaries for attention).
 """
 
+from sparselabels._extras import require
+
+require("sparselabels.data", "torch")
+
 from sparselabels.data.collate import (
     LAYOUTS,
     OVERFLOW_POLICIES,

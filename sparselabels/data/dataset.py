@@ -31,8 +31,8 @@ from sparselabels.data.masks import mask_source, read_position_mask
 from sparselabels.data.tokens import TokenSource, open_tokens
 from sparselabels.errors import AlignmentError, InputError
 from sparselabels.format.fingerprint import input_fingerprint
+from sparselabels.io.open import open_labels
 from sparselabels.io.reader import Labels
-from sparselabels.io.shards import open_labels
 
 VERIFY_FINGERPRINTS = ("lazy", "all", "off")
 

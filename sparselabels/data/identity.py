@@ -134,7 +134,7 @@ def check_tokenizer(store, tokenizer: Any) -> str:
 def _metadata_of(store: Any) -> tuple[dict, str]:
     labels = getattr(store, "labels", store)  # a SparseLabelDataset holds its Labels
     if isinstance(labels, str | os.PathLike):
-        from sparselabels.io.shards import open_labels
+        from sparselabels.io.open import open_labels
 
         with open_labels(labels, verify="structure") as f:
             return dict(f.metadata), os.fspath(labels)

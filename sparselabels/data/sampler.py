@@ -31,8 +31,7 @@ import numba as nb
 import numpy as np
 import torch.utils.data
 
-from sparselabels.errors import InputError
-from sparselabels.sampling.checks import as_int
+from sparselabels.errors import InputError, check_int
 
 STATE_VERSION = 1
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -110,7 +109,7 @@ def epoch_order_reference(num_sequences: int, seed: int, epoch: int) -> list[int
 
 
 def _nonneg_int(value: Any, name: str) -> int:
-    value = as_int(value, name)
+    value = check_int(name, value, None)
     if value < 0:
         raise InputError(f"{name} must be >= 0, got {value}")
     return value

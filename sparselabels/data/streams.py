@@ -2,7 +2,7 @@
 
 - :class:`StreamTokens`: one long 1-D array of token ids (``.npy``, memory-mapped, or in memory) read as
   sequences of ``seq_len`` tokens, as ``convert --seq-len`` reads rows; a shorter remainder is the last
-  sequence (nothing is dropped). A full :class:`~sparselabels.data.tokens.TokenSource`.
+  sequence (nothing is dropped). A full :class:`~sparselabels.data.token_source.TokenSource`.
 - :class:`TokenStream`: sequences read once, in order, from an iterable (a ``datasets.IterableDataset``, a
   ``torch.utils.data.IterableDataset``, a generator). Nothing is known before reading, so only ``generate``
   takes it (it reads in order anyway); training needs an indexed source.
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from sparselabels.data.tokens import TokenSource
+from sparselabels.data.token_source import TokenSource
 from sparselabels.errors import FormatError, InputError, check_int
 
 

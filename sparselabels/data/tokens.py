@@ -20,9 +20,7 @@ refused: this reader is for text tokens.
 
 from __future__ import annotations
 
-import abc
 import mmap
-import operator
 import os
 import struct
 from pathlib import Path
@@ -30,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from sparselabels.data.streams import StreamTokens
+from sparselabels.data.token_source import TokenSource
 from sparselabels.errors import FormatError, InputError
 
 __all__ = [
@@ -41,40 +41,6 @@ __all__ = [
     "open_tokens",
     "write_megatron_tokens",
 ]
-
-
-class TokenSource(abc.ABC):
-    """Token ids of ``len(src)`` sequences; ``src[i]`` is sequence ``i`` as a 1-D integer array."""
-
-    @abc.abstractmethod
-    def __len__(self) -> int: ...
-
-    @abc.abstractmethod
-    def _get(self, index: int) -> np.ndarray:
-        """Sequence ``index`` with 0 <= index < len(self)."""
-
-    @abc.abstractmethod
-    def lengths(self) -> np.ndarray:
-        """int64[len(self)]: tokens per sequence, read from an index where the source has one."""
-
-    @abc.abstractmethod
-    def describe(self) -> str:
-        """A short name for errors and metadata, e.g. ``npy:/data/tokens.npy``."""
-
-    def concatenated(self, lo: int, hi: int) -> np.ndarray | None:
-        """Sequences ``lo .. hi-1`` back to back as one 1-D array (a view where the source allows), or None
-        where the source does not hold them that way. Lets whole-range checks run in blocks, not per sequence."""
-        return None
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        n = len(self)
-        index = operator.index(index)
-        if not -n <= index < n:
-            raise IndexError(f"sequence {index} out of range for {n} sequences in {self.describe()}")
-        return self._get(index % n)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.describe()!r}, sequences={len(self)})"
 
 
 def file_identity(path: str) -> tuple[int, ...]:
@@ -559,8 +525,6 @@ def open_tokens(source: Any, *, column: str = "input_ids", seq_len: int | None =
     ``.npy``) read as sequences of ``seq_len`` tokens (see :class:`~sparselabels.data.streams.StreamTokens`).
     """
     if seq_len is not None:
-        from sparselabels.data.streams import StreamTokens
-
         if isinstance(source, np.ndarray) or (isinstance(source, str | os.PathLike)
                                               and Path(source).suffix == ".npy"):
             return StreamTokens(source, seq_len)

@@ -60,7 +60,7 @@ from sparselabels.demo.models import (
 from sparselabels.errors import InputError, SparseLabelsError
 
 DEFAULT_OUT = "sparselabels-demo"
-COMPACT_CODEC = "rans"
+RANS_CODEC = "rans"
 #: The four students, in table order: what each is trained on.
 STUDENT_KINDS = ("ce", "topk", "rskd", "full")
 Log = Callable[[str], None]
@@ -150,7 +150,7 @@ class StudentResult:
     parameters: int = 0
     label_file: str | None = None
     label_bytes_per_position: float | None = None  # raw codec (what the student reads)
-    compact_bytes_per_position: float | None = None  # the same labels in the compact codec
+    compact_bytes_per_position: float | None = None  # the same labels in the rans codec
     labels_per_position: float | None = None
     labeling_tokens_per_second: float | None = None
 
@@ -354,7 +354,7 @@ def make_labels(teacher: torch.nn.Module, tokens_path: Path, out: Path, settings
 
     rskd_path = out / "labels-rskd"
     started = time.perf_counter()
-    # Students read the raw codec (fastest to decode); the compact copies below measure what storing costs.
+    # Students read the raw codec (fastest to decode); the rans copies below measure what storing costs.
     sl.generate(teacher, tokens_path, rskd_path, rounds=settings.rounds, batch_size=settings.label_batch,
                 dtype="float32", device=str(device), seed=seed, codec="raw", overwrite=True, progress=False,
                 teacher_name="sparselabels-demo-teacher", metadata={"demo": "sparselabels demo"})
@@ -377,8 +377,8 @@ def make_labels(teacher: torch.nn.Module, tokens_path: Path, out: Path, settings
     result: dict[str, dict[str, Any]] = {}
     for key, path, seconds in (("rskd", rskd_path, rskd_seconds), ("topk", topk_path, topk_seconds)):
         report = _validated(path, positions)
-        # The same labels in the compact codec (students read the raw files: fastest to decode).
-        compact = sl.merge(out / f"{path.stem}.{COMPACT_CODEC}.slbl", [path], copy=True, codec=COMPACT_CODEC,
+        # The same labels in the rans codec (students read the raw files: fastest to decode).
+        compact = sl.merge(out / f"{path.stem}.{RANS_CODEC}.slbl", [path], copy=True, codec=RANS_CODEC,
                            overwrite=True)
         _validated(compact, positions)
         result[key] = {"path": path, "seconds": seconds, "bytes": _stored_bytes(path), "positions": positions,
@@ -387,7 +387,7 @@ def make_labels(teacher: torch.nn.Module, tokens_path: Path, out: Path, settings
         name = "RS-KD" if key == "rskd" else f"Top-K {settings.topk}"
         say(f"[3/5] {name} labels: {path} ({report.num_sequences} sequences, {positions:,} positions, "
             f"{report.num_labels / positions:.1f} labels per position, {result[key]['bytes'] / positions:.1f} "
-            f"bytes per position raw, {result[key]['compact_bytes'] / positions:.1f} in {COMPACT_CODEC}; "
+            f"bytes per position raw, {result[key]['compact_bytes'] / positions:.1f} in {RANS_CODEC}; "
             f"{positions / seconds:,.0f} tokens/s) - valid")
     result["topk"]["dumped_logits_bytes"] = logits_bytes
     return result
@@ -399,7 +399,7 @@ def _validated(path: Path, positions: int):
 
     report = sl.validate(path)
     if not report.ok:
-        raise SparseLabelsError(f"the demo wrote an invalid label file {path}: {report.problems}")
+        raise SparseLabelsError(f"the demo wrote an invalid label file {path}: {[str(p) for p in report.problems]}")
     if report.num_positions != positions:
         raise SparseLabelsError(f"{path} holds {report.num_positions} positions, expected {positions}")
     return report
@@ -519,7 +519,7 @@ def format_table(result: DemoResult) -> str:
     """The table ``sparselabels demo`` prints (Markdown, so it pastes into a README as is)."""
     t = result.teacher
     lines = [
-        f"| student | held-out LM loss | ECE | labels/position | label bytes/position (raw / {COMPACT_CODEC}) | "
+        f"| student | held-out LM loss | ECE | labels/position | label bytes/position (raw / {RANS_CODEC}) | "
         "labeling tokens/s | train s |",
         "|---|---|---|---|---|---|---|",
     ]

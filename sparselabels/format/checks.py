@@ -12,6 +12,7 @@ import numba
 import numpy as np
 
 MAX_PROB_LABELS = 65535
+MAX_ROUNDS = 255  # counts are stored as uint8, so a position draws at most 255 times
 # A position's probabilities may sum to slightly more than 1 after float16 rounding; beyond this is an error.
 PROB_SUM_TOLERANCE = 1e-3
 
@@ -58,6 +59,11 @@ class LabelProblem:
             parts.append(f"label {self.label}")
         parts.append(f"field '{self.field}'")
         return ", ".join(parts) + f": {self.message}"
+
+    def location(self) -> dict[str, int | str | None]:
+        """Where, as the keyword arguments of ``SparseLabelsError.at``."""
+        return {"position": self.position if self.position >= 0 else None,
+                "label": self.label if self.label >= 0 else None, "field": self.field}
 
 
 @numba.njit(cache=True, nogil=True)

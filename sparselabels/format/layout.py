@@ -57,11 +57,11 @@ def align(n: int, alignment: int = ALIGNMENT) -> int:
     return (n + alignment - 1) // alignment * alignment
 
 
-def _checked_crc(buf: bytes, what: str) -> None:
+def _checked_crc(buf: bytes, what: str, field: str) -> None:
     stored = _U32.unpack_from(buf, len(buf) - 4)[0]
     actual = crc32(buf[:-4])
     if stored != actual:
-        raise ChecksumError(f"{what}: CRC-32 mismatch (stored {stored:#010x}, computed {actual:#010x})")
+        raise ChecksumError(f"{what}: CRC-32 mismatch (stored {stored:#010x}, computed {actual:#010x})", field=field)
 
 
 @dataclass(frozen=True)
@@ -99,33 +99,36 @@ class Header:
         if len(buf) < HEADER_SIZE:
             head = bytes(buf[:8])
             if head != MAGIC[: len(head)]:
-                raise FormatError(f"header: bad magic {head!r} (not a sparse-label file)")
+                raise FormatError(f"header: bad magic {head!r} (not a sparse-label file)", field="magic")
             # a prefix of a header: a file cut short (section 11), not another kind of file
             raise IncompleteFileError(f"header: file is {len(buf)} bytes, shorter than the {HEADER_SIZE}-byte "
                                       "header (the writer did not finish, or the file was truncated)")
         buf = bytes(buf[:HEADER_SIZE])
         if buf[:8] != MAGIC:
-            raise FormatError(f"header: bad magic {buf[:8]!r} (not a sparse-label file)")
+            raise FormatError(f"header: bad magic {buf[:8]!r} (not a sparse-label file)", field="magic")
         (_, major, minor, header_size, meta_size, data_offset, meta_crc, required, optional, reserved) = (
             _HEADER.unpack_from(buf)
         )
         if major != VERSION_MAJOR:
             raise FormatError(
                 f"header: format version {major}.{minor} is not readable by this library "
-                f"(reads major version {VERSION_MAJOR}); upgrade sparselabels"
+                f"(reads major version {VERSION_MAJOR}); upgrade sparselabels", field="version_major"
             )
-        _checked_crc(buf, "header")
+        _checked_crc(buf, "header", "header_crc32")
         if header_size != HEADER_SIZE:
-            raise FormatError(f"header: header_size is {header_size}, expected {HEADER_SIZE}")
+            raise FormatError(f"header: header_size is {header_size}, expected {HEADER_SIZE}", field="header_size")
         if required != 0:
-            raise FormatError(f"header: required feature bits {required:#x} are unknown to this library")
+            raise FormatError(f"header: required feature bits {required:#x} are unknown to this library",
+                              field="required_features")
         if reserved != bytes(16):
-            raise FormatError("header: reserved bytes are not zero")
+            raise FormatError("header: reserved bytes are not zero", field="reserved")
         if meta_size > MAX_METADATA_BYTES:
-            raise FormatError(f"header: metadata_size {meta_size} exceeds the limit of {MAX_METADATA_BYTES} bytes")
+            raise FormatError(f"header: metadata_size {meta_size} exceeds the limit of {MAX_METADATA_BYTES} bytes",
+                              field="metadata_size")
         header = cls(meta_size, meta_crc, major, minor, required, optional)
         if data_offset != header.data_offset:
-            raise FormatError(f"header: data_offset {data_offset} != align8(64 + metadata_size) = {header.data_offset}")
+            raise FormatError(f"header: data_offset {data_offset} != align8(64 + metadata_size) = {header.data_offset}",
+                              field="data_offset")
         return header
 
 
@@ -177,16 +180,16 @@ class ChunkHeader:
         if len(buf) < CHUNK_HEADER_SIZE:
             raise FormatError(f"{where}: chunk header is truncated ({len(buf)} of {CHUNK_HEADER_SIZE} bytes)")
         if buf[:8] != CHUNK_MAGIC:
-            raise FormatError(f"{where}: bad chunk magic {buf[:8]!r}")
-        _checked_crc(buf, f"{where}: chunk header")
+            raise FormatError(f"{where}: bad chunk magic {buf[:8]!r}", field="magic")
+        _checked_crc(buf, f"{where}: chunk header", "header_crc32")
         (_, index, first, count, table_size, records_size, flags, payload_crc) = _CHUNK_HEADER.unpack_from(buf)
         reserved = _U32.unpack_from(buf, 56)[0]
         if reserved != 0:
-            raise FormatError(f"{where}: reserved chunk header field is not zero")
+            raise FormatError(f"{where}: reserved chunk header field is not zero", field="reserved")
         if flags & ~KNOWN_FLAGS:
-            raise FormatError(f"{where}: unknown chunk flags {flags:#x}")
+            raise FormatError(f"{where}: unknown chunk flags {flags:#x}", field="flags")
         if count == 0:
-            raise FormatError(f"{where}: chunk holds no sequences")
+            raise FormatError(f"{where}: chunk holds no sequences", field="num_sequences")
         if table_size % ALIGNMENT or records_size % ALIGNMENT:
             raise FormatError(f"{where}: table_size {table_size} or records_size {records_size} not a multiple of 8")
         return cls(index, first, count, table_size, records_size, flags, payload_crc)
@@ -240,14 +243,14 @@ class Footer:
             raise IncompleteFileError(
                 "footer: no footer at the end of the file (the writer did not finish, or the file was truncated)"
             )
-        _checked_crc(buf, "footer")
+        _checked_crc(buf, "footer", "footer_crc32")
         (_, index_offset, num_seq, num_chunks, num_pos, num_labels, flags, index_crc) = _FOOTER.unpack_from(buf)
         if _U32.unpack_from(buf, 56)[0] != 0:
-            raise FormatError("footer: reserved field is not zero")
+            raise FormatError("footer: reserved field is not zero", field="reserved")
         if flags & ~KNOWN_FLAGS:
-            raise FormatError(f"footer: unknown flags {flags:#x}")
+            raise FormatError(f"footer: unknown flags {flags:#x}", field="flags")
         if index_offset % ALIGNMENT:
-            raise FormatError(f"footer: index_offset {index_offset} is not a multiple of 8")
+            raise FormatError(f"footer: index_offset {index_offset} is not a multiple of 8", field="index_offset")
         return cls(index_offset, num_seq, num_chunks, num_pos, num_labels, flags, index_crc)
 
 

@@ -15,6 +15,7 @@ import msgpack
 
 from sparselabels._version import __version__
 from sparselabels.errors import CompatibilityError, FormatError, InputError
+from sparselabels.format.checks import MAX_ROUNDS
 from sparselabels.format.layout import MAX_METADATA_BYTES, VERSION_MAJOR, VERSION_MINOR
 from sparselabels.format.values import VALUE_KINDS
 
@@ -65,7 +66,7 @@ def build(*, vocab_size: int, value_kind: str, rounds: int | None, codec: str, e
     try:
         check(meta)
     except FormatError as exc:
-        raise InputError(str(exc).replace("metadata:", "metadata argument:", 1)) from None
+        raise InputError(str(exc).replace("metadata:", "metadata argument:", 1), field=exc.field) from None
     return meta
 
 
@@ -176,29 +177,32 @@ def check(meta: Any) -> None:
         raise FormatError(f"metadata: required keys missing: {missing}")
     version = meta["format_version"]
     if not isinstance(version, str) or not re.fullmatch(rf"{VERSION_MAJOR}\.(0|[1-9][0-9]*)", version):
-        raise FormatError(f"metadata: format_version {version!r} does not match major version {VERSION_MAJOR}")
+        raise FormatError(f"metadata: format_version {version!r} does not match major version {VERSION_MAJOR}",
+                          field="format_version")
     vocab = meta["vocab_size"]
     if not _is_int(vocab) or not 1 <= vocab <= MAX_VOCAB:
-        raise FormatError(f"metadata: vocab_size {vocab!r} must be an integer in 1..2**32")
+        raise FormatError(f"metadata: vocab_size {vocab!r} must be an integer in 1..2**32", field="vocab_size")
     kind = meta["value_kind"]
     if kind not in VALUE_KINDS:
-        raise FormatError(f"metadata: value_kind {kind!r} must be one of {list(VALUE_KINDS)}")
+        raise FormatError(f"metadata: value_kind {kind!r} must be one of {list(VALUE_KINDS)}", field="value_kind")
     rounds = meta["rounds"]
     if kind == "count":
-        if not _is_int(rounds) or not 1 <= rounds <= 255:
-            raise FormatError(f"metadata: rounds {rounds!r} must be an integer in 1..255 for value_kind 'count'")
+        if not _is_int(rounds) or not 1 <= rounds <= MAX_ROUNDS:
+            raise FormatError(f"metadata: rounds {rounds!r} must be an integer in 1..{MAX_ROUNDS} for value_kind "
+                              "'count'", field="rounds")
     elif rounds is not None:
-        raise FormatError(f"metadata: rounds must be nil for value_kind {kind!r}, got {rounds!r}")
+        raise FormatError(f"metadata: rounds must be nil for value_kind {kind!r}, got {rounds!r}", field="rounds")
     if not isinstance(meta["codec"], str) or not meta["codec"]:
-        raise FormatError(f"metadata: codec {meta['codec']!r} must be a non-empty string")
+        raise FormatError(f"metadata: codec {meta['codec']!r} must be a non-empty string", field="codec")
     if not isinstance(meta["library_version"], str):
-        raise FormatError("metadata: library_version must be a string")
+        raise FormatError("metadata: library_version must be a string", field="library_version")
     for key, types in OPTIONAL_TYPES.items():
         if key in meta and meta[key] is not None and (not isinstance(meta[key], types) or isinstance(meta[key], bool)):
-            raise FormatError(f"metadata: {key} must be {' or '.join(t.__name__ for t in types)}, got {meta[key]!r}")
+            raise FormatError(f"metadata: {key} must be {' or '.join(t.__name__ for t in types)}, got {meta[key]!r}",
+                              field=key)
     temp = meta.get("temperature")
     if temp is not None and not (math.isfinite(temp) and temp > 0):
-        raise FormatError(f"metadata: temperature {temp!r} must be finite and > 0")
+        raise FormatError(f"metadata: temperature {temp!r} must be finite and > 0", field="temperature")
 
 
 def check_common_metadata(meta: Any) -> None:

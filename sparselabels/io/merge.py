@@ -12,22 +12,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sparselabels.errors import ChecksumError, CompatibilityError, FormatError, InputError
+from sparselabels.errors import ChecksumError, CompatibilityError, FormatError, InputError, OutputExistsError
 from sparselabels.format.metadata import REQUIRED_KEYS
-from sparselabels.io.reader import LabelFile
-from sparselabels.io.remote import is_url
-from sparselabels.io.shards import (
-    LabelShards,
+from sparselabels.io.manifest import (
     check_compatible,
     check_fingerprints_agree,
     check_manifest_name,
     common_metadata,
     footer_crc32,
-    open_labels,
     write_manifest,
 )
+from sparselabels.io.open import open_labels
+from sparselabels.io.reader import LabelFile
+from sparselabels.io.remote import is_url
+from sparselabels.io.shards import LabelShards
 from sparselabels.io.streams import check_distinct_streams
-from sparselabels.io.validate import checked_chunk
+from sparselabels.io.verify import checked_chunk
 from sparselabels.io.writer import LabelWriter
 
 
@@ -69,7 +69,7 @@ def merge(out: str | os.PathLike, inputs: list[str | os.PathLike], *, copy: bool
     check_distinct_streams(files)  # before anything is written
     if not copy:
         if out.exists() and not overwrite:
-            raise CompatibilityError(f"{out} exists; pass overwrite=True to replace it")
+            raise OutputExistsError(f"{out} exists; pass overwrite=True to replace it")
         return write_manifest(out, files)
     return _merge_copy(out, files, codec=codec, overwrite=overwrite)
 
@@ -129,7 +129,7 @@ def _merge_to_url(out: str, inputs: list, *, copy: bool, codec: str | None, over
     target = RemoteTarget(url_parent(out), storage_options)
     name = out.rstrip("/").rsplit("/", 1)[-1]
     if name in target.names() and not overwrite:
-        raise CompatibilityError(f"{out} exists; pass overwrite=True to replace it")
+        raise OutputExistsError(f"{out} exists; pass overwrite=True to replace it")
     files = input_files(inputs)
     if not files:
         raise CompatibilityError("merge needs at least one input")

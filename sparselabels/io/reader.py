@@ -16,7 +16,15 @@ import numpy as np
 
 from sparselabels.codecs import get_codec
 from sparselabels.codecs.base import LabelRuleError
-from sparselabels.errors import ChecksumError, FormatError, IncompleteFileError, InputError, check_int
+from sparselabels.errors import (
+    ChecksumError,
+    ClosedError,
+    FormatError,
+    IncompleteFileError,
+    InputError,
+    check_int,
+    reworded,
+)
 from sparselabels.format import metadata as meta_format
 from sparselabels.format.checks import check_labels, too_many_labels
 from sparselabels.format.layout import (
@@ -32,8 +40,9 @@ from sparselabels.format.layout import (
     entry_size,
 )
 from sparselabels.io.remote import is_url
-from sparselabels.io.sequence import Sequence
+from sparselabels.io.sequence import LabelSpan
 from sparselabels.io.source import ByteSource, open_source
+from sparselabels.io.verify import verify_full
 
 VERIFY_LEVELS = ("structure", "index", "full")
 _INT63 = np.uint64(1 << 63)
@@ -47,7 +56,7 @@ class Labels(abc.ABC):
     @abc.abstractmethod
     def __len__(self) -> int: ...
 
-    def __getitem__(self, index: int) -> Sequence:
+    def __getitem__(self, index: int) -> LabelSpan:
         return self.read(index)
 
     def _sequence_index(self, index: int, where: str = "") -> int:
@@ -62,7 +71,7 @@ class Labels(abc.ABC):
         return index % n
 
     @abc.abstractmethod
-    def read(self, index: int, *, check: bool = True) -> Sequence:
+    def read(self, index: int, *, check: bool = True) -> LabelSpan:
         """Sequence ``index`` (negative counts from the end). With ``check`` (the default) the record's CRC-32 is
         verified before it is decoded and the labels are checked against the label rules, so a damaged file never
         reads back as different labels; ``check=False`` skips both, for data verified as a whole."""
@@ -71,7 +80,7 @@ class Labels(abc.ABC):
         """Start fetching the bytes of sequences ``indices`` without waiting (a remote store fetches them
         concurrently, coalesced; local files need nothing). A hint: bad indices are left to the reads."""
 
-    def read_many(self, indices, *, check: bool = True) -> list[Sequence]:
+    def read_many(self, indices, *, check: bool = True) -> list[LabelSpan]:
         """Sequences ``indices`` (a batch), each as :meth:`read` returns it; their bytes are fetched together."""
         indices = list(indices)
         self.prefetch(indices)
@@ -115,11 +124,11 @@ class Labels(abc.ABC):
     def value_kind(self) -> str:
         return str(self.metadata["value_kind"])
 
-    def __iter__(self) -> Iterator[Sequence]:
+    def __iter__(self) -> Iterator[LabelSpan]:
         for i in range(len(self)):
             yield self[i]
 
-    def positions(self, start: int, stop: int) -> Sequence:
+    def positions(self, start: int, stop: int) -> LabelSpan:
         """Labels of global positions ``start..stop-1``, across sequence boundaries, as one CSR block.
 
         For pipelines that pack documents into fixed windows: position ``p`` is the ``p``-th position of the
@@ -131,7 +140,7 @@ class Labels(abc.ABC):
             raise IndexError(f"positions({start}, {stop}) out of range for {total} positions")
         kind_dtype = np.float16 if self.value_kind == "prob" else np.uint8
         if start == stop:
-            return Sequence(np.zeros(0, np.uint32), np.zeros(0, kind_dtype), np.zeros(1, np.int64))
+            return LabelSpan(np.zeros(0, np.uint32), np.zeros(0, kind_dtype), np.zeros(1, np.int64))
         ids_parts, val_parts, lpp_parts = [], [], []
         seq, offset = self._locate(start)
         remaining = stop - start
@@ -140,13 +149,13 @@ class Labels(abc.ABC):
             take = min(remaining, s.num_positions - offset)
             lo, hi = int(s.indptr[offset]), int(s.indptr[offset + take])
             ids_parts.append(s.ids[lo:hi])
-            val_parts.append(s.counts[lo:hi])
+            val_parts.append(s.values[lo:hi])
             lpp_parts.append(np.diff(s.indptr[offset : offset + take + 1]))
             remaining -= take
             seq, offset = seq + 1, 0
         indptr = np.zeros(stop - start + 1, dtype=np.int64)
         np.cumsum(np.concatenate(lpp_parts), out=indptr[1:])
-        return Sequence(np.concatenate(ids_parts), np.concatenate(val_parts), indptr)
+        return LabelSpan(np.concatenate(ids_parts), np.concatenate(val_parts), indptr)
 
     def close(self) -> None:  # noqa: B027 - sources without resources need not override
         pass
@@ -185,8 +194,8 @@ class LabelFile(Labels):
         self._open()
 
     # -- opening -------------------------------------------------------------------------------------------
-    def _fail(self, message: str) -> FormatError:
-        return FormatError(f"file {self.path!r}: {message}")
+    def _fail(self, message: str, **where: Any) -> FormatError:
+        return FormatError(f"file {self.path!r}: {message}", path=self.path, **where)
 
     def _open(self) -> None:
         if self._remote is not None or is_url(self.path):
@@ -199,11 +208,7 @@ class LabelFile(Labels):
         try:
             self._read_structure()
             if self._verify == "full":
-                from sparselabels.io.validate import validate_file
-
-                report = validate_file(self.path, labels=self)
-                if not report.ok:  # the first problem, as the exception it was raised as (it names the file)
-                    raise report.first_error or self._fail(report.problems[0])
+                verify_full(self)  # the first problem, as the exception it was raised as (it names the file)
         except BaseException:
             self.close()
             raise
@@ -215,16 +220,17 @@ class LabelFile(Labels):
         try:
             self.header = Header.unpack(src.view(0, min(HEADER_SIZE, size), "header"))
         except FormatError as exc:  # keeps its class: ChecksumError, IncompleteFileError
-            raise type(exc)(f"file {self.path!r}: {exc}") from None
+            raise reworded(exc, f"file {self.path!r}: {exc}", path=self.path) from None
         hdr = self.header
         if size < hdr.data_offset + FOOTER_SIZE:  # e.g. a writer stopped right after starting the file
             raise IncompleteFileError(
                 f"file {self.path!r}: {size} bytes, too short for the header, {hdr.metadata_size} bytes of metadata "
-                "and a footer (the writer did not finish, or the file was truncated)"
+                "and a footer (the writer did not finish, or the file was truncated)", path=self.path
             )
         raw_meta = src.view(HEADER_SIZE, hdr.metadata_size, "metadata")
         if crc32(raw_meta) != hdr.metadata_crc32:
-            raise ChecksumError(f"file {self.path!r}: metadata: CRC-32 mismatch")
+            raise ChecksumError(f"file {self.path!r}: metadata: CRC-32 mismatch", path=self.path,
+                                field="metadata_crc32")
         if np.any(src.view(HEADER_SIZE + hdr.metadata_size, hdr.data_offset - HEADER_SIZE - hdr.metadata_size,
                            "metadata padding")):
             raise self._fail("metadata padding is not zero")
@@ -233,11 +239,11 @@ class LabelFile(Labels):
             self.codec = get_codec(self.metadata["codec"], for_reading=True)
             self.footer = Footer.unpack(src.view(size - FOOTER_SIZE, FOOTER_SIZE, "footer").tobytes())
         except FormatError as exc:
-            raise type(exc)(f"file {self.path!r}: {exc}") from None
+            raise reworded(exc, f"file {self.path!r}: {exc}", path=self.path) from None
         ftr = self.footer
         for name in ("num_sequences", "num_chunks", "num_positions", "num_labels"):
             if getattr(ftr, name) >= 1 << 63:
-                raise self._fail(f"footer: {name} {getattr(ftr, name)} is out of range")
+                raise self._fail(f"footer: {name} {getattr(ftr, name)} is out of range", field=name)
         if ftr.index_offset < hdr.data_offset or ftr.index_offset + ftr.index_size + FOOTER_SIZE != size:
             raise self._fail(
                 f"footer: index at {ftr.index_offset} with {ftr.num_sequences} sequences and {ftr.num_chunks} "
@@ -245,7 +251,7 @@ class LabelFile(Labels):
             )
         index_bytes = src.view(ftr.index_offset, ftr.index_size, "index")
         if self._verify in ("index", "full") and crc32(index_bytes) != ftr.index_crc32:
-            raise ChecksumError(f"file {self.path!r}: index: CRC-32 mismatch")
+            raise ChecksumError(f"file {self.path!r}: index: CRC-32 mismatch", path=self.path, field="index_crc32")
         self._columns = self._split_index(index_bytes)
         self._check_index()
 
@@ -265,7 +271,7 @@ class LabelFile(Labels):
         for name in ("position_start", "label_start", "record_offset", "record_size", "chunk_offset",
                      "chunk_first_sequence", "chunk_table_offset", "chunk_table_size"):
             if c[name].size and c[name].max() >= _INT63:
-                raise self._fail(f"index: {name} holds a value >= 2**63")
+                raise self._fail(f"index: {name} holds a value >= 2**63", field=name)
         if S and c["record_crc32"].max() >= np.uint64(1 << 32):
             raise self._fail("index: record_crc32 holds a value >= 2**32")
         col = {name: arr.view(np.int64) for name, arr in c.items() if name != "fingerprint"}
@@ -273,11 +279,11 @@ class LabelFile(Labels):
         def cumulative(name: str, total: int) -> np.ndarray:
             a = col[name]
             if a[0] != 0 or a[-1] != total:
-                raise self._fail(f"index: {name} must run from 0 to {total}, runs from {a[0]} to {a[-1]}")
+                raise self._fail(f"index: {name} must run from 0 to {total}, runs from {a[0]} to {a[-1]}", field=name)
             d = np.diff(a)
             bad = np.flatnonzero(d < 0)
             if bad.size:
-                raise self._fail(f"index: {name} decreases at sequence {bad[0]}")
+                raise self._fail(f"index: {name} decreases at sequence {bad[0]}", field=name, sequence=bad[0])
             return d
 
         self._lengths = cumulative("position_start", ftr.num_positions)
@@ -298,32 +304,34 @@ class LabelFile(Labels):
             bad = np.flatnonzero((table_offset != entries_end) | (table_size % 8 != 0) | (table_size < 0)
                                  | (table_offset + table_size > chunk_offset[1:]))
             if bad.size:
-                raise self._fail(f"index: chunk {bad[0]} has an inconsistent table offset or size")
+                raise self._fail(f"index: chunk {bad[0]} has an inconsistent table offset or size", chunk=bad[0])
             if not self.codec.uses_tables and np.any(table_size):
                 bad = np.flatnonzero(table_size)
                 raise self._fail(f"index: chunk {bad[0]} has a {table_size[bad[0]]}-byte table, but codec "
-                                 f"{self.codec.name!r} has none")
+                                 f"{self.codec.name!r} has none", chunk=bad[0])
             rec_off, rec_size = col["record_offset"], col["record_size"]
             expected = np.empty(S, dtype=np.int64)
             expected[1:] = rec_off[:-1] + rec_size[:-1]
             expected[first_seq[:-1]] = table_offset + table_size
             bad = np.flatnonzero((rec_off != expected) | (rec_size % 8 != 0))
             if bad.size:
-                raise self._fail(f"index: record of sequence {bad[0]} is not where its chunk layout puts it")
+                raise self._fail(f"index: record of sequence {bad[0]} is not where its chunk layout puts it",
+                                 sequence=bad[0])
             last = first_seq[1:] - 1
             bad = np.flatnonzero(rec_off[last] + rec_size[last] != chunk_offset[1:])
             if bad.size:
-                raise self._fail(f"index: records of chunk {bad[0]} do not end where the next chunk starts")
+                raise self._fail(f"index: records of chunk {bad[0]} do not end where the next chunk starts",
+                                 chunk=bad[0])
             bad = np.flatnonzero(too_many_labels(self._lengths, label_counts, self.value_kind, self.rounds))
             if bad.size:
                 raise self._fail(f"index: sequence {bad[0]} claims {label_counts[bad[0]]} labels in "
-                                 f"{self._lengths[bad[0]]} positions, more than the label rules allow")
+                                 f"{self._lengths[bad[0]]} positions, more than the label rules allow", sequence=bad[0])
             bad = np.flatnonzero(self.codec.over_capacity(self._lengths, label_counts, rec_size))
             if bad.size:
                 raise self._fail(
                     f"index: sequence {bad[0]} claims {self._lengths[bad[0]]} positions and {label_counts[bad[0]]} "
-                    f"labels in a {rec_size[bad[0]]}-byte record, more than codec {self.codec.name!r} can hold"
-                )
+                    f"labels in a {rec_size[bad[0]]}-byte record, more than codec {self.codec.name!r} can hold",
+                    sequence=bad[0])
         self._col = col
         self._has_tables = bool(C and np.any(col["chunk_table_size"]))
 
@@ -349,7 +357,7 @@ class LabelFile(Labels):
 
     def _opened(self) -> ByteSource:
         if self._source is None:
-            raise ValueError(f"file {self.path!r} is closed")
+            raise ClosedError(f"file {self.path!r} is closed", path=self.path)
         return self._source
 
     def _identity(self) -> tuple[int, ...]:
@@ -433,7 +441,7 @@ class LabelFile(Labels):
                     ranges.append((int(col["chunk_table_offset"][c]), int(col["chunk_table_size"][c])))
         fetch(ranges)
 
-    def read(self, index: int, *, check: bool = True) -> Sequence:
+    def read(self, index: int, *, check: bool = True) -> LabelSpan:
         index = self._sequence_index(index, f" in {self.path!r}")
         src, col, columns = self._snapshot()
         record, table = self._record_bytes(index, src, col)
@@ -442,26 +450,31 @@ class LabelFile(Labels):
         if num_pos > self.max_sequence_positions:
             raise FormatError(
                 f"file {self.path!r}, sequence {index}: {num_pos} positions, more than max_sequence_positions = "
-                f"{self.max_sequence_positions} (raise it when opening the file if the sequence is genuine)"
-            )
+                f"{self.max_sequence_positions} (raise it when opening the file if the sequence is genuine)",
+                path=self.path, sequence=index)
         if check and crc32(record, crc32(table)) != int(col["record_crc32"][index]):
-            raise ChecksumError(f"file {self.path!r}, sequence {index}: record CRC-32 mismatch")
+            raise ChecksumError(f"file {self.path!r}, sequence {index}: record CRC-32 mismatch", path=self.path,
+                                sequence=index, field="record_crc32")
         # a codec that checks the label rules while decoding (Codec.checks_label_rules) saves the second pass
         inline = check and self.codec.checks_label_rules
         rules = {"vocab_size": self.vocab_size, "rounds": self.rounds} if inline else {}
         try:
             ids, values, indptr = self.codec.decode(record, table, num_pos, num_lab, self.value_kind, **rules)
         except LabelRuleError as exc:
-            raise FormatError(f"file {self.path!r}, sequence {index}, {exc.problem.describe()}") from None
+            raise FormatError(f"file {self.path!r}, sequence {index}, {exc.problem.describe()}", path=self.path,
+                              sequence=index, **exc.problem.location()) from None
         except FormatError as exc:
-            raise FormatError(f"file {self.path!r}, sequence {index}{self._chunk_of(index, col)}: {exc}") from None
+            chunk = self._chunk_index(index, col) if self._has_tables else None
+            raise FormatError(f"file {self.path!r}, sequence {index}{self._chunk_of(index, col)}: {exc}",
+                              path=self.path, sequence=index, chunk=chunk) from None
         if check and not inline:
             problem = check_labels(ids, values, indptr, vocab_size=self.vocab_size, value_kind=self.value_kind,
                                    rounds=self.rounds)
             if problem is not None:
-                raise FormatError(f"file {self.path!r}, sequence {index}, {problem.describe()}")
+                raise FormatError(f"file {self.path!r}, sequence {index}, {problem.describe()}", path=self.path,
+                                  sequence=index, **problem.location())
         fps = columns.get("fingerprint") if self.footer.flags & FLAG_FINGERPRINTS else None
-        return Sequence(ids, values, indptr, int(fps[index]) if fps is not None else None, index)
+        return LabelSpan(ids, values, indptr, int(fps[index]) if fps is not None else None, index)
 
     def close(self) -> None:
         if self._source is not None:

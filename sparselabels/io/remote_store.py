@@ -14,17 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sparselabels.errors import FormatError
+from sparselabels.io.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, manifest_body, parse_manifest
 from sparselabels.io.reader import DEFAULT_MAX_SEQUENCE_POSITIONS, LabelFile, Labels
 from sparselabels.io.remote import RemoteOptions, filesystem, url_join, url_parent
-from sparselabels.io.shards import (
-    DEFAULT_MAX_OPEN,
-    MANIFEST_NAME,
-    MAX_MANIFEST_BYTES,
-    LabelShards,
-    manifest_body,
-    parse_manifest,
-    shard_names,
-)
+from sparselabels.io.shards import DEFAULT_MAX_OPEN, LabelShards, shard_names
 
 _OPEN_THREADS = 16
 
@@ -104,7 +97,7 @@ def _from_manifest(url: str, fs, path: str, options: RemoteOptions, shard_option
         raise FileNotFoundError(f"{where}: no such object") from None
     if size > MAX_MANIFEST_BYTES:
         raise FormatError(f"{where}: {size} bytes, more than the limit of {MAX_MANIFEST_BYTES}")
-    body = parse_manifest(fs.cat_file(path, start=0, end=size), where)
+    body = parse_manifest(fs.cat_file(path, start=0, end=size), where, path=path)
     root_url, root = url_parent(url), path.rsplit("/", 1)[0]
     found = _listing(fs, root, recursive=True)
     for k, entry in enumerate(body["shards"]):  # one listing: every shard is there, with the manifest's size

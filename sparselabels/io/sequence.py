@@ -1,8 +1,10 @@
-"""What a read returns: one sequence's labels (or a range of positions) in CSR form."""
+"""What a read returns: one sequence's labels (or a range of positions) in CSR form, as a LabelSpan."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -12,25 +14,26 @@ CsrLabels = tuple[np.ndarray, np.ndarray, np.ndarray]  # ids, values, indptr of 
 
 
 @dataclass(frozen=True)
-class Sequence:
-    """Labels of consecutive positions: position ``t`` owns ``ids[indptr[t]:indptr[t+1]]`` and the same slice of
-    ``counts``.
+class LabelSpan:
+    """Labels of consecutive positions (one sequence, or a range of positions read with ``positions()``): position
+    ``t`` owns ``ids[indptr[t]:indptr[t+1]]`` and the same slice of ``values``.
 
-    ``ids`` are uint32, ascending within a position; ``counts`` are uint8 draw counts (value kind "count") or
-    float16 probabilities ("prob"); ``indptr`` is int64 with ``indptr[0] == 0``. Arrays may be read-only views
+    ``ids`` are uint32, ascending within a position; ``values`` are uint8 draw counts (value kind "count") or
+    float16 probabilities ("prob"); ``indptr`` is int64 with ``indptr[0] == 0``. ``fingerprint`` and ``index``
+    are the sequence's input fingerprint and number when it is one whole sequence. Arrays may be read-only views
     into a memory-mapped file: copy them before writing to them.
     """
 
     ids: np.ndarray
-    counts: np.ndarray
+    values: np.ndarray
     indptr: np.ndarray
     fingerprint: int | None = None
     index: int | None = None
 
     @property
-    def values(self) -> np.ndarray:
-        """Alias of ``counts`` that reads better for probability-valued files."""
-        return self.counts
+    def counts(self) -> np.ndarray:
+        """The same array as ``values`` (the name reads better for count-valued files)."""
+        return self.values
 
     @property
     def num_positions(self) -> int:
@@ -44,20 +47,28 @@ class Sequence:
         return self.num_positions
 
     def position(self, t: int) -> tuple[np.ndarray, np.ndarray]:
-        """The (ids, counts) of position ``t``."""
+        """The (ids, values) of position ``t``."""
         if not -self.num_positions <= t < self.num_positions:
             raise IndexError(f"position {t} out of range for {self.num_positions} positions")
         t %= self.num_positions
         lo, hi = int(self.indptr[t]), int(self.indptr[t + 1])
-        return self.ids[lo:hi], self.counts[lo:hi]
+        return self.ids[lo:hi], self.values[lo:hi]
 
     def weights(self, rounds: int | None) -> np.ndarray:
         """Target weights as float32: count / rounds for counts, the stored probability otherwise."""
-        if self.counts.dtype == np.uint8:
+        if self.values.dtype == np.uint8:
             if not rounds:
                 raise InputError("rounds is needed to turn counts into weights")
-            return self.counts.astype(np.float32) / np.float32(rounds)
-        return self.counts.astype(np.float32)
+            return self.values.astype(np.float32) / np.float32(rounds)
+        return self.values.astype(np.float32)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Sequence":  # the name LabelSpan had in sparselabels 0.1; it shadowed collections.abc.Sequence
+        warnings.warn("sparselabels.io.sequence.Sequence is deprecated; use sparselabels.LabelSpan",
+                      DeprecationWarning, stacklevel=2)
+        return LabelSpan
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def concat_csr(parts: list[CsrLabels]) -> CsrLabels:

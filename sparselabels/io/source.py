@@ -16,7 +16,7 @@ import stat
 import numpy as np
 
 from sparselabels._forksafe import ForkSafeLock
-from sparselabels.errors import FormatError
+from sparselabels.errors import ClosedError, FormatError
 
 
 class ByteSource:
@@ -30,7 +30,7 @@ class ByteSource:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise FormatError(
                 f"file {self.path!r}: {what} spans bytes {offset}..{offset + length}, past the end of the "
-                f"{self.size}-byte file"
+                f"{self.size}-byte file", path=self.path
             )
 
     def view(self, offset: int, length: int, what: str) -> np.ndarray:
@@ -88,8 +88,8 @@ class MmapSource(ByteSource):
         if size != self.size or mapped[max(self.size - 64, 0) : self.size] != self._tail:
             raise FormatError(
                 f"file {self.path!r}: now {size} bytes ({self.size} when opened)"
-                f"{', other footer bytes' if size == self.size else ''}: truncated or overwritten while open; reopen it"
-            )
+                f"{', other footer bytes' if size == self.size else ''}: truncated or overwritten while open; "
+                "reopen it", path=self.path)
 
     def close(self) -> None:
         # Views handed out keep the buffer alive; dropping our references lets the map close when they go. The map
@@ -133,7 +133,8 @@ class PreadSource(ByteSource):
             while done < length:
                 n = os.preadv(self._fd, [mv[done:]], offset + done)
                 if n <= 0:
-                    raise FormatError(f"file {self.path!r}: {what}: file ended early (was it truncated while open?)")
+                    raise FormatError(f"file {self.path!r}: {what}: file ended early (was it truncated while open?)",
+                                      path=self.path)
                 done += n
             return out
         finally:
@@ -144,8 +145,8 @@ class PreadSource(ByteSource):
                     self._fd = -1
 
 
-def _closed(path: str) -> ValueError:
-    return ValueError(f"file {path!r} is closed")
+def _closed(path: str) -> ClosedError:
+    return ClosedError(f"file {path!r} is closed", path=path)
 
 
 def open_source(path: str, *, use_mmap: bool) -> ByteSource:
@@ -158,7 +159,7 @@ def open_source(path: str, *, use_mmap: bool) -> ByteSource:
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise FormatError(f"file {path!r}: not a regular file")
+            raise FormatError(f"file {path!r}: not a regular file", path=path)
         return MmapSource(path, fd, info.st_size) if use_mmap else PreadSource(path, fd, info.st_size)
     finally:
         os.close(fd)

@@ -18,11 +18,12 @@ import secrets
 import tempfile
 from pathlib import Path
 
-from sparselabels.errors import CompatibilityError
+from sparselabels.errors import CompatibilityError, OutputExistsError
 from sparselabels.format.layout import FOOTER_SIZE
+from sparselabels.io.manifest import MANIFEST_NAME, manifest_body
 from sparselabels.io.reader import LabelFile
 from sparselabels.io.remote import RemoteOptions, filesystem, url_join
-from sparselabels.io.shards import MANIFEST_NAME, RUN_SHARD_RE, SHARD_SUFFIX, manifest_body
+from sparselabels.io.shards import RUN_SHARD_RE, SHARD_SUFFIX
 
 STAGING_ENV = "SPARSELABELS_STAGING_DIR"
 
@@ -75,8 +76,8 @@ class RemoteTarget:
                 raise CompatibilityError(f"{self.url!r} holds {name}, which is not a shard of this {world_size}-rank "
                                          "run; use another output URL")
         if MANIFEST_NAME in names and not (resume or overwrite):
-            raise CompatibilityError(f"{url_join(self.url, MANIFEST_NAME)!r} exists; pass resume=True to keep the "
-                                     "finished shards or overwrite=True to start again")
+            raise OutputExistsError(f"{url_join(self.url, MANIFEST_NAME)!r} exists; pass resume=True to keep the "
+                                    "finished shards or overwrite=True to start again")
         if overwrite and rank == 0 and MANIFEST_NAME in names:
             self.fs.rm_file(self._remote(MANIFEST_NAME))
 

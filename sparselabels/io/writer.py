@@ -28,9 +28,16 @@ from typing import Any
 import numpy as np
 
 from sparselabels.codecs import DEFAULT_CODEC, ChunkInput, get_codec
-from sparselabels.errors import FormatError, InputError, SparseLabelsError, check_int
+from sparselabels.errors import (
+    ClosedError,
+    FormatError,
+    InputError,
+    OutputExistsError,
+    SparseLabelsError,
+    check_int,
+)
 from sparselabels.format import metadata as meta_format
-from sparselabels.format.checks import check_labels, too_many_labels
+from sparselabels.format.checks import MAX_ROUNDS, check_labels, too_many_labels
 from sparselabels.format.layout import (
     CHUNK_HEADER_SIZE,
     DEFAULT_MAX_SEQUENCE_POSITIONS,
@@ -233,7 +240,7 @@ class LabelWriter:
         if value_kind not in VALUE_KINDS:
             raise InputError(f"value_kind must be one of {list(VALUE_KINDS)}, got {value_kind!r}")
         if value_kind == "count" and rounds is None:
-            raise InputError("rounds (draws per position, 1..255) is required for value_kind 'count'")
+            raise InputError(f"rounds (draws per position, 1..{MAX_ROUNDS}) is required for value_kind 'count'")
         if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1:
             raise InputError(f"chunk_bytes must be a positive integer, got {chunk_bytes!r}")
         self.path = Path(path)
@@ -272,7 +279,7 @@ class LabelWriter:
             if self.path.exists() and not overwrite:
                 if resume:
                     raise SparseLabelsError(f"{self.path} is already complete; nothing to resume")
-                raise SparseLabelsError(f"{self.path} exists; pass overwrite=True to replace it")
+                raise OutputExistsError(f"{self.path} exists; pass overwrite=True to replace it", path=str(self.path))
             fd = _open_partial(self.partial_path)
             if fd is None:
                 continue  # created or removed by another writer between the look and the open: look again
@@ -338,13 +345,15 @@ class LabelWriter:
             if size < HEADER_SIZE + len(self._meta_bytes):
                 self._start()  # the crash came before the header was complete: nothing was written yet
                 return
-            raise FormatError(f"{self.partial_path}: cannot resume: {exc}") from None
+            raise FormatError(f"{self.partial_path}: cannot resume: {exc}", path=str(self.partial_path)).at(
+                **exc.location) from None
         meta_bytes = _pread_exact(fd, header.metadata_size, HEADER_SIZE)
         if len(meta_bytes) < header.metadata_size:
             self._start()
             return
         if crc32(meta_bytes) != header.metadata_crc32:
-            raise FormatError(f"{self.partial_path}: cannot resume: metadata CRC-32 mismatch")
+            raise FormatError(f"{self.partial_path}: cannot resume: metadata CRC-32 mismatch",
+                              path=str(self.partial_path), field="metadata_crc32")
         stored = meta_format.decode(meta_bytes)
         meta_format.check_same_settings(stored, self.metadata, where=str(self.partial_path),
                                         stored_in="the partial file")
@@ -427,7 +436,8 @@ class LabelWriter:
         if indptr_a.size - 1 > self.max_sequence_positions:  # by default: a file that readers refuse is not written
             raise InputError(f"{where}: {indptr_a.size - 1} positions, more than max_sequence_positions = "
                              f"{self.max_sequence_positions} (readers accept {DEFAULT_MAX_SEQUENCE_POSITIONS} by "
-                             "default); split it into shorter sequences, or raise the limit here and when reading")
+                             "default); split it into shorter sequences, or raise the limit here and when reading",
+                             path=str(self.path), sequence=seq)
         if self.value_kind == "prob":  # check what will be stored: float16 rounding can reach 0
             with np.errstate(over="ignore", under="ignore"):
                 values_a = values_a.astype(VALUE_DTYPES["prob"])
@@ -436,7 +446,8 @@ class LabelWriter:
         if problem is None:
             problem = self.codec.unencodable(ids_a, indptr_a)
         if problem is not None:  # counts are checked before the cast to uint8, so 256 cannot wrap to 0
-            raise InputError(f"{where}, {problem.describe()}")
+            raise InputError(f"{where}, {problem.describe()}", path=str(self.path), sequence=seq,
+                             **problem.location())
         has_fp = fingerprint is not None
         fp_value = _fingerprint_value(fingerprint, where) if has_fp else 0
         if self._fingerprints is not None and has_fp != self._fingerprints:
@@ -652,7 +663,7 @@ class LabelWriter:
 
     def _check_open(self) -> None:
         if self._closed or self._fd < 0:
-            raise SparseLabelsError(f"LabelWriter for {self.path} is closed")
+            raise ClosedError(f"LabelWriter for {self.path} is closed")
         if self._failed is not None:
             raise SparseLabelsError(f"LabelWriter for {self.path} stopped: {self._failed}; abort() it and continue "
                                     "with resume=True, which keeps the chunks that verify")

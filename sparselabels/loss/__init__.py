@@ -13,6 +13,10 @@ The sparse losses take targets padded (``target_ids``, ``target_weights``) or as
 Temperature divides the student logits only and no loss is multiplied by T² (see :mod:`.sparse_kd`).
 """
 
+from sparselabels._extras import require
+
+require("sparselabels.loss", "torch")
+
 from sparselabels.loss.baselines import full_kd_loss, full_kd_loss_from_logits, ghost_topk_kd_loss, topk_kd_loss
 from sparselabels.loss.fused import sparse_kd_loss_from_hidden
 from sparselabels.loss.sparse_kd import sparse_kd_loss

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from sparselabels.errors import InputError
 from sparselabels.loss.checks import check_position_tensor, check_target_tensors, check_target_values
 from sparselabels.loss.sparse_kd import check_logits, compute_dtype, reduce_positions, sparse_kd_loss
-from sparselabels.sampling.checks import check_temperature
+from sparselabels.options import check_temperature
 
 
 def full_kd_loss(

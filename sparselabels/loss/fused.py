@@ -47,7 +47,7 @@ from sparselabels.loss.checks import (
     check_target_values,
 )
 from sparselabels.loss.sparse_kd import compute_dtype, kd_label_losses, kd_row_losses
-from sparselabels.sampling.checks import check_temperature
+from sparselabels.options import check_temperature
 
 BACKENDS = ("auto", "torch", "triton")
 #: Bytes allowed for the one ``[chunk, V]`` buffer when ``chunk_size`` is not given.

@@ -37,7 +37,7 @@ from sparselabels.loss.checks import (
     check_target_tensors,
     check_target_values,
 )
-from sparselabels.sampling.checks import check_temperature
+from sparselabels.options import check_temperature
 
 
 def sparse_kd_loss(

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from sparselabels._extras import require
 from sparselabels.codecs import DEFAULT_CODEC
 from sparselabels.errors import AlignmentError, CompatibilityError, InputError, check_int
 from sparselabels.format.fingerprint import input_fingerprint
@@ -113,6 +114,7 @@ class NpySource(DenseSource):
 
 class Hdf5Source(DenseSource):
     def __init__(self, path: Path, key: str | None) -> None:
+        require("convert of HDF5 input", "h5py")
         import h5py
 
         self.name = str(path)
@@ -186,6 +188,7 @@ _SAFETENSORS_ITEMSIZE = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 class SafetensorsSource(DenseSource):
 
     def __init__(self, path: Path, key: str | None) -> None:
+        require("convert of safetensors input", "safetensors")
         from safetensors import SafetensorError, safe_open
 
         self.name = str(path)
@@ -399,6 +402,7 @@ def convert(
     were labeled from (CompatibilityError otherwise). An ``out`` already finished is checked against these
     arguments and kept. ``chunk_bytes``: input bytes per chunk of the label file (LabelWriter).
     """
+    require("convert", "torch", extras="hf")
     import torch
 
     if kind not in KINDS:

@@ -22,14 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from sparselabels.errors import CompatibilityError, SparseLabelsError
-from sparselabels.io.shards import (
-    MANIFEST_NAME,
-    RUN_SHARD_RE,
-    SHARD_SUFFIX,
-    read_manifest,
-    run_shard_name,
-    write_manifest,
-)
+from sparselabels.io.manifest import MANIFEST_NAME, read_manifest, write_manifest
+from sparselabels.io.shards import RUN_SHARD_RE, SHARD_SUFFIX, run_shard_name
 
 DEFAULT_INIT_TIMEOUT = _dt.timedelta(minutes=30)
 DEFAULT_WAIT_TIMEOUT = _dt.timedelta(days=7)

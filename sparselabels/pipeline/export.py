@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sparselabels.errors import InputError, SparseLabelsError
-from sparselabels.io.shards import open_labels
+from sparselabels._extras import require
+from sparselabels.errors import InputError, OutputExistsError, SparseLabelsError
+from sparselabels.io.open import open_labels
 
 EXPORT_FORMAT = "sparselabels-hdf5"
 EXPORT_VERSION = 1
@@ -79,6 +80,7 @@ class _Appender:
 def export_hdf5(labels: str | os.PathLike, out: str | os.PathLike, *, compression: str | None = None,
                 compression_level: int = 4, chunk: int = DEFAULT_CHUNK, overwrite: bool = False) -> Path:
     """Write the labels at ``labels`` (file, manifest or shard directory) to the HDF5 file ``out``."""
+    require("export_hdf5", "h5py")
     import h5py
 
     if compression not in COMPRESSIONS:
@@ -89,7 +91,7 @@ def export_hdf5(labels: str | os.PathLike, out: str | os.PathLike, *, compressio
     if out.resolve() == Path(labels).resolve():
         raise InputError(f"the output {str(out)!r} is the input; choose another path")
     if out.exists() and not overwrite:
-        raise SparseLabelsError(f"{out} exists; pass overwrite=True to replace it")
+        raise OutputExistsError(f"{out} exists; pass overwrite=True to replace it")
     partial = out.with_name(out.name + ".partial")
     with open_labels(labels) as src:
         meta = src.metadata

@@ -38,9 +38,10 @@ from typing import Any
 
 import numpy as np
 
+from sparselabels._extras import require
 from sparselabels.codecs import DEFAULT_CODEC
 from sparselabels.data.identity import NEXT_TOKEN, source_fingerprint, stream_fingerprint
-from sparselabels.errors import CompatibilityError, InputError, SparseLabelsError, check_int
+from sparselabels.errors import CompatibilityError, InputError, OutputExistsError, SparseLabelsError, check_int
 from sparselabels.format.fingerprint import input_fingerprint
 from sparselabels.io.remote import is_url
 from sparselabels.io.sequence import CsrLabels, concat_csr, split_csr
@@ -368,8 +369,9 @@ def generate(
     manifest last; ``resume=True`` continues from the staging directory and uploads what is missing. Returns
     ``out``.
     """
+    require("generate", "torch", "transformers", extras="hf")
     from sparselabels.data.streams import TokenStream
-    from sparselabels.sampling.checks import check_rounds, check_temperature
+    from sparselabels.options import check_rounds, check_temperature
     from sparselabels.sampling.rng import check_seed
 
     # as Python ints from here on (numpy integers are accepted, but metadata stores only plain values)
@@ -464,7 +466,7 @@ def _claim_shard(out: Path, world: distributed.World, run: RunOptions, target=No
         target.check_run_output(world.size, resume=run.resume, overwrite=run.overwrite, rank=world.rank)
     shard = out / run_shard_name(world.rank, world.size)
     if shard.exists() and not (run.resume or run.overwrite):
-        raise SparseLabelsError(
+        raise OutputExistsError(
             f"{shard} exists; pass resume=True to keep the finished shards or overwrite=True to start again"
         )
     return shard

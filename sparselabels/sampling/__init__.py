@@ -20,6 +20,10 @@ device.
 
 from __future__ import annotations
 
+from sparselabels._extras import require
+
+require("sparselabels.sampling", "torch")
+
 import torch
 
 from sparselabels.errors import InputError

@@ -9,46 +9,18 @@ order; an error names the flattened row and, for multi-dimensional input, the or
 
 from __future__ import annotations
 
-import math
-import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from sparselabels.errors import InputError
+from sparselabels.errors import InputError, check_int
+from sparselabels.options import check_rounds, check_temperature
 
 from .rng import check_seed
 
-MAX_ROUNDS = 255  # counts are stored as uint8
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-
-
-def as_int(value: object, name: str) -> int:
-    if isinstance(value, bool):
-        raise InputError(f"{name} must be an integer, got {value!r}")
-    try:
-        return operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise InputError(f"{name} must be an integer, got {value!r}") from None
-
-
-def check_rounds(rounds: int) -> int:
-    value = as_int(rounds, "rounds")
-    if not 1 <= value <= MAX_ROUNDS:
-        raise InputError(f"rounds must be in 1..{MAX_ROUNDS} (counts are uint8), got {value}")
-    return value
-
-
-def check_temperature(temperature: float) -> float:
-    try:
-        value = float(temperature)
-    except (TypeError, ValueError):
-        raise InputError(f"temperature must be a positive finite number, got {temperature!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise InputError(f"temperature must be a positive finite number, got {temperature!r}")
-    return value
 
 
 def scaled_logits(x: torch.Tensor, temperature: float, dtype: torch.dtype) -> torch.Tensor:
@@ -80,7 +52,7 @@ def resolve_vocab_size(vocab_size: int | None, width: int) -> int:
     """``None`` means every column; otherwise columns at or beyond ``vocab_size`` (padding) are ignored."""
     if vocab_size is None:
         return width
-    value = as_int(vocab_size, "vocab_size")
+    value = check_int("vocab_size", vocab_size, None)
     if not 1 <= value <= width:
         raise InputError(f"vocab_size must be in 1..{width} (the logits' last dimension), got {value}")
     return value

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import torch
 
-from sparselabels.errors import InputError
+from sparselabels.errors import InputError, check_int
+from sparselabels.options import check_temperature
 
-from .checks import as_int, as_rows, check_rows_finite, check_temperature, scaled_logits
+from .checks import as_rows, check_rows_finite, scaled_logits
 from .labels import TopKLabels
 
 _CHUNK_ELEMENTS = 1 << 22
@@ -34,7 +35,7 @@ def topk_labels(
     """The ``k`` most probable ids per row (ascending) with their full-softmax probabilities (float16)."""
     temperature = check_temperature(temperature)
     rows = as_rows(logits, vocab_size)
-    k = as_int(k, "k")
+    k = check_int("k", k, None)
     if not 1 <= k <= rows.vocab_size:
         raise InputError(f"k must be in 1..{rows.vocab_size} (vocab_size), got {k}")
     check_rows_finite(rows)

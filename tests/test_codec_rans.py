@@ -8,27 +8,26 @@ import hashlib
 import sys
 from pathlib import Path
 
+import file_surgery as fs
+import msgpack
 import numba
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from spec_compact_decoder import SpecDecodeError, decode_rans
+from spec_rans_decoder import SpecDecodeError, decode_rans
 
 import sparselabels as sl
-from sparselabels.codecs import _compact_kernels as K
+from sparselabels.codecs import _rans_kernels as K
 from sparselabels.codecs import get_codec
 from sparselabels.codecs.base import ChunkInput, Codec, LabelRuleError
-from sparselabels.codecs.compact import CompactCodec
+from sparselabels.codecs.rans import RansCodec
 from sparselabels.codecs.raw import RawCodec
 from sparselabels.errors import FormatError, InputError
 from sparselabels.format.checks import check_labels
 from sparselabels.synthetic import sample_labels, split_sequences
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import fuzz_format as ff
-
-CODEC = CompactCodec()
+CODEC = RansCodec()
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -97,8 +96,8 @@ def roundtrip(sequences, value_kind, vocab_size, *, spec=True):
     assert np.all(encoded.record_sizes % 8 == 0) and encoded.record_sizes.sum() == encoded.records.size
     for record, seq in zip(records_of(encoded), sequences, strict=True):
         t, m = len(seq[2]) - 1, len(seq[0])
-        assert t <= CompactCodec.max_positions_per_byte * record.size
-        assert m <= CompactCodec.max_labels_per_byte * record.size
+        assert t <= RansCodec.max_positions_per_byte * record.size
+        assert m <= RansCodec.max_labels_per_byte * record.size
         assert_same(CODEC.decode(record, encoded.table, t, m, value_kind), seq)
         if spec and m <= 3000:  # the spec decoder is pure Python
             assert_same(decode_rans(record.tobytes(), encoded.table.tobytes(), t, m, value_kind), seq)
@@ -189,7 +188,7 @@ def test_deterministic_and_independent_of_chunk_neighbours():
     b = CODEC.encode_chunk(chunk_of(seqs, "count", 128_256))
     assert np.array_equal(a.table, b.table) and np.array_equal(a.records, b.records)
     # a record decodes with its own chunk's table only; a fresh codec instance (empty cache) agrees
-    fresh = CompactCodec()
+    fresh = RansCodec()
     for record, seq in zip(records_of(a), seqs, strict=True):
         assert_same(fresh.decode(record, a.table, len(seq[2]) - 1, len(seq[0]), "count"), seq)
 
@@ -250,7 +249,7 @@ def test_frozen_count_bytes():
         t, m, record = len(seq[2]) - 1, len(seq[0]), bytes.fromhex(hexed)
         expected = (seq[0], seq[1], seq[2].astype(np.int64))
         assert_same(decode_rans(record, table, t, m, "count"), expected)
-        assert_same(CompactCodec().decode(np.frombuffer(record, np.uint8), np.frombuffer(table, np.uint8), t, m,
+        assert_same(RansCodec().decode(np.frombuffer(record, np.uint8), np.frombuffer(table, np.uint8), t, m,
                                           "count"), expected)
 
 
@@ -324,7 +323,7 @@ def test_mutated_tables_are_rejected_or_agree_with_spec():
             table[int(rng.integers(0, min(20, table.size)))] = rng.integers(0, 256)
         else:
             table = table[: 8 * int(rng.integers(0, table.size // 8))]
-        lib = outcome(lambda tb=table: CompactCodec().decode(record, tb, t, m, "count"))
+        lib = outcome(lambda tb=table: RansCodec().decode(record, tb, t, m, "count"))
         spec = outcome(lambda tb=table: decode_rans(record.tobytes(), tb.tobytes(), t, m, "count"))
         assert lib == spec, trial
 
@@ -420,7 +419,7 @@ def mixed_chunk(seed, kind):
 
 def test_capability_is_optional():
     assert Codec.checks_label_rules is False and RawCodec.checks_label_rules is False
-    assert CompactCodec.checks_label_rules is True
+    assert RansCodec.checks_label_rules is True
     seqs, encoded = small_encoded()
     with pytest.raises(InputError, match="rounds is required"):
         CODEC.decode(records_of(encoded)[0], encoded.table, len(seqs[0][2]) - 1, len(seqs[0][0]), "count",
@@ -497,9 +496,9 @@ def _with_metadata(path, **changes):
     """The file with metadata fields replaced (offsets and checksums redone): labels that were valid under
     the old vocab_size / rounds can break the new ones, while every record still decodes."""
     data = path.read_bytes()
-    lay = ff.parse_layout(data)
-    meta = ff.msgpack.unpackb(data[lay.metadata.start : lay.metadata.end])
-    path.write_bytes(ff.relayout_with_metadata(data, lay, ff.msgpack.packb({**meta, **changes})))
+    lay = fs.parse_layout(data)
+    meta = msgpack.unpackb(data[lay.metadata.start : lay.metadata.end])
+    path.write_bytes(fs.relayout_with_metadata(data, lay, msgpack.packb({**meta, **changes})))
     return path
 
 
@@ -617,13 +616,11 @@ def test_reciprocal_encoding_equals_division():
         assert np.array_equal(got, expected), f
 
 
-@pytest.mark.parametrize("tool", ["bench_codec.py", "explore_compact.py", "explore_decoder.py",
+@pytest.mark.parametrize("tool", ["bench_codec.py", "explore_rans.py", "explore_decoder.py",
                                   "explore_precision.py"])
 def test_benchmark_tools_smoke(tmp_path, tool):
     import json
     import subprocess
-    import sys
-    from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "r.json"

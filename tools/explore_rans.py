@@ -6,8 +6,8 @@ per position it would take on RS-KD labels (N = 50, 2,048-position sequences): e
 ``sum(-log2 p)`` of a per-chunk model plus an estimate of the model's table for entropy-coded ones
 (rANS gets within ~0.1% of that; see the ``rans (actual)`` row, which encodes for real).
 
-    python tools/explore_compact.py            # 256 sequences (524,288 positions)
-    python tools/explore_compact.py --quick
+    python tools/explore_rans.py            # 256 sequences (524,288 positions)
+    python tools/explore_rans.py --quick
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import benchlib
 
 from sparselabels import synthetic
 from sparselabels.codecs.base import ChunkInput
-from sparselabels.codecs.compact import CompactCodec
+from sparselabels.codecs.rans import RansCodec
 
 TABLE_BITS_PER_ENTRY = 10  # estimated cost of one (context, symbol) frequency in a per-chunk table
 
@@ -47,7 +47,7 @@ def entropy_bits(symbols, contexts, chunk_of_label, num_chunks) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    benchlib.add_common_args(parser, "explore_compact")
+    benchlib.add_common_args(parser, "explore_rans")
     parser.add_argument("--sequences", type=int, default=256)
     parser.add_argument("--chunk-sequences", type=int, default=8, help="sequences per chunk (8 = a small flush)")
     args = parser.parse_args()
@@ -113,7 +113,7 @@ def main() -> None:
     actual = 0
     for lo in range(0, len(seqs), args.chunk_sequences):
         group = seqs[lo : lo + args.chunk_sequences]
-        encoded = CompactCodec().encode_chunk(ChunkInput.from_sequences(group, "count", V))
+        encoded = RansCodec().encode_chunk(ChunkInput.from_sequences(group, "count", V))
         actual += encoded.table.size + encoded.records.size
     rows.append({"part": "all", "scheme": "rans (actual records + tables)", "bits_per_label": 8 * actual / M,
                  "bytes_per_position": actual / P})
@@ -122,7 +122,7 @@ def main() -> None:
     sensitivity = id_order_sensitivity(max(2, args.sequences // 16))
     benchlib.print_table(sensitivity, ["id_order", "id_scatter", "bytes_per_position"],
                          title="rans bytes/position (whole file) against how loosely ids follow token frequency")
-    benchlib.write_json(args.out, {"benchmark": "explore_compact", "positions": int(P), "labels": int(M),
+    benchlib.write_json(args.out, {"benchmark": "explore_rans", "positions": int(P), "labels": int(M),
                                    "chunk_positions": chunk_positions, "rows": rows,
                                    "id_order_sensitivity": sensitivity})
 

@@ -1,6 +1,6 @@
 """The ``rans`` codec: gap buckets, counts and labels-per-position under per-chunk static rANS models.
 
-Why this design (measured on the synthetic N=50 workload; see tools/explore_compact.py and docs/codecs.md):
+Why this design (measured on the synthetic N=50 workload; see tools/explore_rans.py and docs/codecs.md):
 sorted ids make gaps, and a gap's magnitude depends mostly on where the previous id lies (BPE vocabularies
 put frequent tokens at low ids, loosely) and on how many labels the position has; counts are mostly 1 and
 depend on the number of labels. Coding the *bit length* of each gap with an entropy coder conditioned on
@@ -12,7 +12,7 @@ exact total size, so small chunks fall back to coarser contexts. Records are ind
 reads one record plus its chunk's table); parsed tables are compact (~0.35 KiB per model) and cached by
 content. Reads check the label rules while decoding (``checks_label_rules``) instead of in a second pass.
 
-The normative byte layout is spec/codecs/rans.md; the kernels are in ``_compact_kernels``.
+The normative byte layout is spec/codecs/rans.md; the kernels are in ``_rans_kernels``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections import OrderedDict
 import numpy as np
 
 from sparselabels._forksafe import ForkSafeLock
-from sparselabels.codecs import _compact_kernels as K
+from sparselabels.codecs import _rans_kernels as K
 from sparselabels.codecs.base import VALUE_DTYPES, ChunkInput, Codec, EncodedChunk, LabelRuleError
 from sparselabels.errors import FormatError, InputError
 from sparselabels.format.checks import LabelProblem, check_labels
@@ -62,11 +62,11 @@ _TABLE_ERRORS = {
 }
 
 
-class CompactCodec(Codec):
+class RansCodec(Codec):
     """Context-modelled rANS over id gaps and counts: ~21 bytes per position at N=50, lossless."""
 
     name = "rans"
-    # see MAX_FREQ in _compact_kernels: every valid record of B bytes holds <= 19.9 B positions and labels
+    # see MAX_FREQ in _rans_kernels: every valid record of B bytes holds <= 19.9 B positions and labels
     max_positions_per_byte = 20
     max_labels_per_byte = 20
     checks_label_rules = True

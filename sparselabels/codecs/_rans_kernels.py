@@ -33,7 +33,7 @@ RANS_HIGH = 1 << 31
 # No symbol may have more than 3/4 of the probability (cost: ~0.002 bytes per position on the N=50 workload).
 # Then decoding one symbol shrinks the rANS state by a factor >= 1/0.7559 (x' < 0.75 x + 192, x >= 2^15), i.e.
 # it consumes >= 0.40 bit, so stream 0 (one symbol per position and per label) holds at most 19.9 symbols per
-# byte: a record of B bytes holds at most 20 B positions and 20 B labels (CompactCodec.max_*_per_byte).
+# byte: a record of B bytes holds at most 20 B positions and 20 B labels (RansCodec.max_*_per_byte).
 MAX_FREQ = 192
 NUM_ROWS = 34  # row 0: first label of a position; rows 1..33: 1 + bit_length(previous id)
 NUM_LCLASSES = 8

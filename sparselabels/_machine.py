@@ -8,6 +8,8 @@ import os
 import platform
 from typing import Any
 
+from sparselabels.format.layout import CRC32_IMPLEMENTATION
+
 
 def cpu_model() -> str:
     try:
@@ -29,6 +31,7 @@ def machine_info(modules: tuple[str, ...] = ("numpy", "numba", "torch", "triton"
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
     }
+    info["crc32"] = CRC32_IMPLEMENTATION  # every read checks a CRC: isal's is several times zlib's speed
     if hasattr(os, "getloadavg"):
         info["load_average_1min"] = os.getloadavg()[0]  # other work sharing the cores
     for module in modules:

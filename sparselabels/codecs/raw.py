@@ -45,6 +45,24 @@ def _fill_records(out, rec_offsets, lpp_bytes, ids_bytes, val_bytes, seq_positio
         lab_at += m
 
 
+@numba.njit(cache=True, nogil=True)
+def _indptr(lpp, padding_a, padding_b):
+    """(indptr of ``lpp``, whether both padding ranges are all zero), in one call: a read's fixed costs are
+    mostly per-call overhead."""
+    clean = True
+    for k in range(padding_a.shape[0]):
+        clean &= padding_a[k] == 0
+    for k in range(padding_b.shape[0]):
+        clean &= padding_b[k] == 0
+    indptr = np.empty(lpp.shape[0] + 1, dtype=np.int64)
+    total = np.int64(0)
+    indptr[0] = 0
+    for p in range(lpp.shape[0]):
+        total += np.int64(lpp[p])
+        indptr[p + 1] = total
+    return indptr, clean
+
+
 class RawCodec(Codec):
     """Arrays as they are: the largest files, the fastest reads (no decoding at all)."""
 
@@ -88,14 +106,11 @@ class RawCodec(Codec):
         value_dtype = VALUE_DTYPES[value_kind]
         lpp_end = num_positions * lpp_dtype.itemsize
         values_end = values_at + num_labels * value_dtype.itemsize
-        if record[lpp_end:ids_at].any() or record[values_end:].any():
+        indptr, clean = _indptr(record[:lpp_end].view(lpp_dtype), record[lpp_end:ids_at], record[values_end:])
+        if not clean:
             raise FormatError("raw record: padding bytes are not zero")
-        lpp = record[:lpp_end].view(lpp_dtype)
         ids = record[ids_at:values_at].view("<u4")
         values = record[values_at:values_end].view(value_dtype)
-        indptr = np.empty(num_positions + 1, dtype=np.int64)
-        indptr[0] = 0
-        np.cumsum(lpp, dtype=np.int64, out=indptr[1:])
         if indptr[-1] != num_labels:
             raise FormatError(
                 f"raw record: labels per position sum to {int(indptr[-1])}, the index says {num_labels} labels"

@@ -171,6 +171,30 @@ def test_malformed_manifests(tmp_path):
             sl.open_labels(bad)
 
 
+def test_manifest_booleans_and_floats_are_not_integers(tmp_path):
+    """The spec: true/false are not integers; manifest_version true (== 1 in Python) or totals given as true or
+    1.0 are refused, as they are in a shard entry."""
+    paths, _ = make_shards(tmp_path / "d", count=1)
+    manifest = sl.merge(tmp_path / "d" / "manifest.json", paths)
+    body = json.loads(manifest.read_text())
+    evil_path = tmp_path / "d" / "evil.json"
+    cases = [("manifest_version", True), ("manifest_version", 1.0)]
+    cases += [(key, float(body[key])) for key in ("num_sequences", "num_positions", "num_labels")]
+    for key, value in cases:
+        evil = json.loads(json.dumps(body))
+        evil[key] = value
+        evil_path.write_text(json.dumps(evil))
+        with pytest.raises(FormatError, match=key) as info:
+            sl.open_labels(evil_path)
+        assert info.value.field == key
+    one = json.loads(json.dumps(body))  # a one-sequence shard: num_sequences true equals its sum in Python
+    one["shards"][0]["num_sequences"] = 1
+    one["num_sequences"] = True
+    evil_path.write_text(json.dumps(one))
+    with pytest.raises(FormatError, match="num_sequences"):
+        sl.open_labels(evil_path)
+
+
 def test_shard_sets_pickle_and_reopen(tmp_path):
     import pickle
 

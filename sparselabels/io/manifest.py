@@ -56,6 +56,11 @@ def common_metadata(metas: list[dict]) -> dict:
     return {k: v for k, v in first.items() if all(k in m and m[k] == v for m in metas[1:])}
 
 
+def _is_int(value: Any) -> bool:
+    """A JSON integer: true/false (ints to Python) and floats such as 1.0 are not."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _confined(name: Any, where: str) -> str:
     if not isinstance(name, str) or not name or "\\" in name or "\x00" in name:
         raise FormatError(f"{where}: shard path {name!r} is not a non-empty relative path")
@@ -173,7 +178,7 @@ def _parse_manifest(data: bytes, where: str) -> dict:
         raise FormatError(f"{where}: not valid JSON ({exc})") from None
     if not isinstance(body, dict) or body.get("format") != MANIFEST_FORMAT:
         raise FormatError(f"{where}: not a sparselabels manifest (format must be {MANIFEST_FORMAT!r})")
-    if body.get("manifest_version") != MANIFEST_VERSION:
+    if not _is_int(body.get("manifest_version")) or body["manifest_version"] != MANIFEST_VERSION:
         raise FormatError(f"{where}: manifest_version {body.get('manifest_version')!r} is not supported",
                           field="manifest_version")
     shards = body.get("shards")
@@ -200,7 +205,7 @@ def _parse_manifest(data: bytes, where: str) -> dict:
             raise FormatError(f"{where}: shard {i}: counts {entry['num_sequences']}, {entry['num_positions']}, "
                               f"{entry['num_labels']} are more than a {entry['bytes']}-byte file holds")
     for key in ("num_sequences", "num_positions", "num_labels"):
-        if body.get(key) != sum(e[key] for e in shards):
+        if not _is_int(body.get(key)) or body[key] != sum(e[key] for e in shards):
             raise FormatError(f"{where}: {key} does not equal the sum over its shards", field=key)
         if body[key] >= 1 << 63:  # the shard set's int64 prefix sums must not wrap
             raise FormatError(f"{where}: {key} {body[key]} is out of range (>= 2**63)", field=key)

@@ -302,6 +302,24 @@ def test_remote_options_on_local_paths_are_refused(tmp_path):
         sl.open_labels(path, storage_options={"anon": True})
 
 
+def test_the_cli_reads_urls(s3, bucket, tmp_path):
+    """docs/remote.md: `sparselabels info|stats|validate s3://...`; validate once called a URL "not found" (it
+    looked for a local path); a missing object is "not found" (exit 2) as a missing local path is."""
+    from pipeline_fixtures import cli, subprocess_env
+
+    fs, name, _ = bucket
+    upload(fs, make_store(tmp_path / "store", shards=2, per_shard=3), f"{name}/labels")
+    env = {**subprocess_env(), **s3.env(), "PYTHONPATH": os.pathsep.join([str(Path(sl.__file__).parents[1]),
+                                                                          os.environ.get("PYTHONPATH", "")])}
+    for command in ("validate", "info", "stats"):
+        done = subprocess.run([*cli(), command, f"s3://{name}/labels"], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, (command, done.stderr[-2000:])
+    done = subprocess.run([*cli(), "validate", f"s3://{name}/labels"], env=env, capture_output=True, text=True)
+    assert "valid (2 file(s), 6 sequences" in done.stdout
+    done = subprocess.run([*cli(), "validate", f"s3://{name}/nothing.slbl"], env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and "not found" in done.stderr, done.stderr
+
+
 # -- writing ------------------------------------------------------------------------------------------------
 def test_merge_copy_to_a_url(bucket, tmp_path):
     fs, name, options = bucket

@@ -11,6 +11,7 @@ import sys
 
 from sparselabels.cli.main import positive_int
 from sparselabels.errors import InputError
+from sparselabels.io.remote import is_url
 from sparselabels.io.validate import validate
 
 
@@ -23,9 +24,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not os.path.lexists(args.path):  # nothing to validate: a usage error like the other commands', not INVALID
+    url = is_url(args.path)
+    if not url and not os.path.lexists(args.path):  # nothing to validate: a usage error, not INVALID
         raise InputError(f"{args.path}: not found")
     report = validate(args.path, max_problems=args.max_problems)
+    if url and not report.files and report.problems and report.problems[0].error == "FileNotFoundError":
+        raise InputError(f"{args.path}: not found")
     if args.json:
         print(json.dumps({"path": report.path, "ok": report.ok, "problems": [str(p) for p in report.problems],
                           "problem_details": [dataclasses.asdict(p) for p in report.problems],

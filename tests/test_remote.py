@@ -18,7 +18,7 @@ import pytest
 from labelgen import random_sequences
 
 import sparselabels as sl
-from sparselabels.errors import ChecksumError, FormatError, InputError, OutputExistsError
+from sparselabels.errors import ChecksumError, CompatibilityError, FormatError, InputError, OutputExistsError
 from sparselabels.io.remote import OPEN_TAIL_BLOCKS
 
 s3fs = pytest.importorskip("s3fs", reason="remote stores need the [remote] extra (s3fs, fsspec) to be tested")
@@ -330,6 +330,20 @@ def test_merge_copy_to_a_url(bucket, tmp_path):
     assert fs.cat_file(f"{name}/merged.slbl") == (tmp_path / "merged.slbl").read_bytes()
     with pytest.raises(OutputExistsError, match="exists"):
         sl.merge(url, [store], copy=True, storage_options=options)
+
+
+def test_merge_to_a_url_refuses_inputs_that_share_a_random_stream(bucket, tmp_path):
+    """As a local merge does: two inputs that drew the same rows of one stream are refused, nothing uploaded."""
+    fs, name, options = bucket
+    stream = {"random_stream": {"key": "00000000000000ab", "first_row": 0}}
+    for part in ("a.slbl", "b.slbl"):
+        with sl.LabelWriter(tmp_path / part, vocab_size=300, rounds=50, metadata=stream) as w:
+            w.write([1, 2], [25, 25], [0, 2])
+    url = f"s3://{name}/m.slbl"
+    with pytest.raises(CompatibilityError, match="drew the same random numbers"):
+        sl.merge(url, [tmp_path / "a.slbl", tmp_path / "b.slbl"], copy=True, storage_options=options)
+    fs.invalidate_cache()
+    assert not fs.exists(f"{name}/m.slbl")
 
 
 @pytest.fixture(scope="module")

@@ -133,6 +133,7 @@ def _merge_to_url(out: str, inputs: list, *, copy: bool, codec: str | None, over
     files = input_files(inputs)
     if not files:
         raise CompatibilityError("merge needs at least one input")
+    check_distinct_streams(files)  # before anything is written
     with tempfile.TemporaryDirectory(prefix="sparselabels-merge-") as tmp:
         local = _merge_copy(Path(tmp) / name, files, codec=codec, overwrite=False)
         target.upload(local, name)

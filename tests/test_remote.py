@@ -122,6 +122,21 @@ def test_a_directory_without_manifest_and_its_checks(bucket, tmp_path):
         sl.open_labels(f"s3://{name}/dir", storage_options=options)
 
 
+def test_a_prefix_named_like_a_shard_is_refused_as_a_local_directory_is(bucket, tmp_path):
+    """Locally a *.slbl that is not a regular file (a directory, a dangling link) is refused: skipping it would
+    read as a smaller dataset. A prefix ``x.slbl/`` beside the shards is the same thing in a bucket."""
+    fs, name, options = bucket
+    store = make_store(tmp_path / "store")
+    (store / "manifest.json").unlink()
+    upload(fs, store, f"{name}/dir")
+    fs.pipe_file(f"{name}/dir/part-5.slbl/inner", b"not a shard")
+    with pytest.raises(FormatError, match=r"part-5\.slbl, not a regular file"):
+        sl.open_labels(f"s3://{name}/dir", storage_options=options)
+    (store / "part-5.slbl").mkdir()
+    with pytest.raises(FormatError, match=r"part-5\.slbl, not a regular file"):
+        sl.open_labels(store)
+
+
 def test_manifest_shard_missing_or_resized_is_refused(bucket, tmp_path):
     fs, name, options = bucket
     store = make_store(tmp_path / "store")

@@ -286,6 +286,11 @@ def shard_files(directory: Path) -> list[Path]:
 def shard_names(names: Iterable[str], files: Iterable[str], directory: str) -> list[str]:
     """The shard file names among a directory's ``names`` (``files``: those that are regular files), in order,
     checked as :func:`shard_files` describes."""
+    files = set(files)
+    unreadable = sorted(n for n in names if n.endswith(SHARD_SUFFIX) and n not in files)
+    if unreadable:  # e.g. a prefix ``x.slbl/`` in a bucket: skipping it would read as a smaller dataset
+        raise FormatError(f"directory {directory!r} holds {unreadable[0]}, not a regular file: restore or remove it "
+                          "before reading the directory")
     unfinished = sorted(n for n in names if n.endswith(SHARD_SUFFIX + ".partial"))
     if unfinished:
         raise FormatError(f"directory {directory!r} holds {unfinished[0]}, an unfinished label file (a writer "

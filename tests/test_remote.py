@@ -149,6 +149,24 @@ def test_manifest_shard_missing_or_resized_is_refused(bucket, tmp_path):
         sl.open_labels(f"s3://{name}/m/manifest.json", storage_options=options)
 
 
+def test_manifest_paths_resolve_as_locally(bucket, tmp_path):
+    """spec/MANIFEST.md §2: a shard path is resolved against the manifest's directory; "./part-0.slbl" or
+    "sub//x.slbl" name the same file at a URL as on disk."""
+    import json
+
+    fs, name, options = bucket
+    store = make_store(tmp_path / "store", shards=2, per_shard=3)
+    (store / "sub").mkdir()
+    (store / "part-1.slbl").rename(store / "sub" / "part-1.slbl")
+    body = json.loads((store / "manifest.json").read_text())
+    body["shards"][0]["path"], body["shards"][1]["path"] = "./part-0.slbl", "sub//part-1.slbl"
+    (store / "manifest.json").write_text(json.dumps(body))
+    fs.put(str(store), f"{name}/m", recursive=True)
+    local = sl.open_labels(store)
+    with sl.open_labels(f"s3://{name}/m/manifest.json", storage_options=options) as remote:
+        assert_same_store(remote, local)
+
+
 def _flip(data: bytes, at: int) -> bytes:
     return data[:at] + bytes([data[at] ^ 0x40]) + data[at + 1 :]
 

@@ -197,7 +197,8 @@ def _parse_manifest(data: bytes, where: str) -> dict:
             value = entry.get(key)
             if not isinstance(value, typ) or isinstance(value, bool) or (typ is int and not 0 <= value < 1 << 63):
                 raise FormatError(f"{where}: shard {i}: field {key!r} is missing or invalid ({value!r})", field=key)
-        _confined(entry["path"], f"{where}: shard {i}")
+        # resolved lexically as spec §2 says ("./a.slbl", "sub//b.slbl"), so a URL's listing finds what a disk does
+        entry["path"] = PurePosixPath(_confined(entry["path"], f"{where}: shard {i}")).as_posix()
         # what a file of that size can hold (>= 64 bytes of index and entries per sequence; <= 20 positions or
         # labels per byte in any codec), so a manifest cannot make len() and the samplers built on it huge
         if entry["num_sequences"] * 64 > entry["bytes"] or max(entry["num_positions"], entry["num_labels"]) > (

@@ -167,6 +167,22 @@ def test_manifest_paths_resolve_as_locally(bucket, tmp_path):
         assert_same_store(remote, local)
 
 
+def test_manifest_errors_name_the_url(bucket, tmp_path):
+    """A FormatError's ``path`` is the URL given (as it is the path given locally), not fsspec's inner path."""
+    fs, name, options = bucket
+    fs.pipe_file(f"{name}/bad/manifest.json", b"{not json")
+    url = f"s3://{name}/bad/manifest.json"
+    with pytest.raises(FormatError, match="not valid JSON") as info:
+        sl.open_labels(url, storage_options=options)
+    assert info.value.path == url
+    store = make_store(tmp_path / "store", shards=2, per_shard=3)
+    upload(fs, store, f"{name}/m")
+    fs.rm_file(f"{name}/m/part-1.slbl")
+    with pytest.raises(FormatError, match="file is missing") as info:
+        sl.open_labels(f"s3://{name}/m", storage_options=options)
+    assert info.value.path == f"s3://{name}/m/part-1.slbl"
+
+
 def _flip(data: bytes, at: int) -> bytes:
     return data[:at] + bytes([data[at] ^ 0x40]) + data[at + 1 :]
 

@@ -96,17 +96,17 @@ def _from_manifest(url: str, fs, path: str, options: RemoteOptions, shard_option
     except FileNotFoundError:
         raise FileNotFoundError(f"{where}: no such object") from None
     if size > MAX_MANIFEST_BYTES:
-        raise FormatError(f"{where}: {size} bytes, more than the limit of {MAX_MANIFEST_BYTES}")
-    body = parse_manifest(fs.cat_file(path, start=0, end=size), where, path=path)
+        raise FormatError(f"{where}: {size} bytes, more than the limit of {MAX_MANIFEST_BYTES}", path=url)
+    body = parse_manifest(fs.cat_file(path, start=0, end=size), where, path=url)
     root_url, root = url_parent(url), path.rsplit("/", 1)[0]
     found = _listing(fs, root, recursive=True)
     for k, entry in enumerate(body["shards"]):  # one listing: every shard is there, with the manifest's size
         shard_url, info = url_join(root_url, entry["path"]), found.get(root + "/" + entry["path"])
         if info is None or info.get("type", "file") != "file":
-            raise FormatError(f"shard {k} ({shard_url!r}): file is missing")
+            raise FormatError(f"shard {k} ({shard_url!r}): file is missing", path=shard_url)
         if int(info["size"]) != entry["bytes"]:
             raise FormatError(f"shard {k} ({shard_url!r}): bytes is {info['size']}, the manifest says "
-                              f"{entry['bytes']}; the shard changed")
+                              f"{entry['bytes']}; the shard changed", path=shard_url, field="bytes")
     return RemoteShards(body["shards"], root_url=root_url, remote=options, metadata=body["metadata"], source=url,
                         **shard_options)
 

@@ -165,6 +165,23 @@ def test_bad_convert_inputs_are_errors_not_tracebacks(tmp_path, capsys):
     assert np.load(logits).shape == (2, 3, 40)  # the input was not replaced
 
 
+def test_a_url_without_the_remote_extra_is_an_error_not_a_traceback(monkeypatch, capsys):
+    """Without fsspec (or the store's own package, gcsfs for gs://) a URL names the extra to install, from the
+    library as a MissingExtraError and from the command line as an error with exit 2."""
+    from sparselabels import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "fsspec", None)  # what an install without the extra has
+    for argv in (["info", "s3://bucket/labels/"], ["validate", "s3://bucket/a.slbl"]):
+        assert main(argv) == 2
+        assert "sparselabels[remote]" in capsys.readouterr().err
+    try:
+        sl.open_labels("s3://bucket/labels/")
+    except MissingExtraError as exc:
+        assert "sparselabels[remote]" in str(exc)
+    else:
+        raise AssertionError("no error raised")
+
+
 def test_a_closed_pipe_is_not_an_error(tmp_path):
     """`sparselabels stats FILE | head -0`: the reader is gone before the output is written."""
     import os

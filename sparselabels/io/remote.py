@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from sparselabels._extras import MissingExtraError
 from sparselabels._forksafe import ForkSafeLock
 from sparselabels.errors import FormatError, InputError, check_int
 from sparselabels.format.layout import FOOTER_SIZE
@@ -49,7 +50,7 @@ def require_fsspec():
     try:
         import fsspec
     except ImportError:
-        raise ImportError(f"reading or writing a URL needs fsspec: {EXTRA_HINT}") from None
+        raise MissingExtraError(f"reading or writing a URL needs fsspec: {EXTRA_HINT}", name="fsspec") from None
     return fsspec
 
 
@@ -66,8 +67,8 @@ def filesystem(url: str, storage_options: dict | None):
     fsspec = require_fsspec()
     try:
         return fsspec.core.url_to_fs(url, **(storage_options or {}))
-    except ImportError as exc:
-        raise ImportError(f"{url!r}: {exc} ({EXTRA_HINT})") from None
+    except ImportError as exc:  # e.g. gcsfs for gs://
+        raise MissingExtraError(f"{url!r}: {exc} ({EXTRA_HINT})", name=exc.name) from None
     except ValueError as exc:  # "Protocol not known"
         raise InputError(f"{url!r}: {exc}") from None
 

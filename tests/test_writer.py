@@ -96,6 +96,20 @@ def test_settings_are_checked(tmp_path):
         sl.LabelWriter(tmp_path / "a.slbl", vocab_size=10, rounds=5, metadata={"x": object()})
 
 
+def test_a_url_is_refused_not_written_as_a_local_path(tmp_path, monkeypatch):
+    """LabelWriter("s3://bucket/x.slbl") made a local folder "s3:" and wrote there without a word; it writes
+    local files only (generate and merge(copy=True) write to URLs), and so does convert, which writes through it."""
+    from sparselabels.pipeline.convert import convert
+
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "logits.npy", np.zeros((2, 3, 10), dtype=np.float32))
+    with pytest.raises(InputError, match="URL"):
+        sl.LabelWriter("s3://bucket/x.slbl", vocab_size=10, rounds=5)
+    with pytest.raises(InputError, match="URL"):
+        convert(tmp_path / "logits.npy", "gs://bucket/x.slbl", rounds=5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logits.npy"]
+
+
 def test_final_path_appears_only_at_close(tmp_path):
     path = tmp_path / "a.slbl"
     w = writer(path, chunk_bytes=1)

@@ -50,6 +50,7 @@ from sparselabels.format.layout import (
     crc32,
 )
 from sparselabels.format.values import VALUE_DTYPES, VALUE_KINDS
+from sparselabels.io.remote import is_url
 
 DEFAULT_CHUNK_BYTES = 16 << 20
 _SPOOL_BYTES = 8 << 20
@@ -243,6 +244,9 @@ class LabelWriter:
             raise InputError(f"rounds (draws per position, 1..{MAX_ROUNDS}) is required for value_kind 'count'")
         if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1:
             raise InputError(f"chunk_bytes must be a positive integer, got {chunk_bytes!r}")
+        if is_url(path):  # Path() would make it a local folder "s3:" and write there
+            raise InputError(f"{path!r}: LabelWriter writes a local file; write it locally, then upload it (generate "
+                             "and merge(copy=True) write to URLs that way)")
         self.path = Path(path)
         self.partial_path = partial_path(self.path)
         self.codec = get_codec(codec)

@@ -44,6 +44,8 @@ _LAZY = {
     "export_hdf5": "sparselabels.pipeline",
 }
 _SUBMODULES = ("data", "loss", "sampling", "synthetic", "codecs", "format", "pipeline", "hf")
+# modules that need an extra: their names are attributes, but not in __all__ (``import *`` must work in the core)
+_EXTRA_MODULES = ("sparselabels.sampling", "sparselabels.pipeline")
 
 __all__ = [
     "AlignmentError",
@@ -62,7 +64,7 @@ __all__ = [
     "SparseLabelsError",
     "__version__",
     "input_fingerprint",
-    *_LAZY,
+    *(name for name, module in _LAZY.items() if module not in _EXTRA_MODULES),
 ]
 
 
@@ -85,4 +87,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*__all__, *_SUBMODULES])
+    return sorted({*__all__, *_LAZY, *_SUBMODULES})

@@ -99,6 +99,18 @@ def test_core_writes_reads_validates_and_the_cli_inspects(core_env, tmp_path):
     assert "Traceback" not in export.stderr
 
 
+def test_star_import_works_in_the_core(core_env, tmp_path):
+    """``from sparselabels import *`` imports every name of ``__all__``: names that need an extra (generate,
+    sample_counts, ...) stay attributes (and in dir()) but are not in it, or the core install could not do it."""
+    code = ("from sparselabels import *\nimport sparselabels as sl\n"
+            "assert open_labels and validate and merge and LabelFile and MissingExtraError\n"
+            "extra = {'generate', 'sample_counts'}\n"
+            "assert extra <= set(dir(sl)) and not extra & set(globals())\n"
+            "print('ok')")
+    result = run_core(core_env, "-c", code, cwd=tmp_path)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
 @pytest.mark.parametrize(("code", "message"), [
     ("import sparselabels as sl; sl.data", "sparselabels.data needs torch, which is not installed: "
                                            "pip install 'sparselabels[torch]'"),

@@ -381,7 +381,7 @@ def test_merge_copy_to_a_url(bucket, tmp_path):
         sl.merge(url, [store], copy=True, storage_options=options)
 
 
-def test_merge_to_a_url_refuses_inputs_that_share_a_random_stream(bucket, tmp_path):
+def test_merge_to_a_url_refuses_inputs_that_share_a_random_stream(bucket, tmp_path, monkeypatch):
     """As a local merge does: two inputs that drew the same rows of one stream are refused, nothing uploaded."""
     fs, name, options = bucket
     stream = {"random_stream": {"key": "00000000000000ab", "first_row": 0}}
@@ -393,6 +393,13 @@ def test_merge_to_a_url_refuses_inputs_that_share_a_random_stream(bucket, tmp_pa
         sl.merge(url, [tmp_path / "a.slbl", tmp_path / "b.slbl"], copy=True, storage_options=options)
     fs.invalidate_cache()
     assert not fs.exists(f"{name}/m.slbl")
+    import fsspec
+
+    monkeypatch.setitem(fsspec.config.conf, "s3", options)  # URL inputs are read with fsspec's configuration
+    for part in ("a.slbl", "b.slbl"):  # inputs at URLs are named by their URLs
+        fs.put_file(str(tmp_path / part), f"{name}/in/{part}")
+    with pytest.raises(CompatibilityError, match=f"inputs 's3://{name}/in/a.slbl' and 's3://{name}/in/b.slbl'"):
+        sl.merge(tmp_path / "m.slbl", [f"s3://{name}/in/a.slbl", f"s3://{name}/in/b.slbl"], copy=True)
 
 
 @pytest.fixture(scope="module")

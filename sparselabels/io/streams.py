@@ -10,7 +10,6 @@ merge would hide it. Files without the key (other writers) are not checked.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from sparselabels.errors import CompatibilityError
 
@@ -40,9 +39,9 @@ def check_distinct_streams(files: list[str | os.PathLike]) -> None:
         for other_lo, other_hi, other in seen.get(key, []):
             if lo < other_hi and other_lo < hi:
                 raise CompatibilityError(
-                    f"inputs {other!r} and {str(Path(path))!r} drew the same random numbers (stream {key}, rows "
+                    f"inputs {other!r} and {os.fspath(path)!r} drew the same random numbers (stream {key}, rows "
                     f"{max(lo, other_lo)}..{min(hi, other_hi) - 1} in both): the same tokens labeled twice with "
                     "one seed, or one file given twice; their labels are not independent samples. Merge one of "
                     "them, or label the part again with another seed"
                 )
-        seen.setdefault(key, []).append((lo, hi, str(Path(path))))
+        seen.setdefault(key, []).append((lo, hi, os.fspath(path)))

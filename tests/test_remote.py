@@ -349,6 +349,11 @@ def test_remote_options_on_local_paths_are_refused(tmp_path):
     path = write_file(tmp_path / "a.slbl", random_sequences(0, 2))
     with pytest.raises(InputError, match=r"storage_options.*apply to URLs"):
         sl.open_labels(path, storage_options={"anon": True})
+    for copy in (False, True):  # as generate refuses them for a local output, not silently ignored
+        out = tmp_path / ("m.slbl" if copy else "m.json")
+        with pytest.raises(InputError, match="storage_options apply to an output URL"):
+            sl.merge(out, [path], copy=copy, storage_options={"anon": True})
+        assert not out.exists()
 
 
 def test_the_cli_reads_urls(s3, bucket, tmp_path):

@@ -58,6 +58,9 @@ def merge(out: str | os.PathLike, inputs: list[str | os.PathLike], *, copy: bool
     if is_url(out):
         return _merge_to_url(os.fspath(out), inputs, copy=copy, codec=codec, overwrite=overwrite,
                              storage_options=storage_options)
+    if storage_options is not None:
+        raise InputError("storage_options apply to an output URL (s3://...), not to a local path; URL inputs are "
+                         "read with fsspec's configuration")
     out = Path(out)
     if not copy:
         check_manifest_name(out, ", or pass copy=True to write one label file")

@@ -36,6 +36,28 @@ def test_other_tokens_of_the_same_shape_fail_at_construction(generated):
     assert len(sl.data.SparseLabelDataset(out, tokens=list(tokens))) == 5  # the same tokens in another container
 
 
+def test_one_shard_of_a_multi_rank_run_pairs_with_its_slice_of_the_tokens(tmp_path):
+    """A shard of a 2-rank run records the whole source's fingerprint (what its manifest checks) but holds only
+    its rank's slice: paired with that slice it is not "other tokens"; per-item fingerprints still check it."""
+    from sparselabels.data.identity import source_fingerprint
+    from sparselabels.data.tokens import open_tokens
+
+    tokens = random_tokens(4, 6, seed=3)
+    meta = {"source_fingerprint": source_fingerprint(open_tokens(tokens)),
+            "shard": {"rank": 1, "world_size": 2, "first_sequence": 2, "num_sequences": 2}}
+    path = tmp_path / "shard-00001-of-00002.slbl"
+    with sl.LabelWriter(path, vocab_size=1000, rounds=5, metadata=meta) as w:
+        for seq in tokens[2:]:
+            w.write(np.asarray(seq[:6], dtype=np.uint32) % 1000, np.full(6, 5), np.arange(7),
+                    fingerprint=sl.input_fingerprint(seq))
+    ds = sl.data.SparseLabelDataset(path, tokens=tokens[2:])
+    assert len(ds) == 2 and ds[1] is not None
+    other = tokens[2:].copy()
+    other[1, 0] = (other[1, 0] + 1) % 1000
+    with pytest.raises(AlignmentError):
+        sl.data.SparseLabelDataset(path, tokens=other)[1]
+
+
 def test_the_label_convention_is_carried_and_shifting_is_refused(generated):
     _, tokens, out = generated
     ds = sl.data.SparseLabelDataset(out, tokens=tokens)

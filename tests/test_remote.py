@@ -238,6 +238,21 @@ def test_an_object_replaced_while_open_is_refused(bucket, tmp_path):
             f.read(i)
 
 
+def test_a_read_racing_with_close_says_closed(bucket, tmp_path):
+    """As locally (test_reader_integrity): a read that took the open file just before another thread closed it
+    either finishes or raises ``ValueError: ... closed`` (ClosedError), never an AttributeError of the client."""
+    from sparselabels.errors import ClosedError
+
+    fs, name, options = bucket
+    write_file(tmp_path / "a.slbl", random_sequences(0, 12, max_positions=300))
+    fs.put_file(str(tmp_path / "a.slbl"), f"{name}/a.slbl")
+    f = sl.open_labels(f"s3://{name}/a.slbl", storage_options=options, memory_bytes=0, **small_blocks())
+    src, col, _ = f._snapshot()  # what a reading thread holds when close() comes
+    f.close()
+    with pytest.raises(ClosedError, match="closed"):
+        f._record_bytes(3, src, col)
+
+
 def test_replaced_objects_in_stores_without_etag_checks(tmp_path):
     """Stores other than S3 (here fsspec's memory store) have the footer fetched beside every fetch."""
     import fsspec

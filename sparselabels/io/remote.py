@@ -27,7 +27,7 @@ import numpy as np
 
 from sparselabels._extras import MissingExtraError
 from sparselabels._forksafe import ForkSafeLock
-from sparselabels.errors import FormatError, InputError, check_int
+from sparselabels.errors import ClosedError, FormatError, InputError, check_int
 from sparselabels.format.layout import FOOTER_SIZE
 from sparselabels.io.source import ByteSource
 
@@ -226,10 +226,13 @@ class RemoteSource(ByteSource):
     def _get(self, start: int, end: int) -> bytes:
         """Bytes ``start..end-1`` from the store (one request), refusing an object replaced since open."""
         self._here()
+        file = self._file
+        if file is None:  # closed by another thread after this read took the source: as a local read says
+            raise ClosedError(f"file {self.path!r} is closed", path=self.path)
         self.rt.count("requests")
         try:
             if self._ranged:  # a buffered fsspec file: the store's own ranged GET (conditional on S3)
-                data = self._file._fetch_range(start, end)
+                data = file._fetch_range(start, end)
             else:
                 data = self._fs.cat_file(self._fspath, start=start, end=end)
         except OSError as exc:

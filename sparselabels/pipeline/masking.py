@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from sparselabels.data.masks import mask_source, read_position_mask
+from sparselabels.data.tokens import HFTokens
+from sparselabels.errors import InputError
 from sparselabels.io.sequence import CsrLabels
 
 
@@ -19,6 +21,10 @@ def open_mask(tokens, column: str | None):
     sequence's mask checked (lengths and values) before the teacher runs: a bad value fails before any output."""
     if column is None:
         return None, "mask"
+    if not isinstance(tokens, HFTokens):  # (mask_source's advice, masks=, is the dataset's; generate has none)
+        raise InputError(f"mask_column={column!r} names a column of a datasets source, but the tokens are "
+                         f"{tokens.describe()}; label a datasets source (or a saved datasets directory) that holds "
+                         "the mask column beside the tokens")
     source, kind = mask_source(tokens, column, None)
     for i in range(len(tokens)):
         read_position_mask(source, i, np.asarray(tokens[i]), kind, source.describe())

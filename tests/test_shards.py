@@ -195,6 +195,26 @@ def test_manifest_booleans_and_floats_are_not_integers(tmp_path):
         sl.open_labels(evil_path)
 
 
+def test_a_manifest_that_is_not_a_regular_file_is_refused_not_waited_on(tmp_path):
+    """A FIFO named *.json blocked open_labels and `sparselabels validate` forever (a label file there is refused
+    as not a regular file); run in a subprocess with a timeout so the old behaviour fails instead of hanging."""
+    import os
+    import subprocess
+    import sys
+
+    os.mkfifo(tmp_path / "m.json")
+    code = ("import sparselabels as sl\ntry:\n    sl.open_labels('m.json')\n"
+            "except sl.FormatError as exc:\n    print(exc)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(sl.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    try:
+        done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=30)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("open_labels waited on a FIFO") from None
+    assert "m.json" in done.stdout and "not a regular file" in done.stdout, done.stderr
+
+
 def test_shard_sets_pickle_and_reopen(tmp_path):
     import pickle
 

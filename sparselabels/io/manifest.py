@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import secrets
+import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -152,10 +153,19 @@ def read_manifest(path: str | os.PathLike) -> dict:
     """Load and check a manifest (structure, types, confinement of shard paths)."""
     path = Path(path)
     where = f"manifest {str(path)!r}"
-    size = path.stat().st_size
-    if size > MAX_MANIFEST_BYTES:
-        raise FormatError(f"{where}: {size} bytes, more than the limit of {MAX_MANIFEST_BYTES}", path=os.fspath(path))
-    return parse_manifest(path.read_bytes(), where, path=os.fspath(path))
+    # as label files are opened: O_NONBLOCK so that a FIFO cannot block the open, and only a regular file is read
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise FormatError(f"{where}: not a regular file", path=os.fspath(path))
+        if info.st_size > MAX_MANIFEST_BYTES:
+            raise FormatError(f"{where}: {info.st_size} bytes, more than the limit of {MAX_MANIFEST_BYTES}",
+                              path=os.fspath(path))
+        data = f.read(MAX_MANIFEST_BYTES + 1)
+    if len(data) > MAX_MANIFEST_BYTES:  # grew since the look
+        raise FormatError(f"{where}: more than the limit of {MAX_MANIFEST_BYTES} bytes", path=os.fspath(path))
+    return parse_manifest(data, where, path=os.fspath(path))
 
 
 def parse_manifest(data: bytes, where: str, *, path: str | None = None) -> dict:

@@ -12,7 +12,7 @@ from sparselabels.io.reader import LabelFile
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="header, metadata, counts and bytes/position of a file or shard set")
-    p.add_argument("path", help="label file, manifest (.json) or shard directory")
+    p.add_argument("path", help="label file, manifest (.json) or shard directory; or a URL (s3://...)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return p
 

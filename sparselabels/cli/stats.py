@@ -12,7 +12,7 @@ from sparselabels.io.stats import label_stats
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("stats", help="distribution of labels per position, count histogram, bytes/position")
-    p.add_argument("path", help="label file, manifest (.json) or shard directory")
+    p.add_argument("path", help="label file, manifest (.json) or shard directory; or a URL (s3://...)")
     p.add_argument("--max-sequences", type=positive_int, help="sample this many sequences at random (default: all)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p

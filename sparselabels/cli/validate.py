@@ -17,7 +17,7 @@ from sparselabels.io.validate import validate
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="verify every checksum, structure and label rule")
-    p.add_argument("path", help="label file, manifest (.json) or shard directory")
+    p.add_argument("path", help="label file, manifest (.json) or shard directory; or a URL (s3://...)")
     p.add_argument("--max-problems", type=positive_int, default=20, help="stop after this many problems (default 20)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     return p

@@ -354,6 +354,41 @@ def test_cache_dir_stays_within_its_bound(bucket, tmp_path):
     assert sum(store.joinpath(f"part-{k}.slbl").stat().st_size for k in range(2)) > 2 * bound
 
 
+def test_an_https_object_of_unknown_size_is_a_format_error(tmp_path):
+    """A server that sends no Content-Length: fsspec reports size None; a clear FormatError (it was a raw
+    TypeError from int(None)), since every read is a byte range counted from the end."""
+    import http.server
+    import threading
+
+    data = write_file(tmp_path / "a.slbl", random_sequences(0, 2)).read_bytes()
+
+    class NoLength(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"  # the body ends when the connection closes: no Content-Length
+
+        def do_HEAD(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NoLength)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/a.slbl"
+    try:
+        with pytest.raises(FormatError, match="size") as info:
+            sl.open_labels(url)
+        assert info.value.path == url
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_urls_without_fsspec_name_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "fsspec", None)  # what an install without the extra has
     with pytest.raises(ImportError, match=r"sparselabels\[remote\]"):

@@ -202,7 +202,11 @@ class RemoteSource(ByteSource):
             raise FileNotFoundError(f"{url!r}: no such object") from None
         details = getattr(self._file, "details", None) or self._fs.info(self._fspath)
         if details.get("type", "file") != "file":
-            raise FormatError(f"file {url!r}: not a file (a directory or prefix)")
+            raise FormatError(f"file {url!r}: not a file (a directory or prefix)", path=url)
+        if details.get("size") is None:  # e.g. an HTTP server that sends no Content-Length
+            self._file.close()
+            raise FormatError(f"file {url!r}: the store does not report the object's size, which ranged reads need",
+                              path=url)
         self._ranged = hasattr(self._file, "_fetch_range")
         return details
 

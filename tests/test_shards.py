@@ -215,6 +215,18 @@ def test_a_manifest_that_is_not_a_regular_file_is_refused_not_waited_on(tmp_path
     assert "m.json" in done.stdout and "not a regular file" in done.stdout, done.stderr
 
 
+def test_a_local_manifest_over_url_inputs_is_refused_up_front(tmp_path, monkeypatch):
+    """A manifest lists files relative to its directory: a URL input became a local path "s3:/bucket/..." and
+    failed with a confusing FileNotFoundError after the inputs were read; it is refused before anything is read."""
+    from sparselabels.errors import InputError
+
+    monkeypatch.chdir(tmp_path)
+    paths, _ = make_shards(tmp_path / "d", count=1)
+    with pytest.raises(InputError, match="copy=True"):
+        sl.merge("m.json", [paths[0], "s3://bucket/labels/part.slbl"])
+    assert not (tmp_path / "m.json").exists()
+
+
 def test_shard_sets_pickle_and_reopen(tmp_path):
     import pickle
 

@@ -66,6 +66,10 @@ def merge(out: str | os.PathLike, inputs: list[str | os.PathLike], *, copy: bool
         check_manifest_name(out, ", or pass copy=True to write one label file")
     if not copy and codec is not None:
         raise InputError("codec applies to copy=True (a manifest keeps its shards as they are)")
+    remote = [os.fspath(item) for item in inputs if is_url(item)]
+    if not copy and remote:
+        raise InputError(f"input {remote[0]!r}: a manifest lists files beside or below it on this file system; "
+                         "pass copy=True to merge URL inputs into one local file")
     files = input_files(inputs)
     if not files:
         raise CompatibilityError("merge needs at least one input")

@@ -227,6 +227,17 @@ def test_a_local_manifest_over_url_inputs_is_refused_up_front(tmp_path, monkeypa
     assert not (tmp_path / "m.json").exists()
 
 
+def test_a_shard_path_through_a_file_is_missing_not_a_raw_oserror(tmp_path):
+    """A manifest naming "part.slbl/x.slbl" where part.slbl is a file: stat() raises NotADirectoryError, which
+    escaped open_labels raw; it is a missing shard like any other."""
+    paths, _ = make_shards(tmp_path / "d", count=1)
+    body = json.loads(sl.merge(tmp_path / "d" / "manifest.json", paths).read_text())
+    body["shards"][0]["path"] = paths[0].name + "/x.slbl"
+    (tmp_path / "d" / "evil.json").write_text(json.dumps(body))
+    with pytest.raises(FormatError, match=r"shard 0 .*file is missing"):
+        sl.open_labels(tmp_path / "d" / "evil.json")
+
+
 def test_shard_sets_pickle_and_reopen(tmp_path):
     import pickle
 

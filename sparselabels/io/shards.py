@@ -73,7 +73,7 @@ class LabelShards(Labels):
             shard = root / entry["path"]
             try:
                 info = shard.stat()
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):  # (the latter: a path through a file)
                 raise FormatError(f"shard {k} ({str(shard)!r}): file is missing", path=str(shard)) from None
             if not stat.S_ISREG(info.st_mode):
                 raise FormatError(f"shard {k} ({str(shard)!r}): not a regular file", path=str(shard))
@@ -166,7 +166,7 @@ class LabelShards(Labels):
         verify = "structure" if k in self._verified and self._verify == "index" else self._verify
         try:
             f = self._new_file(path, verify)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise FormatError(f"{where}: file is missing", path=str(path)) from None
         found = {"bytes": f.file_size, "num_sequences": len(f), "num_positions": f.num_positions,
                  "num_labels": f.num_labels, "footer_crc32": footer_crc32(f)}

@@ -228,6 +228,17 @@ def test_bad_mask_columns_refused(tmp_path):
         SparseLabelDataset(path, hf, mask_column="nope")
 
 
+def test_boolean_masks_are_0_1_masks(tmp_path):
+    """``masks=`` of bool arrays (True = trained) give the items the loss masks their 0/1 twins give."""
+    path, tokens = build_store(tmp_path / "b.slbl", [6, 4])
+    as_bool = [np.array([True, False, True, True, False, True]), np.array([False, True, True, False])]
+    want = SparseLabelDataset(path, tokens, masks=[m.astype(np.int64) for m in as_bool])
+    for masks in (as_bool, [m.tolist() for m in as_bool]):
+        got = SparseLabelDataset(path, tokens, masks=masks)
+        for i in range(2):
+            assert np.array_equal(got[i].loss_mask, want[i].loss_mask)
+
+
 def test_lora_model_trains_adapters_only(dataset, tmp_path):
     peft = pytest.importorskip("peft")
     base = tiny_student()

@@ -174,8 +174,8 @@ def test_default_training_arguments_train_and_loss_falls(dataset, tmp_path):
     before = kd_loss(model, batch).item()
     trainer = SparseKDTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=dataset)
     trainer.train()
-    with torch.no_grad():
-        after = kd_loss(model, batch).item()
+    with torch.no_grad():  # Trainer placed the model on its device (a GPU where there is one)
+        after = kd_loss(model, batch.to(trainer.args.device)).item()
     assert after < before - 0.1
     assert trainer.evaluate()["eval_loss"] == pytest.approx(after, rel=1e-5)
 

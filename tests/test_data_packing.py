@@ -18,12 +18,7 @@ LENGTHS = [13, 7, 16, 9, 3, 11, 5, 14, 8, 2, 10, 6]
 SEQ_LEN = 24
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,7 @@ from sparselabels.hf import SparseKDTrainer, count_positions, kd_loss
 LENGTHS = [13, 7, 16, 9, 11, 5, 14, 8]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

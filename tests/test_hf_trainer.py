@@ -122,6 +122,12 @@ def test_trainer_refuses_a_dataset_without_tokens(store, tmp_path):
         SparseKDTrainer(model=tiny_student(), args=_args(tmp_path), train_dataset=labels_only)
 
 
+def test_trainer_checks_the_temperature_before_training(dataset, tmp_path):
+    for bad in (0.0, -1.0, float("nan"), "x"):
+        with pytest.raises(InputError, match="temperature must be a positive finite number"):
+            SparseKDTrainer(model=tiny_student(), args=_args(tmp_path), train_dataset=dataset, temperature=bad)
+
+
 # -- the trainer ----------------------------------------------------------------------------------------------
 def test_trainer_loss_equals_kd_loss_and_reference(dataset, tmp_path):
     model = tiny_student()

@@ -96,6 +96,25 @@ def _first_bad_id(ids, lo, n, vocab_size, b, t):
 
 
 @nb.njit(cache=True, nogil=True)
+def _overflow_keep(values, lut, lo, n, cap, policy):
+    """Which ``cap`` of a position's ``n`` labels (stored at ``lo``) stay, ascending; all ``n`` weights; the weight
+    dropped. drop_smallest (policy 1) keeps the largest (a stable sort on -w keeps the lower id among equals),
+    truncate the first ``cap``."""
+    w_all = np.empty(n, dtype=np.float32)
+    for k in range(n):
+        w_all[k] = _weight(values[lo + k], lut)
+    keep = np.sort(np.argsort(-w_all, kind="mergesort")[:cap]) if policy == 1 else np.arange(cap)
+    kept = np.zeros(n, dtype=np.bool_)
+    for k in range(cap):
+        kept[keep[k]] = True
+    dropped = 0.0
+    for k in range(n):
+        if not kept[k]:
+            dropped += w_all[k]
+    return keep, w_all, dropped
+
+
+@nb.njit(cache=True, nogil=True)
 def _fill_targets(ids, values, lut, vocab_size, indptr, ptr_start, label_start, lengths, policy,
                   out_ids, out_w, out_n, drop_n, drop_mass):
     """Fill ``out_*`` completely (padding included). Returns (code, batch slot, position, value).
@@ -137,21 +156,11 @@ def _fill_targets(ids, values, lut, vocab_size, indptr, ptr_start, label_start, 
                 return bad_id
             if policy == 0:
                 return _OVERFLOW, b, t, n
-            w_all = np.empty(n, dtype=np.float32)
-            for k in range(n):
-                w_all[k] = _weight(values[lo + k], lut)
-            # drop_smallest keeps the K largest (a stable sort on -w keeps the lower id among equals)
-            keep = np.sort(np.argsort(-w_all, kind="mergesort")[:K]) if policy == 1 else np.arange(K)
-            kept = np.zeros(n, dtype=np.bool_)
+            keep, w_all, dropped = _overflow_keep(values, lut, lo, n, K, policy)
             for k in range(K):
                 j = keep[k]
-                kept[j] = True
                 flat_ids[o + k] = ids[lo + j]
                 flat_w[o + k] = w_all[j]
-            dropped = 0.0
-            for k in range(n):
-                if not kept[k]:
-                    dropped += w_all[k]
             flat_n[row] = K
             drop_n[b, t] = n - K
             drop_mass[b, t] = dropped
@@ -237,20 +246,11 @@ def _fill_csr_capped(ids, values, lut, vocab_size, indptr, ptr_start, label_star
                 continue
             if policy == 0:
                 return _OVERFLOW, b, t, n
-            w_all = np.empty(n, dtype=np.float32)
-            for k in range(n):
-                w_all[k] = _weight(values[lo + k], lut)
-            keep = np.sort(np.argsort(-w_all, kind="mergesort")[:cap]) if policy == 1 else np.arange(cap)
-            kept = np.zeros(n, dtype=np.bool_)
+            keep, _, dropped = _overflow_keep(values, lut, lo, n, cap, policy)
             for k in range(cap):
                 j = keep[k]
-                kept[j] = True
                 out_ids[o + k] = ids[lo + j]
                 out_values[o + k] = values[lo + j]
-            dropped = 0.0
-            for k in range(n):
-                if not kept[k]:
-                    dropped += w_all[k]
             o += cap
             drop_n[b, t] = n - cap
             drop_mass[b, t] = dropped

@@ -552,12 +552,18 @@ def _collate(batch: SequenceABC, *, max_labels: int | None, on_overflow: str, vo
                                       out["num_labels"].numpy(), drop_n, drop_mass)
     if code == _BAD_ID:
         raise InputError(f"collate: sequence {indices[b]}, position {t}: id {value} is outside the vocabulary "
-                         f"(vocab_size {vocab})")
+                         f"(vocab_size {vocab})", **_where(indices, b, t))
     if code == _OVERFLOW:
         raise InputError(f"collate: sequence {indices[b]}, position {t}: {value} labels, more than max_labels="
-                         f"{max_labels}; pass on_overflow='drop_smallest' or 'truncate' to drop (reported) labels")
+                         f"{max_labels}; pass on_overflow='drop_smallest' or 'truncate' to drop (reported) labels",
+                         **_where(indices, b, t))
     _fill_positions(out, lengths, indices, tokens, pad_token_id)
     return out
+
+
+def _where(indices: np.ndarray, b: int, t: int) -> dict[str, int | None]:
+    """The location attributes of an error at position ``t`` of batch slot ``b`` (the sequence where known)."""
+    return {"sequence": int(indices[b]) if indices[b] >= 0 else None, "position": int(t)}
 
 
 def _shared_placement(pin_memory: bool) -> bool:
@@ -582,7 +588,8 @@ def _fill_positions(out: SparseBatch, lengths: np.ndarray, indices: np.ndarray, 
         np.cumsum(lengths[:-1], out=token_start[1:])
         code, b, t, value = _fill_tokens(tokens, token_start, lengths, int(pad_token_id), out["input_ids"].numpy())
         if code == _BAD_TOKEN:
-            raise InputError(f"collate: sequence {indices[b]}, position {t}: input id {value} is outside 0..2**32-1")
+            raise InputError(f"collate: sequence {indices[b]}, position {t}: input id {value} is outside 0..2**32-1",
+                             **_where(indices, b, t))
 
 
 def _concat_ids(ids_parts: list[np.ndarray], vocab: int) -> np.ndarray:
@@ -642,7 +649,7 @@ def _collate_csr(batch: SequenceABC, ids_parts: list, val_parts: list, indptr: n
             p0 = ptr_start[b]
             t = int(np.searchsorted(indptr[p0:p0 + lengths[b] + 1], j - label_start[b], side="right")) - 1
             raise InputError(f"collate: sequence {indices[b]}, position {t}: id {int(out_ids.view(np.uint32)[j])} "
-                             f"is outside the vocabulary (vocab_size {vocab})")
+                             f"is outside the vocabulary (vocab_size {vocab})", **_where(indices, b, t))
         if cap >= 0:
             out["dropped_labels"].numpy()[:] = 0
             out["dropped_mass"].numpy()[:] = 0
@@ -656,10 +663,11 @@ def _collate_csr(batch: SequenceABC, ids_parts: list, val_parts: list, indptr: n
             out["dropped_mass"].numpy(), cap)
         if code == _BAD_ID:
             raise InputError(f"collate: sequence {indices[b]}, position {t}: id {value} is outside the vocabulary "
-                             f"(vocab_size {vocab})")
+                             f"(vocab_size {vocab})", **_where(indices, b, t))
         if code == _OVERFLOW:
             raise InputError(f"collate: sequence {indices[b]}, position {t}: {value} labels, more than max_labels="
-                             f"{max_labels}; pass on_overflow='drop_smallest' or 'truncate' to drop (reported) labels")
+                             f"{max_labels}; pass on_overflow='drop_smallest' or 'truncate' to drop (reported) labels",
+                             **_where(indices, b, t))
     _fill_positions(out, lengths, indices, tokens, pad_token_id)
     targets = SparseTargets(out.pop("offsets"), out.pop("ids"), counts=out.pop("counts", None),
                             probs=out.pop("probs", None), rounds=rounds, shape=(B, T),

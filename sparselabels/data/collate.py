@@ -550,6 +550,14 @@ def _collate(batch: SequenceABC, *, max_labels: int | None, on_overflow: str, vo
     code, b, t, value = _fill_targets(ids, values, lut, int(vocab), indptr, ptr_start, label_start, lengths, policy,
                                       out["target_ids"].numpy(), out["target_weights"].numpy(),
                                       out["num_labels"].numpy(), drop_n, drop_mass)
+    _check_filled(code, b, t, value, indices, vocab, max_labels)
+    _fill_positions(out, lengths, indices, tokens, pad_token_id)
+    return out
+
+
+def _check_filled(code: int, b: int, t: int, value: int, indices: np.ndarray, vocab: int,
+                  max_labels: int | None) -> None:
+    """Raise what a fill kernel of either layout found at position ``t`` of batch slot ``b`` (nothing for _OK)."""
     if code == _BAD_ID:
         raise InputError(f"collate: sequence {indices[b]}, position {t}: id {value} is outside the vocabulary "
                          f"(vocab_size {vocab})", **_where(indices, b, t))
@@ -557,8 +565,6 @@ def _collate(batch: SequenceABC, *, max_labels: int | None, on_overflow: str, vo
         raise InputError(f"collate: sequence {indices[b]}, position {t}: {value} labels, more than max_labels="
                          f"{max_labels}; pass on_overflow='drop_smallest' or 'truncate' to drop (reported) labels",
                          **_where(indices, b, t))
-    _fill_positions(out, lengths, indices, tokens, pad_token_id)
-    return out
 
 
 def _where(indices: np.ndarray, b: int, t: int) -> dict[str, int | None]:
@@ -661,13 +667,7 @@ def _collate_csr(batch: SequenceABC, ids_parts: list, val_parts: list, indptr: n
             _concat_ids(ids_parts, vocab), values, lut, vocab, indptr, ptr_start, label_start, lengths,
             _POLICY_CODE[on_overflow], out_ids, out_values, out["dropped_labels"].numpy(),
             out["dropped_mass"].numpy(), cap)
-        if code == _BAD_ID:
-            raise InputError(f"collate: sequence {indices[b]}, position {t}: id {value} is outside the vocabulary "
-                             f"(vocab_size {vocab})", **_where(indices, b, t))
-        if code == _OVERFLOW:
-            raise InputError(f"collate: sequence {indices[b]}, position {t}: {value} labels, more than max_labels="
-                             f"{max_labels}; pass on_overflow='drop_smallest' or 'truncate' to drop (reported) labels",
-                             **_where(indices, b, t))
+        _check_filled(code, b, t, value, indices, vocab, max_labels)
     _fill_positions(out, lengths, indices, tokens, pad_token_id)
     targets = SparseTargets(out.pop("offsets"), out.pop("ids"), counts=out.pop("counts", None),
                             probs=out.pop("probs", None), rounds=rounds, shape=(B, T),

@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
                                  per_device_train_batch_size=4, logging_steps=5, save_strategy="no",
                                  report_to="none")
     trainer = SparseKDTrainer(model=student, args=training, train_dataset=packed, ce_weight=args.ce_weight)
-    probe = trainer.data_collator([packed[i] for i in range(min(4, len(packed)))])
+    # on the device Trainer placed the student on (a GPU when there is one)
+    probe = trainer.data_collator([packed[i] for i in range(min(4, len(packed)))]).to(trainer.args.device)
     with torch.no_grad():
         before = kd_loss(student.eval(), probe, ce_weight=args.ce_weight).item()
     trainer.train()

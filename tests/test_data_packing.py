@@ -18,12 +18,7 @@ LENGTHS = [13, 7, 16, 9, 3, 11, 5, 14, 8, 2, 10, 6]
 SEQ_LEN = 24
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +51,26 @@ def test_over_long_documents_and_bad_seq_len_are_refused(dataset):
             PackedDataset(dataset, seq_len=bad)
     with pytest.raises(InputError, match="lengths"):
         PackedDataset(dataset, seq_len=SEQ_LEN, lengths=[1, 2])
+
+
+def test_collate_errors_in_packed_rows_name_the_document(dataset):
+    """An id outside the vocabulary in a packed row is named by its document and position there (and by its
+    row and position in the row), not as if the row were a sequence of the source."""
+    packed = PackedDataset(dataset, seq_len=SEQ_LEN)
+    row = packed[0]
+    assert len(row.documents) > 1
+    bound = int(row.ids[row.indptr[row.document_lengths[0]]:].max())  # a vocabulary the later documents overrun
+    at = int(np.searchsorted(row.indptr, int(np.argmax(row.ids >= bound)), side="right")) - 1  # position in row
+    ends = np.cumsum(row.document_lengths)
+    d = int(np.searchsorted(ends, at, side="right"))
+    doc, pos = int(row.documents[d]), at - (int(ends[d - 1]) if d else 0)
+    with pytest.raises(InputError, match=f"sequence {doc}, position {pos}: id "):  # the document alone says the same
+        collate([dataset[doc]], vocab_size=bound)
+    for layout in ("padded", "csr"):
+        with pytest.raises(InputError, match=rf"packed row 0, position {at} \(document {doc}, position {pos}\): id ") \
+                as info:
+            packed.collator(vocab_size=bound, layout=layout)([row])
+        assert (info.value.sequence, info.value.position) == (doc, pos)
 
 
 def test_packed_batch_keys_and_alignment(dataset):

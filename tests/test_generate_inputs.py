@@ -34,12 +34,7 @@ from sparselabels.pipeline.windows import Window, WindowPolicy
 gen_module = importlib.import_module("sparselabels.pipeline.generate")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

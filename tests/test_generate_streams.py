@@ -7,7 +7,6 @@ import importlib
 
 import numpy as np
 import pytest
-import torch
 from pipeline_fixtures import random_tokens, read_all, tiny_llama
 
 import sparselabels as sl
@@ -20,12 +19,7 @@ from sparselabels.sampling.rng import stream_key
 gen_module = importlib.import_module("sparselabels.pipeline.generate")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,7 @@ from sparselabels.hf import SparseKDTrainer, count_positions, kd_loss
 LENGTHS = [13, 7, 16, 9, 11, 5, 14, 8]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +122,12 @@ def test_trainer_refuses_a_dataset_without_tokens(store, tmp_path):
         SparseKDTrainer(model=tiny_student(), args=_args(tmp_path), train_dataset=labels_only)
 
 
+def test_trainer_checks_the_temperature_before_training(dataset, tmp_path):
+    for bad in (0.0, -1.0, float("nan"), "x"):
+        with pytest.raises(InputError, match="temperature must be a positive finite number"):
+            SparseKDTrainer(model=tiny_student(), args=_args(tmp_path), train_dataset=dataset, temperature=bad)
+
+
 # -- the trainer ----------------------------------------------------------------------------------------------
 def test_trainer_loss_equals_kd_loss_and_reference(dataset, tmp_path):
     model = tiny_student()
@@ -174,8 +175,8 @@ def test_default_training_arguments_train_and_loss_falls(dataset, tmp_path):
     before = kd_loss(model, batch).item()
     trainer = SparseKDTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=dataset)
     trainer.train()
-    with torch.no_grad():
-        after = kd_loss(model, batch).item()
+    with torch.no_grad():  # Trainer placed the model on its device (a GPU where there is one)
+        after = kd_loss(model, batch.to(trainer.args.device)).item()
     assert after < before - 0.1
     assert trainer.evaluate()["eval_loss"] == pytest.approx(after, rel=1e-5)
 
@@ -226,6 +227,17 @@ def test_bad_mask_columns_refused(tmp_path):
         SparseLabelDataset(path, tokens, mask_column="loss_mask")
     with pytest.raises(InputError, match="no column 'nope'"):
         SparseLabelDataset(path, hf, mask_column="nope")
+
+
+def test_boolean_masks_are_0_1_masks(tmp_path):
+    """``masks=`` of bool arrays (True = trained) give the items the loss masks their 0/1 twins give."""
+    path, tokens = build_store(tmp_path / "b.slbl", [6, 4])
+    as_bool = [np.array([True, False, True, True, False, True]), np.array([False, True, True, False])]
+    want = SparseLabelDataset(path, tokens, masks=[m.astype(np.int64) for m in as_bool])
+    for masks in (as_bool, [m.tolist() for m in as_bool]):
+        got = SparseLabelDataset(path, tokens, masks=masks)
+        for i in range(2):
+            assert np.array_equal(got[i].loss_mask, want[i].loss_mask)
 
 
 def test_lora_model_trains_adapters_only(dataset, tmp_path):

@@ -127,6 +127,21 @@ def test_bad_sparse_targets_raise_input_error_in_both_losses(kind, message):
         L.sparse_kd_loss_from_hidden(torch.randn(1, 3, 8), torch.randn(VOCAB, 8), targets)
 
 
+def test_a_width_below_the_widest_position_is_refused():
+    """``width`` sizes the Triton kernel's label block: one below the widest position would drop that position's
+    labels past the block, a wrong loss without an error."""
+    offsets = torch.tensor([0, 20, 22])
+    ids = torch.cat([torch.arange(20), torch.tensor([3, 4])]).to(torch.int32)
+    targets = SparseTargets(offsets, ids, probs=torch.full((22,), 0.04), shape=(1, 2), width=2)
+    message = r"width is 2 but position \(0, 0\) holds 20 labels"
+    with pytest.raises(InputError, match=message):
+        targets.check(VOCAB)
+    with pytest.raises(InputError, match=message):
+        L.sparse_kd_loss(torch.randn(1, 2, VOCAB), targets)
+    with pytest.raises(InputError, match=message):
+        L.sparse_kd_loss_from_hidden(torch.randn(1, 2, 8), torch.randn(VOCAB, 8), targets)
+
+
 def test_sparse_targets_are_passed_alone():
     targets = _bad_targets("shape")
     with pytest.raises(InputError, match="without target_weights"):

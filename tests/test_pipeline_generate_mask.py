@@ -7,20 +7,13 @@ import subprocess
 
 import numpy as np
 import pytest
-import torch
 from pipeline_fixtures import cli, read_all, subprocess_env, tiny_llama
 
 import sparselabels as sl
 from sparselabels.errors import InputError
 from sparselabels.pipeline.generate import generate
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -96,6 +96,25 @@ def _first_bad_id(ids, lo, n, vocab_size, b, t):
 
 
 @nb.njit(cache=True, nogil=True)
+def _overflow_keep(values, lut, lo, n, cap, policy):
+    """Which ``cap`` of a position's ``n`` labels (stored at ``lo``) stay, ascending; all ``n`` weights; the weight
+    dropped. drop_smallest (policy 1) keeps the largest (a stable sort on -w keeps the lower id among equals),
+    truncate the first ``cap``."""
+    w_all = np.empty(n, dtype=np.float32)
+    for k in range(n):
+        w_all[k] = _weight(values[lo + k], lut)
+    keep = np.sort(np.argsort(-w_all, kind="mergesort")[:cap]) if policy == 1 else np.arange(cap)
+    kept = np.zeros(n, dtype=np.bool_)
+    for k in range(cap):
+        kept[keep[k]] = True
+    dropped = 0.0
+    for k in range(n):
+        if not kept[k]:
+            dropped += w_all[k]
+    return keep, w_all, dropped
+
+
+@nb.njit(cache=True, nogil=True)
 def _fill_targets(ids, values, lut, vocab_size, indptr, ptr_start, label_start, lengths, policy,
                   out_ids, out_w, out_n, drop_n, drop_mass):
     """Fill ``out_*`` completely (padding included). Returns (code, batch slot, position, value).
@@ -137,21 +156,11 @@ def _fill_targets(ids, values, lut, vocab_size, indptr, ptr_start, label_start, 
                 return bad_id
             if policy == 0:
                 return _OVERFLOW, b, t, n
-            w_all = np.empty(n, dtype=np.float32)
-            for k in range(n):
-                w_all[k] = _weight(values[lo + k], lut)
-            # drop_smallest keeps the K largest (a stable sort on -w keeps the lower id among equals)
-            keep = np.sort(np.argsort(-w_all, kind="mergesort")[:K]) if policy == 1 else np.arange(K)
-            kept = np.zeros(n, dtype=np.bool_)
+            keep, w_all, dropped = _overflow_keep(values, lut, lo, n, K, policy)
             for k in range(K):
                 j = keep[k]
-                kept[j] = True
                 flat_ids[o + k] = ids[lo + j]
                 flat_w[o + k] = w_all[j]
-            dropped = 0.0
-            for k in range(n):
-                if not kept[k]:
-                    dropped += w_all[k]
             flat_n[row] = K
             drop_n[b, t] = n - K
             drop_mass[b, t] = dropped
@@ -237,20 +246,11 @@ def _fill_csr_capped(ids, values, lut, vocab_size, indptr, ptr_start, label_star
                 continue
             if policy == 0:
                 return _OVERFLOW, b, t, n
-            w_all = np.empty(n, dtype=np.float32)
-            for k in range(n):
-                w_all[k] = _weight(values[lo + k], lut)
-            keep = np.sort(np.argsort(-w_all, kind="mergesort")[:cap]) if policy == 1 else np.arange(cap)
-            kept = np.zeros(n, dtype=np.bool_)
+            keep, _, dropped = _overflow_keep(values, lut, lo, n, cap, policy)
             for k in range(cap):
                 j = keep[k]
-                kept[j] = True
                 out_ids[o + k] = ids[lo + j]
                 out_values[o + k] = values[lo + j]
-            dropped = 0.0
-            for k in range(n):
-                if not kept[k]:
-                    dropped += w_all[k]
             o += cap
             drop_n[b, t] = n - cap
             drop_mass[b, t] = dropped
@@ -550,14 +550,26 @@ def _collate(batch: SequenceABC, *, max_labels: int | None, on_overflow: str, vo
     code, b, t, value = _fill_targets(ids, values, lut, int(vocab), indptr, ptr_start, label_start, lengths, policy,
                                       out["target_ids"].numpy(), out["target_weights"].numpy(),
                                       out["num_labels"].numpy(), drop_n, drop_mass)
-    if code == _BAD_ID:
-        raise InputError(f"collate: sequence {indices[b]}, position {t}: id {value} is outside the vocabulary "
-                         f"(vocab_size {vocab})")
-    if code == _OVERFLOW:
-        raise InputError(f"collate: sequence {indices[b]}, position {t}: {value} labels, more than max_labels="
-                         f"{max_labels}; pass on_overflow='drop_smallest' or 'truncate' to drop (reported) labels")
+    _check_filled(code, b, t, value, indices, vocab, max_labels)
     _fill_positions(out, lengths, indices, tokens, pad_token_id)
     return out
+
+
+def _check_filled(code: int, b: int, t: int, value: int, indices: np.ndarray, vocab: int,
+                  max_labels: int | None) -> None:
+    """Raise what a fill kernel of either layout found at position ``t`` of batch slot ``b`` (nothing for _OK)."""
+    if code == _BAD_ID:
+        raise InputError(f"collate: sequence {indices[b]}, position {t}: id {value} is outside the vocabulary "
+                         f"(vocab_size {vocab})", **_where(indices, b, t))
+    if code == _OVERFLOW:
+        raise InputError(f"collate: sequence {indices[b]}, position {t}: {value} labels, more than max_labels="
+                         f"{max_labels}; pass on_overflow='drop_smallest' or 'truncate' to drop (reported) labels",
+                         **_where(indices, b, t))
+
+
+def _where(indices: np.ndarray, b: int, t: int) -> dict[str, int | None]:
+    """The location attributes of an error at position ``t`` of batch slot ``b`` (the sequence where known)."""
+    return {"sequence": int(indices[b]) if indices[b] >= 0 else None, "position": int(t)}
 
 
 def _shared_placement(pin_memory: bool) -> bool:
@@ -582,7 +594,8 @@ def _fill_positions(out: SparseBatch, lengths: np.ndarray, indices: np.ndarray, 
         np.cumsum(lengths[:-1], out=token_start[1:])
         code, b, t, value = _fill_tokens(tokens, token_start, lengths, int(pad_token_id), out["input_ids"].numpy())
         if code == _BAD_TOKEN:
-            raise InputError(f"collate: sequence {indices[b]}, position {t}: input id {value} is outside 0..2**32-1")
+            raise InputError(f"collate: sequence {indices[b]}, position {t}: input id {value} is outside 0..2**32-1",
+                             **_where(indices, b, t))
 
 
 def _concat_ids(ids_parts: list[np.ndarray], vocab: int) -> np.ndarray:
@@ -642,7 +655,7 @@ def _collate_csr(batch: SequenceABC, ids_parts: list, val_parts: list, indptr: n
             p0 = ptr_start[b]
             t = int(np.searchsorted(indptr[p0:p0 + lengths[b] + 1], j - label_start[b], side="right")) - 1
             raise InputError(f"collate: sequence {indices[b]}, position {t}: id {int(out_ids.view(np.uint32)[j])} "
-                             f"is outside the vocabulary (vocab_size {vocab})")
+                             f"is outside the vocabulary (vocab_size {vocab})", **_where(indices, b, t))
         if cap >= 0:
             out["dropped_labels"].numpy()[:] = 0
             out["dropped_mass"].numpy()[:] = 0
@@ -654,12 +667,7 @@ def _collate_csr(batch: SequenceABC, ids_parts: list, val_parts: list, indptr: n
             _concat_ids(ids_parts, vocab), values, lut, vocab, indptr, ptr_start, label_start, lengths,
             _POLICY_CODE[on_overflow], out_ids, out_values, out["dropped_labels"].numpy(),
             out["dropped_mass"].numpy(), cap)
-        if code == _BAD_ID:
-            raise InputError(f"collate: sequence {indices[b]}, position {t}: id {value} is outside the vocabulary "
-                             f"(vocab_size {vocab})")
-        if code == _OVERFLOW:
-            raise InputError(f"collate: sequence {indices[b]}, position {t}: {value} labels, more than max_labels="
-                             f"{max_labels}; pass on_overflow='drop_smallest' or 'truncate' to drop (reported) labels")
+        _check_filled(code, b, t, value, indices, vocab, max_labels)
     _fill_positions(out, lengths, indices, tokens, pad_token_id)
     targets = SparseTargets(out.pop("offsets"), out.pop("ids"), counts=out.pop("counts", None),
                             probs=out.pop("probs", None), rounds=rounds, shape=(B, T),

@@ -89,7 +89,7 @@ def mask_source(tokens: TokenSource | None, column: str | None, masks: Any) -> t
                              f"{tokens.describe()}; pass the mask values as masks= instead")
         source, kind = HFTokens(tokens.dataset, column=column, path=tokens.path), mask_kind(column)
     else:
-        source, kind = open_tokens(masks), "mask"
+        source, kind = open_tokens(_bool_as_0_1(masks)), "mask"
     mask_lengths = np.asarray(source.lengths(), dtype=np.int64)
     token_lengths = np.asarray(tokens.lengths(), dtype=np.int64)
     if mask_lengths.shape != token_lengths.shape:
@@ -101,6 +101,16 @@ def mask_source(tokens: TokenSource | None, column: str | None, masks: Any) -> t
         raise InputError(f"mask {source.describe()}, sequence {i}: {mask_lengths[i]} mask values for "
                          f"{token_lengths[i]} tokens ({bad.size} sequences differ)")
     return source, kind
+
+
+def _bool_as_0_1(masks: Any) -> Any:
+    """Bool mask arrays as uint8 0/1 (a token source holds integers); anything else as it is."""
+    if isinstance(masks, np.ndarray) and masks.dtype == np.bool_:
+        return masks.astype(np.uint8)
+    if isinstance(masks, list | tuple) or (isinstance(masks, np.ndarray) and masks.dtype == object):
+        arrays = [np.asarray(m) for m in masks]
+        return [m.astype(np.uint8) if m.dtype == np.bool_ else m for m in arrays]
+    return masks
 
 
 def read_position_mask(source, index: int, input_ids: np.ndarray | None, kind: str, what: str) -> np.ndarray:

@@ -180,11 +180,35 @@ def packing_keys(document_lengths: list[np.ndarray], T: int) -> dict[str, torch.
             "max_length": int(max(segments, default=0)), "document_lengths": torch.from_numpy(doc_lengths)}
 
 
+def _in_documents(exc: InputError, batch: SequenceABC) -> InputError:
+    """A collate error at (row, position) of a packed batch, said as the document and its position there: the
+    row's index is not a sequence of the source."""
+    rows = [item for item in batch if getattr(item, "index", None) == exc.sequence]
+    if exc.position is None or len(rows) != 1 or getattr(rows[0], "document_lengths", None) is None:
+        return exc
+    row, at = rows[0], exc.position
+    ends = np.cumsum(row.document_lengths)
+    d = int(np.searchsorted(ends, at, side="right"))
+    if d >= len(row.documents):
+        return exc
+    doc, pos = int(row.documents[d]), at - (int(ends[d - 1]) if d else 0)
+    said = f"sequence {exc.sequence}, position {at}:"
+    message = str(exc)
+    message = (message.replace(said, f"packed row {exc.sequence}, position {at} (document {doc}, position {pos}):", 1)
+               if said in message else f"{message} (packed row {exc.sequence}, position {at}: document {doc}, "
+                                       f"position {pos})")
+    location = {k: v for k, v in exc.location.items() if k not in ("sequence", "position")}
+    return type(exc)(message, sequence=doc, position=pos, **location)
+
+
 class PackedCollator(SparseLabelCollator):
     """:class:`SparseLabelCollator` for :class:`PackedItem` rows, adding the packing keys (module docstring)."""
 
     def __call__(self, batch: SequenceABC) -> dict[str, torch.Tensor]:
-        out = super().__call__(batch)
+        try:
+            out = super().__call__(batch)
+        except InputError as exc:
+            raise _in_documents(exc, batch) from None
         T = int(out["attention_mask"].shape[1])
         for item in batch:
             if getattr(item, "document_lengths", None) is None:

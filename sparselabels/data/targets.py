@@ -133,14 +133,16 @@ class SparseTargets:
         return torch.index_select(table, 0, self.counts.to(torch.int32)).to(dtype)
 
     def check(self, vocab_size: int | None = None) -> None:
-        """Offsets start at 0, never decrease and end at ``L``; ids in ``[0, vocab_size)``; probs finite and
-        ``>= 0``. One reduction and one host sync on a GPU; InputError naming the first bad position or label."""
+        """Offsets start at 0, never decrease and end at ``L``; no position holds more than ``width`` labels; ids in
+        ``[0, vocab_size)``; probs finite and ``>= 0``. One reduction and one host sync on a GPU; InputError naming
+        the first bad position or label."""
         offsets = self.offsets
         steps = offsets[1:] - offsets[:-1]
         bad_ids = None
         if vocab_size is not None and self.num_labels:
             bad_ids = (self.ids < 0) | (self.ids >= vocab_size)
-        flags = [offsets[:1] != 0, offsets[-1:] != self.num_labels, (steps < 0).any(dim=0, keepdim=True)]
+        flags = [offsets[:1] != 0, offsets[-1:] != self.num_labels, (steps < 0).any(dim=0, keepdim=True),
+                 (steps > self.width).any(dim=0, keepdim=True)]
         if bad_ids is not None:
             flags.append(bad_ids.any(dim=0, keepdim=True))
         if self.probs is not None and self.num_labels:
@@ -156,6 +158,10 @@ class SparseTargets:
         if int(offsets[-1]) != self.num_labels:
             raise InputError(f"SparseTargets.offsets end at {int(offsets[-1])} but there are {self.num_labels} "
                              f"labels (offsets overrun or fall short of the ids)")
+        if bool((steps > self.width).any()):
+            p = int(torch.nonzero(steps > self.width)[0, 0])
+            raise InputError(f"SparseTargets.width is {self.width} but position {self._position(p)} holds "
+                             f"{int(steps[p])} labels (width must be the most labels at one position)")
         if bad_ids is not None and bool(bad_ids.any()):
             j = int(torch.nonzero(bad_ids)[0, 0])
             p = int(torch.searchsorted(offsets, torch.tensor(j, device=self.device), right=True)) - 1

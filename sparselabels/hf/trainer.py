@@ -24,6 +24,7 @@ from sparselabels.data import SparseLabelCollator, SparseLabelDataset, SparseTar
 from sparselabels.data.packing import PackedDataset
 from sparselabels.errors import InputError
 from sparselabels.hf.kd_loss import count_positions, kd_loss
+from sparselabels.options import check_temperature
 
 
 def default_collator(dataset: Any, pad_token_id: int = 0, layout: str = "csr"):
@@ -47,7 +48,7 @@ class SparseKDTrainer(Trainer):
         from sparselabels.hf.kd_loss import _check_weights
 
         self.kd_weight, self.ce_weight = _check_weights(kd_weight, ce_weight)
-        self.temperature = float(temperature)
+        self.temperature = check_temperature(temperature)
         for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
             inner = getattr(dataset, "dataset", dataset)  # a PackedDataset's documents
             if isinstance(inner, SparseLabelDataset) and inner.tokens is None:

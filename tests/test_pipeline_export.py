@@ -83,6 +83,16 @@ def test_export_shards_in_order(tmp_path):
     assert np.array_equal(ids, (first + second)[5][0])
 
 
+def test_export_to_a_url_is_refused_up_front(tmp_path):
+    """HDF5 is written locally: a URL output said "unable to open file: name = 's3:/b/x.h5.partial'" after
+    opening the labels; it is an InputError before anything is read."""
+    from sparselabels.errors import InputError
+
+    path = write_labels(tmp_path / "a.slbl")
+    with pytest.raises(InputError, match="URL"):
+        export_hdf5(path, "s3://bucket/x.h5")
+
+
 def test_export_empty_file(tmp_path):
     with sl.LabelWriter(tmp_path / "e.slbl", vocab_size=10, rounds=50):
         pass

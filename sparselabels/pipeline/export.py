@@ -28,6 +28,7 @@ import numpy as np
 from sparselabels._extras import require
 from sparselabels.errors import InputError, OutputExistsError, SparseLabelsError
 from sparselabels.io.open import open_labels
+from sparselabels.io.remote import is_url
 
 EXPORT_FORMAT = "sparselabels-hdf5"
 EXPORT_VERSION = 1
@@ -87,6 +88,8 @@ def export_hdf5(labels: str | os.PathLike, out: str | os.PathLike, *, compressio
         raise InputError(f"compression must be one of {list(COMPRESSIONS)}, got {compression!r}")
     if not 0 <= compression_level <= 9:
         raise InputError(f"compression_level must be in 0..9, got {compression_level}")
+    if is_url(out):
+        raise InputError(f"{out!r} is a URL: export writes a local HDF5 file; write it locally, then upload it")
     out = Path(out)
     if out.resolve() == Path(labels).resolve():
         raise InputError(f"the output {str(out)!r} is the input; choose another path")

@@ -399,6 +399,8 @@ def test_remote_options_on_local_paths_are_refused(tmp_path):
     path = write_file(tmp_path / "a.slbl", random_sequences(0, 2))
     with pytest.raises(InputError, match=r"storage_options.*apply to URLs"):
         sl.open_labels(path, storage_options={"anon": True})
+    with pytest.raises(InputError, match=r"storage_options.*apply to URLs"):  # validate opens as open_labels does
+        sl.validate(path, storage_options={"anon": True})
     for copy in (False, True):  # as generate refuses them for a local output, not silently ignored
         out = tmp_path / ("m.slbl" if copy else "m.json")
         with pytest.raises(InputError, match="storage_options apply to an output URL"):

@@ -14,6 +14,13 @@ from sparselabels.io.remote_store import open_remote_labels
 from sparselabels.io.shards import DEFAULT_MAX_OPEN, LabelShards, shard_files
 
 
+def refuse_remote_options(path: str | os.PathLike, given: list[str]) -> None:
+    """InputError naming the options ``given`` that only a URL takes, for the local ``path``."""
+    if given:
+        raise InputError(f"{sorted(given)} apply to URLs (s3://..., gs://...), not to the local path "
+                         f"{os.fspath(path)!r}")
+
+
 def open_labels(path: str | os.PathLike, *, mmap: bool = True, verify: str = "index", max_open: int = DEFAULT_MAX_OPEN,
                 max_sequence_positions: int = DEFAULT_MAX_SEQUENCE_POSITIONS, storage_options: dict | None = None,
                 cache_dir: str | os.PathLike | None = None, **remote_options: Any) -> Labels:
@@ -26,10 +33,8 @@ def open_labels(path: str | os.PathLike, *, mmap: bool = True, verify: str = "in
     if is_url(path):
         return open_remote_labels(path, verify=verify, max_open=max_open, max_sequence_positions=max_sequence_positions,
                                   storage_options=storage_options, cache_dir=cache_dir, **remote_options)
-    if storage_options is not None or cache_dir is not None or remote_options:
-        given = sorted([*remote_options, *(["storage_options"] if storage_options is not None else []),
-                        *(["cache_dir"] if cache_dir is not None else [])])
-        raise InputError(f"{given} apply to URLs (s3://..., gs://...), not to the local path {os.fspath(path)!r}")
+    refuse_remote_options(path, [*remote_options, *(["storage_options"] if storage_options is not None else []),
+                                 *(["cache_dir"] if cache_dir is not None else [])])
     path = Path(path)
     shard_options = {"mmap": mmap, "verify": verify, "max_open": max_open,
                      "max_sequence_positions": max_sequence_positions}

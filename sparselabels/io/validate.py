@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sparselabels.errors import FormatError, InputError, SparseLabelsError
-from sparselabels.io.open import open_labels
+from sparselabels.io.open import open_labels, refuse_remote_options
 from sparselabels.io.reader import LabelFile
 from sparselabels.io.remote import is_url
 from sparselabels.io.shards import LabelShards
@@ -119,6 +119,7 @@ def validate(path: str | os.PathLike, *, max_problems: int = 20, **open_options)
     _check_max_problems(max_problems)
     if is_url(path):
         return _validate_url(path, max_problems, open_options)
+    refuse_remote_options(path, list(open_options))
     path = Path(path)
     if path.is_file() and path.suffix != ".json":
         return validate_file(path, max_problems=max_problems)

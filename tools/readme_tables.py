@@ -59,20 +59,23 @@ def loader() -> str:
     d = _load("bench_loader")
     base, careful = d["baseline"], d["careful_baseline"]["positions_per_s"]
     lines = [f"<!-- tools/results/bench_loader.json: {_when(d)} -->",
-             "| reader | layout | positions/s | x careful HF datasets | x nested HF datasets | bytes/batch |",
-             "|---|---|---|---|---|---|"]
+             "| reader | layout | positions/s | x careful HF datasets | x nested HF datasets | bytes/batch | "
+             "CPU ms/batch (with workers: the main process's) |",
+             "|---|---|---|---|---|---|---|"]
     for mode, key in (("1 process", "single_process"), ("2 DataLoader workers", "workers")):
         for name in ("raw", "rans"):
             for layout in ("csr", "padded"):
                 c = d["codecs"][name]["layouts"][layout]
                 rate = c[key]["positions_per_s"]
+                cpu_s = c[key].get("median_batch_cpu_s", c[key].get("main_process_cpu_s_per_batch"))
+                cpu = f"{1e3 * cpu_s:.2f}" if cpu_s is not None else ""
                 lines.append(f"| sparselabels {name}, {mode} | {layout} | {rate / 1e6:.2f} M | {rate / careful:.1f} | "
-                             f"{rate / base['positions_per_s']:.0f} | {c['batch_bytes'] / 1e6:.1f} MB |")
+                             f"{rate / base['positions_per_s']:.0f} | {c['batch_bytes'] / 1e6:.1f} MB | {cpu} |")
     numpy_format = base["variants"]["numpy format"]["positions_per_s"]
     lines.append(f"| HF datasets, one row per sequence, flat arrays + indptr, numpy, vectorised padding | padded | "
-                 f"{careful / 1e6:.2f} M | 1 | {careful / base['positions_per_s']:.0f} | |")
+                 f"{careful / 1e6:.2f} M | 1 | {careful / base['positions_per_s']:.0f} | | |")
     lines.append(f"| HF datasets, nested lists, Python rows (numpy format: {numpy_format / 1e3:.1f} K) | padded | "
-                 f"{base['positions_per_s'] / 1e3:.0f} K | {base['positions_per_s'] / careful:.2f} | 1 | |")
+                 f"{base['positions_per_s'] / 1e3:.0f} K | {base['positions_per_s'] / careful:.2f} | 1 | | |")
     return "\n".join(lines)
 
 

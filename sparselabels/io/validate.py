@@ -131,24 +131,7 @@ def validate(path: str | os.PathLike, *, max_problems: int = 20, **open_options)
         return report
     assert isinstance(shards, LabelShards)
     with shards:
-        for k in range(shards.num_shards):
-            if len(report.problems) >= max_problems:
-                break
-            try:
-                shard = shards.shard(k)
-            except (SparseLabelsError, OSError) as exc:
-                report.add(exc)
-                continue
-            sub = validate_file(shard.path, max_problems=max_problems - len(report.problems))
-            if report.first_error is None and not report.problems:
-                report.first_error = sub.first_error
-            report.problems.extend(sub.problems)
-            report.files += 1
-            report.num_sequences += sub.num_sequences
-            report.num_positions += sub.num_positions
-            report.num_labels += sub.num_labels
-            if len(report.problems) >= max_problems:
-                break
+        _validate_shards(report, shards, max_problems, reuse_open_shards=False)
     return report
 
 
@@ -163,20 +146,28 @@ def _validate_url(url: str, max_problems: int, open_options: dict) -> Validation
     with labels:
         if not isinstance(labels, LabelShards):
             return validate_file(url, labels=labels, max_problems=max_problems)
-        for k in range(labels.num_shards):
-            if len(report.problems) >= max_problems:
-                break
-            try:
-                shard = labels.shard(k)
-            except (SparseLabelsError, OSError) as exc:
-                report.add(exc)
-                continue
-            sub = validate_file(shard.path, labels=shard, max_problems=max_problems - len(report.problems))
-            if report.first_error is None and not report.problems:
-                report.first_error = sub.first_error
-            report.problems.extend(sub.problems)
-            report.files += 1
-            report.num_sequences += sub.num_sequences
-            report.num_positions += sub.num_positions
-            report.num_labels += sub.num_labels
+        _validate_shards(report, labels, max_problems, reuse_open_shards=True)
     return report
+
+
+def _validate_shards(report: ValidationReport, shards: LabelShards, max_problems: int, *,
+                     reuse_open_shards: bool) -> None:
+    """Check every shard completely into ``report``. A local shard is reopened by its path (its own open checks
+    run again); a remote one is checked through the shard set's open file (its byte source and cache)."""
+    for k in range(shards.num_shards):
+        if len(report.problems) >= max_problems:
+            break
+        try:
+            shard = shards.shard(k)
+        except (SparseLabelsError, OSError) as exc:
+            report.add(exc)
+            continue
+        sub = validate_file(shard.path, labels=shard if reuse_open_shards else None,
+                            max_problems=max_problems - len(report.problems))
+        if report.first_error is None and not report.problems:
+            report.first_error = sub.first_error
+        report.problems.extend(sub.problems)
+        report.files += 1
+        report.num_sequences += sub.num_sequences
+        report.num_positions += sub.num_positions
+        report.num_labels += sub.num_labels

@@ -35,6 +35,9 @@ def main() -> None:
     SparseKDTrainer(model=model, args=args, train_dataset=dataset, ce_weight=0.3).train()
     grads = [b - p.detach() for b, p in zip(before, model.parameters(), strict=True)]
     torch.save(grads, out / f"grad-{rank}.pt")
+    if torch.distributed.is_initialized():  # gloo's threads must stop before exit (else: an abort at shutdown)
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

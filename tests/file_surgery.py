@@ -280,6 +280,18 @@ def fix_index_crc(buf: bytearray, lay: FileLayout) -> None:
     fix_struct_crc(buf, lay.footer)
 
 
+def reseal_records_at(buf: bytearray, lay: FileLayout, at: int) -> None:
+    """Recompute every CRC that covers byte ``at`` of a record (its chunk's record CRCs, the chunk's CRCs and the
+    index CRC), so that the checks behind the CRCs are what see an edit there."""
+    first = 0
+    for chunk in lay.chunks:
+        if chunk.records.start <= at < chunk.end:
+            fix_record_crcs(buf, lay, chunk, first)
+            fix_chunk_crcs(buf, chunk)
+            fix_index_crc(buf, lay)
+        first += chunk.num_sequences
+
+
 @dataclasses.dataclass
 class ChunkBlob:
     entries: np.ndarray  # [n, k] uint64

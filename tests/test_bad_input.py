@@ -104,13 +104,7 @@ def _record_edit(offset_in_record: int, value: bytes, *, fix_crc: bool):
         at = lay.records[2].start + offset_in_record
         buf[at:at + len(value)] = value
         if fix_crc:
-            first = 0
-            for chunk in lay.chunks:
-                if chunk.records.start <= at < chunk.end:
-                    fs.fix_record_crcs(buf, lay, chunk, first)
-                    fs.fix_chunk_crcs(buf, chunk)
-                    fs.fix_index_crc(buf, lay)
-                first += chunk.num_sequences
+            fs.reseal_records_at(buf, lay, at)
 
     return edit
 

@@ -37,13 +37,7 @@ def _edit_record(path: Path, sequence: int, offset: int, value: bytes, *, fix_cr
     at = lay.records[sequence].start + offset
     buf[at : at + len(value)] = value
     if fix_crcs:  # so that the label rules, behind every CRC, are what finds it
-        first = 0
-        for chunk in lay.chunks:
-            if chunk.records.start <= at < chunk.end:
-                fs.fix_record_crcs(buf, lay, chunk, first)
-                fs.fix_chunk_crcs(buf, chunk)
-                fs.fix_index_crc(buf, lay)
-            first += chunk.num_sequences
+        fs.reseal_records_at(buf, lay, at)
     path.write_bytes(bytes(buf))
     return path
 

@@ -12,7 +12,7 @@ import os
 import re
 import stat
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -275,22 +275,23 @@ def shard_files(directory: Path) -> list[Path]:
     a dataset silently missing sequences."""
     names = {p.name for p in directory.iterdir()}
     files = {n for n in names if n.endswith(SHARD_SUFFIX) and (directory / n).is_file()}
-    unreadable = sorted(n for n in names if n.endswith(SHARD_SUFFIX) and n not in files)
-    if unreadable:  # a dangling link or a directory: skipping it would read as a smaller dataset
-        what = "a link to a missing file" if (directory / unreadable[0]).is_symlink() else "not a regular file"
-        raise FormatError(f"directory {str(directory)!r} holds {unreadable[0]}, {what}: restore or remove it before "
-                          "reading the directory")
-    return [directory / n for n in shard_names(names, files, str(directory))]
+
+    def what(name: str) -> str:
+        return "a link to a missing file" if (directory / name).is_symlink() else "not a regular file"
+
+    return [directory / n for n in shard_names(names, files, str(directory), describe=what)]
 
 
-def shard_names(names: Iterable[str], files: Iterable[str], directory: str) -> list[str]:
+def shard_names(names: Iterable[str], files: Iterable[str], directory: str, *,
+                describe: Callable[[str], str] = lambda name: "not a regular file") -> list[str]:
     """The shard file names among a directory's ``names`` (``files``: those that are regular files), in order,
-    checked as :func:`shard_files` describes."""
+    checked as :func:`shard_files` describes; ``describe`` words what an entry that is not a file is."""
     files = set(files)
     unreadable = sorted(n for n in names if n.endswith(SHARD_SUFFIX) and n not in files)
-    if unreadable:  # e.g. a prefix ``x.slbl/`` in a bucket: skipping it would read as a smaller dataset
-        raise FormatError(f"directory {directory!r} holds {unreadable[0]}, not a regular file: restore or remove it "
-                          "before reading the directory")
+    if unreadable:  # a dangling link, a directory, a prefix ``x.slbl/`` in a bucket: skipping it would read as a
+        # smaller dataset
+        raise FormatError(f"directory {directory!r} holds {unreadable[0]}, {describe(unreadable[0])}: restore or "
+                          "remove it before reading the directory")
     unfinished = sorted(n for n in names if n.endswith(SHARD_SUFFIX + ".partial"))
     if unfinished:
         raise FormatError(f"directory {directory!r} holds {unfinished[0]}, an unfinished label file (a writer "

@@ -376,7 +376,9 @@ class LabelFile(Labels):
 
     @property
     def fingerprints(self) -> np.ndarray | None:
-        columns = self._snapshot()[2]
+        return self._fingerprint_column(self._snapshot()[2])
+
+    def _fingerprint_column(self, columns: dict[str, np.ndarray]) -> np.ndarray | None:
         return columns.get("fingerprint") if self.footer.flags & FLAG_FINGERPRINTS else None
 
     def index_column(self, name: str) -> np.ndarray:
@@ -422,10 +424,6 @@ class LabelFile(Labels):
         col = self._col if col is None else col
         return int(np.searchsorted(col["chunk_first_sequence"], index, side="right")) - 1
 
-    def _chunk_of(self, index: int, col: dict[str, np.ndarray]) -> str:
-        """" (chunk c)" for messages about a sequence whose decoding involves its chunk's table, else ""."""
-        return f" (chunk {self._chunk_index(index, col)})" if self._has_tables else ""
-
     def prefetch(self, indices) -> None:
         fetch = getattr(self._opened(), "prefetch", None)
         if fetch is None:
@@ -464,8 +462,10 @@ class LabelFile(Labels):
             raise FormatError(f"file {self.path!r}, sequence {index}, {exc.problem.describe()}", path=self.path,
                               sequence=index, **exc.problem.location()) from None
         except FormatError as exc:
+            # the chunk is named when decoding involves its table
             chunk = self._chunk_index(index, col) if self._has_tables else None
-            raise FormatError(f"file {self.path!r}, sequence {index}{self._chunk_of(index, col)}: {exc}",
+            where = f" (chunk {chunk})" if chunk is not None else ""
+            raise FormatError(f"file {self.path!r}, sequence {index}{where}: {exc}",
                               path=self.path, sequence=index, chunk=chunk) from None
         if check and not inline:
             problem = check_labels(ids, values, indptr, vocab_size=self.vocab_size, value_kind=self.value_kind,
@@ -473,7 +473,7 @@ class LabelFile(Labels):
             if problem is not None:
                 raise FormatError(f"file {self.path!r}, sequence {index}, {problem.describe()}", path=self.path,
                                   sequence=index, **problem.location())
-        fps = columns.get("fingerprint") if self.footer.flags & FLAG_FINGERPRINTS else None
+        fps = self._fingerprint_column(columns)
         return LabelSpan(ids, values, indptr, int(fps[index]) if fps is not None else None, index)
 
     def close(self) -> None:

@@ -73,12 +73,19 @@ def merge(out: str | os.PathLike, inputs: list[str | os.PathLike], *, copy: bool
     files = input_files(inputs)
     if not files:
         raise CompatibilityError("merge needs at least one input")
-    check_distinct_streams(files)  # before anything is written
     if not copy:
+        check_distinct_streams(_stream_facts(files))  # before anything is written
         if out.exists() and not overwrite:
             raise OutputExistsError(f"{out} exists; pass overwrite=True to replace it")
         return write_manifest(out, files)
     return _merge_copy(out, files, codec=codec, overwrite=overwrite)
+
+
+def _stream_facts(files: list[Path | str]):
+    """(name, metadata, positions) of each input, one open at a time, for :func:`check_distinct_streams`."""
+    for p in files:
+        with LabelFile(p, verify="structure") as f:
+            yield os.fspath(p), f.metadata, f.num_positions
 
 
 def _merge_copy(out: Path, files: list[Path | str], *, codec: str | None, overwrite: bool) -> Path:
@@ -88,7 +95,10 @@ def _merge_copy(out: Path, files: list[Path | str], *, codec: str | None, overwr
     for p in files:
         with LabelFile(p, verify="index") as f:
             facts.append({"path": f.path, "metadata": f.metadata, "codec": f.codec.name, "sequences": len(f),
-                          "fingerprints": f.fingerprints is not None, "identity": (f.file_size, footer_crc32(f))})
+                          "positions": f.num_positions, "fingerprints": f.fingerprints is not None,
+                          "identity": (f.file_size, footer_crc32(f))})
+    named = zip(files, facts, strict=True)
+    check_distinct_streams((os.fspath(p), fact["metadata"], fact["positions"]) for p, fact in named)
     first = facts[0]
     for fact in facts[1:]:
         check_compatible(first["metadata"], fact["metadata"], what=f"input {fact['path']!r}",
@@ -140,7 +150,6 @@ def _merge_to_url(out: str, inputs: list, *, copy: bool, codec: str | None, over
     files = input_files(inputs)
     if not files:
         raise CompatibilityError("merge needs at least one input")
-    check_distinct_streams(files)  # before anything is written
     with tempfile.TemporaryDirectory(prefix="sparselabels-merge-") as tmp:
         local = _merge_copy(Path(tmp) / name, files, codec=codec, overwrite=False)
         target.upload(local, name)

@@ -9,7 +9,7 @@ merge would hide it. Files without the key (other writers) are not checked.
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterable
 
 from sparselabels.errors import CompatibilityError
 
@@ -25,23 +25,21 @@ def stream_rows(metadata: dict, num_positions: int) -> tuple[str, int, int] | No
     return key, first, first + int(num_positions)
 
 
-def check_distinct_streams(files: list[str | os.PathLike]) -> None:
-    """CompatibilityError naming both inputs when two files drew the same rows of the same random stream."""
-    from sparselabels.io.reader import LabelFile
-
+def check_distinct_streams(inputs: Iterable[tuple[str, dict, int]]) -> None:
+    """CompatibilityError naming both inputs when two files drew the same rows of the same random stream;
+    ``inputs``: each file's (name, metadata, number of positions)."""
     seen: dict[str, list[tuple[int, int, str]]] = {}
-    for path in files:
-        with LabelFile(path, verify="structure") as f:
-            rows = stream_rows(f.metadata, f.num_positions)
+    for name, metadata, num_positions in inputs:
+        rows = stream_rows(metadata, num_positions)
         if rows is None or rows[1] == rows[2]:
             continue
         key, lo, hi = rows
         for other_lo, other_hi, other in seen.get(key, []):
             if lo < other_hi and other_lo < hi:
                 raise CompatibilityError(
-                    f"inputs {other!r} and {os.fspath(path)!r} drew the same random numbers (stream {key}, rows "
+                    f"inputs {other!r} and {name!r} drew the same random numbers (stream {key}, rows "
                     f"{max(lo, other_lo)}..{min(hi, other_hi) - 1} in both): the same tokens labeled twice with "
                     "one seed, or one file given twice; their labels are not independent samples. Merge one of "
                     "them, or label the part again with another seed"
                 )
-        seen.setdefault(key, []).append((lo, hi, os.fspath(path)))
+        seen.setdefault(key, []).append((lo, hi, name))

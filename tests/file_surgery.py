@@ -281,11 +281,12 @@ def fix_index_crc(buf: bytearray, lay: FileLayout) -> None:
 
 
 def reseal_records_at(buf: bytearray, lay: FileLayout, at: int) -> None:
-    """Recompute every CRC that covers byte ``at`` of a record (its chunk's record CRCs, the chunk's CRCs and the
-    index CRC), so that the checks behind the CRCs are what see an edit there."""
+    """Recompute every CRC that covers byte ``at`` of a chunk's entries, table or records (the chunk's record CRCs,
+    which start from its table's, the chunk's CRCs and the index CRC), so that the checks behind the CRCs are
+    what see an edit there."""
     first = 0
     for chunk in lay.chunks:
-        if chunk.records.start <= at < chunk.end:
+        if chunk.entries.start <= at < chunk.end:
             fix_record_crcs(buf, lay, chunk, first)
             fix_chunk_crcs(buf, chunk)
             fix_index_crc(buf, lay)

@@ -77,12 +77,12 @@ from file_surgery import (
     fix_chunk_crcs,
     fix_index_crc,
     fix_metadata_crc,
-    fix_record_crcs,
     fix_struct_crc,
     get_value,
     put_value,
     rebuild,
     relayout_with_metadata,
+    reseal_records_at,
     sequence_digest,
     split_chunks,
     vm_size,
@@ -337,13 +337,7 @@ def m_record_crc(rng: random.Random, base: BaseFile) -> tuple[bytes, str]:
     else:
         at = target.start + rng.randrange(max(1, n - 3))
         buf[at:at + 4] = (b"\0" if style == "zero-u32" else b"\xff") * 4
-    first = 0
-    for ch in lay.chunks:
-        if ch.entries.start <= target.start < ch.end:
-            fix_record_crcs(buf, lay, ch, first)
-            fix_chunk_crcs(buf, ch)
-            fix_index_crc(buf, lay)
-        first += ch.num_sequences
+    reseal_records_at(buf, lay, target.start)
     return bytes(buf), f"{what}: {style} edit, record, payload and index CRCs fixed"
 
 

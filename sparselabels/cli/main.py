@@ -11,7 +11,6 @@ import sys
 from sparselabels._extras import MissingExtraError, as_missing_extra
 from sparselabels._version import __version__
 from sparselabels.errors import SparseLabelsError
-from sparselabels.io.writer import PARTIAL_FILE_ADVICE
 
 COMMANDS = ("demo", "generate", "convert", "export", "info", "validate", "stats", "merge")
 
@@ -44,8 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
 def cli_wording(message: str, args: argparse.Namespace) -> str:
     """Library messages name keyword arguments (``overwrite=True``); a command that has the same switch as a flag
     names the flag instead (``--overwrite``)."""
-    if not hasattr(args, "resume"):  # e.g. merge: a leftover partial file can only be started again
-        message = message.replace(PARTIAL_FILE_ADVICE, "pass overwrite=True to start again")
     for name in ("overwrite", "resume", "copy"):
         if hasattr(args, name):
             message = message.replace(f"{name}=True", f"--{name}")

@@ -239,8 +239,9 @@ def kd_loss(
     kd_scale = kd_w / counts[0].clamp(min=1)
     ce_scale = ce_w / counts[1].clamp(min=1) if ce_w > 0 else torch.zeros((), dtype=torch.float64,
                                                                            device=counts.device)
-    total = float(kd_scale + ce_scale)
-    alpha = float(ce_scale) / total
+    kd_s, ce_s = torch.stack([kd_scale, ce_scale]).tolist()  # one device sync, not two
+    total = kd_s + ce_s
+    alpha = ce_s / total
     loss = sparse_kd_loss_from_hidden(
         hidden, weight, *target_args, labels=labels, ce_weight=alpha, chunk_size=chunk_size,
         temperature=temperature, mask=mask, reduction="sum", backend=backend,

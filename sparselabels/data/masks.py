@@ -119,16 +119,16 @@ def read_position_mask(source, index: int, input_ids: np.ndarray | None, kind: s
     return position_mask(token_mask(np.asarray(source[index]), input_ids, kind, where))
 
 
-def batch_masks(batch, lengths: np.ndarray, indices: np.ndarray) -> np.ndarray | None:
-    """The items' ``loss_mask`` concatenated as bool (None when no item carries one; an item without one keeps all
-    its positions), each checked to have one value per position."""
+def batch_masks(batch, lengths: np.ndarray, indices: np.ndarray, width: int) -> np.ndarray | None:
+    """The items' ``loss_mask`` as bool ``[B, width]``, False in padding (None when no item carries one; an item
+    without one keeps all its positions), each checked to have one value per position."""
     parts = [getattr(item, "loss_mask", None) for item in batch]
     if all(p is None for p in parts):
         return None
-    out = []
-    for b, (p, n) in enumerate(zip(parts, lengths, strict=True)):
+    mask = np.zeros((len(parts), width), dtype=np.bool_)
+    for b, (p, n) in enumerate(zip(parts, lengths.tolist(), strict=True)):
         if p is None:
-            out.append(np.ones(int(n), dtype=np.bool_))
+            mask[b, :n] = True
             continue
         p = np.asarray(p)
         if p.ndim != 1 or p.shape[0] != n or not (p.dtype == np.bool_ or np.issubdtype(p.dtype, np.integer)):
@@ -136,22 +136,15 @@ def batch_masks(batch, lengths: np.ndarray, indices: np.ndarray) -> np.ndarray |
                              "(need bool or 0/1, one per position)")
         if p.dtype != np.bool_ and p.size and (int(p.min()) < 0 or int(p.max()) > 1):
             raise InputError(f"collate: sequence {indices[b]}: loss_mask values must be 0 or 1")
-        out.append(p.astype(np.bool_, copy=False))
-    return np.concatenate(out)
+        mask[b, :n] = p
+    return mask
 
 
 def with_loss_mask(batch, out: dict) -> dict:
     """``out`` (a collated batch) with ``loss_mask`` bool ``[B, T]`` added when any item carries one (False in
     padding; an item without one keeps all its positions)."""
-    lengths = out["lengths"].numpy()
-    flat = batch_masks(batch, lengths, out["indices"].numpy())
-    if flat is not None:
-        B, T = out["attention_mask"].shape
-        mask = np.zeros((B, T), dtype=np.bool_)
-        start = 0
-        for b, n in enumerate(lengths.tolist()):
-            mask[b, :n] = flat[start : start + n]
-            start += n
+    mask = batch_masks(batch, out["lengths"].numpy(), out["indices"].numpy(), out["attention_mask"].shape[1])
+    if mask is not None:
         pinned = out["attention_mask"].is_pinned()
         out["loss_mask"] = torch.from_numpy(mask).pin_memory() if pinned else torch.from_numpy(mask)
     return out

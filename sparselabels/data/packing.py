@@ -135,7 +135,8 @@ class PackedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> PackedItem:
         documents = self.rows[index]
-        items = [self.dataset[int(i)] for i in documents]
+        read_many = getattr(self.dataset, "__getitems__", None)  # a row's documents read together where possible
+        items = read_many(documents.tolist()) if read_many else [self.dataset[int(i)] for i in documents]
         for it, i in zip(items, documents.tolist(), strict=True):
             if it.indptr.shape[0] - 1 != self.lengths[i]:
                 raise InputError(f"PackedDataset: document {i} has {it.indptr.shape[0] - 1} positions, the plan "

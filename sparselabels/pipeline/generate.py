@@ -416,10 +416,10 @@ def generate(
             check_context(lengths, spec, windows, src.describe())
             check_token_ids(src, _rank_sequences(len(lengths), batch_size, world), spec.input_size)
             mask = open_mask(src, mask_column)  # every mask checked: a bad column fails here
-            _claim_shard(out, world, run, target)  # output that is not ours, or exists without resume/overwrite
+            shard = _claim_shard(out, world, run, target)  # output not ours, or existing without resume/overwrite
             teacher = load()
             sampling = SamplingOptions(rounds, temperature, seed, teacher.vocab_size, max_rows)
-            _run(teacher, src, out, world, sampling, run, mask, lengths=lengths, target=target)
+            _run(teacher, src, out, world, sampling, run, mask, lengths=lengths, target=target, shard=shard)
     finally:
         distributed.finish(world)
     return target.url if target is not None else out
@@ -432,7 +432,9 @@ def _rank_sequences(num_sequences: int, batch_size: int, world: distributed.Worl
 
 
 def _run(teacher: Teacher, src, out: Path, world: distributed.World, sampling: SamplingOptions,
-         run: RunOptions, mask=(None, "mask"), lengths: np.ndarray | None = None, target=None) -> None:
+         run: RunOptions, mask=(None, "mask"), lengths: np.ndarray | None = None, target=None,
+         shard: Path | None = None) -> None:
+    """Label this rank's sequences into its shard (``shard``: already claimed by the caller) and finish the run."""
     from sparselabels.sampling.rng import stream_key
 
     if lengths is None:
@@ -449,7 +451,8 @@ def _run(teacher: Teacher, src, out: Path, world: distributed.World, sampling: S
                   "num_sequences": len(mine)}
     meta = _metadata(teacher, sampling, run, source_fp=source_fp, shard=shard_meta,
                      first_row=int(offsets[mine.start]))
-    shard = _claim_shard(out, world, run, target)
+    if shard is None:
+        shard = _claim_shard(out, world, run, target)
     if shard.exists() and run.resume:
         check_finished(shard, vocab_size=sampling.vocab_size, value_kind="count", rounds=sampling.rounds,
                        codec=run.codec, metadata=meta, num_sequences=len(mine), expected_from="this rank's slice")

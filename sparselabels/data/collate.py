@@ -32,7 +32,6 @@ process (with workers, use ``DataLoader(pin_memory=True)`` instead).
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence as SequenceABC
 from typing import Any
@@ -44,7 +43,7 @@ from numba import types
 from numba.extending import overload
 
 from sparselabels.data.masks import with_loss_mask
-from sparselabels.data.targets import SparseTargets, padding_is_unbounded
+from sparselabels.data.targets import SparseTargets, count_weights, padding_is_unbounded
 from sparselabels.errors import InputError, check_int
 
 OVERFLOW_POLICIES = ("error", "drop_smallest", "truncate")
@@ -261,15 +260,6 @@ def _fill_csr_capped(ids, values, lut, vocab_size, indptr, ptr_start, label_star
 
 
 _NO_LUT = np.zeros(0, dtype=np.float32)
-
-
-@functools.lru_cache(maxsize=16)
-def _count_weights(rounds: int) -> np.ndarray:
-    """float32[256]: the weight of each possible count, ``float32(c) / float32(rounds)`` (IEEE division, so the
-    same bits as ``Sequence.weights``)."""
-    table = np.arange(256, dtype=np.float32) / np.float32(rounds)
-    table.flags.writeable = False
-    return table
 
 
 def _in_worker() -> bool:
@@ -546,7 +536,7 @@ def _collate(batch: SequenceABC, *, max_labels: int | None, on_overflow: str, vo
         drop_n, drop_mass = out["dropped_labels"].numpy(), out["dropped_mass"].numpy()
     else:
         drop_n, drop_mass = np.zeros((0, 0), np.int32), np.zeros((0, 0), np.float32)
-    lut = _count_weights(int(rounds)) if is_count else _NO_LUT
+    lut = count_weights(int(rounds)) if is_count else _NO_LUT
     code, b, t, value = _fill_targets(ids, values, lut, int(vocab), indptr, ptr_start, label_start, lengths, policy,
                                       out["target_ids"].numpy(), out["target_weights"].numpy(),
                                       out["num_labels"].numpy(), drop_n, drop_mass)
@@ -660,7 +650,7 @@ def _collate_csr(batch: SequenceABC, ids_parts: list, val_parts: list, indptr: n
             out["dropped_labels"].numpy()[:] = 0
             out["dropped_mass"].numpy()[:] = 0
     else:
-        lut = _count_weights(rounds) if rounds is not None else _NO_LUT
+        lut = count_weights(rounds) if rounds is not None else _NO_LUT
         values = (np.concatenate(val_parts) if rounds is not None
                   else np.concatenate(val_parts, dtype=np.float32, casting="same_kind"))
         code, b, t, value = _fill_csr_capped(

@@ -23,6 +23,7 @@ import functools
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from sparselabels.errors import InputError, check_int
@@ -257,9 +258,18 @@ def _rebuild_targets(base: torch.Tensor | None, views: list, meta: dict[str, Any
                          **meta)
 
 
+@functools.lru_cache(maxsize=16)
+def count_weights(rounds: int) -> np.ndarray:
+    """float32[256]: the weight of each possible count, ``float32(c) / float32(rounds)`` (IEEE division, so the
+    same bits as ``LabelSpan.weights``); read-only, shared by the padded collate and the device table below."""
+    table = np.arange(256, dtype=np.float32) / np.float32(rounds)
+    table.flags.writeable = False
+    return table
+
+
 @functools.lru_cache(maxsize=32)
 def _table(rounds: int, device: str) -> torch.Tensor:
-    return (torch.arange(256, dtype=torch.float32) / torch.tensor(rounds, dtype=torch.float32)).to(device)
+    return torch.from_numpy(count_weights(rounds).copy()).to(device)
 
 
 def count_weight_table(rounds: int, device: torch.device) -> torch.Tensor:
